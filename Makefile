@@ -1,0 +1,50 @@
+# R2MoE for ComfyUI. `make demo` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST := .host/ComfyUI
+PORT ?= 8188
+CKPT ?=
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: env test test-unit test-host test-e2e lint demo serve bench clean
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_PIN) -r requirements-dev.txt
+	touch $@
+
+$(HOST)/.installed: scripts/install_host.py $(VENV)/.installed
+	$(PY) scripts/install_host.py --dest .host
+	touch $@
+
+env: $(VENV)/.installed $(HOST)/.installed
+
+lint: env
+	$(VENV)/bin/ruff check .
+
+test-unit: env
+	$(VENV)/bin/pytest -q tests/unit
+
+test-host: env
+	$(VENV)/bin/pytest -q tests/host
+
+test-e2e: env
+	$(VENV)/bin/pytest -q tests/e2e
+
+# Every tier, in order: plain-PyTorch core, in-process ComfyUI, real server over HTTP.
+test: lint
+	$(VENV)/bin/pytest -q tests/unit tests/host tests/e2e
+
+demo: env
+	$(PY) scripts/demo.py --host $(HOST) $(if $(CKPT),--ckpt "$(CKPT)")
+
+serve: env
+	$(PY) scripts/serve.py --host $(HOST) --port $(PORT)
+
+bench: env
+	$(PY) bench/sampling.py --host $(HOST)
+
+clean:
+	rm -rf .host output .pytest_cache .ruff_cache

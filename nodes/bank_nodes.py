@@ -1,0 +1,188 @@
+"""Bank lifecycle nodes: create, load, save, apply, inspect. Thin adapters over r2moe_core."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+from comfy_api.latest import io, ui
+
+from ..r2moe_core.bank import ExpertBank
+from ..r2moe_core.bank_io import load_bank, save_bank
+from ..r2moe_core.config import BankConfig
+from ..r2moe_core.errors import InvalidInputError
+from ..r2moe_core.log import LOGGER
+from ..r2moe_core.summary import bank_report, expert_map
+from .clip_tokens import clip_with_concepts
+from .host import bank_dir, bank_files, check_bank_fits, model_fingerprint, token_dim
+from .patch import install_bank
+from .types import Bank
+
+CATEGORY = "R2MoE"
+_SAFE_NAME = re.compile(r"^[\w\-. ]+$")
+
+
+class R2MoENewBank(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="R2MoENewBank",
+            display_name="R2MoE New Bank",
+            category=CATEGORY,
+            description="An empty expert bank fitted to this model: the starting point for learning concepts.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SD1.x model the bank's experts will adapt."),
+                io.Int.Input("rank", default=4, min=1, max=64, tooltip="LoRA rank of each expert (reference: 4)."),
+                io.Int.Input(
+                    "top_k", default=3, min=1, max=16,
+                    tooltip="How many learned experts the gate mixes per layer and prompt (reference: 3).",
+                ),
+                io.Float.Input(
+                    "prune_threshold", default=0.4, min=0.0, max=1.0, step=0.01,
+                    tooltip="After training, a new expert is dropped in layers where its gate weight is below this.",
+                ),
+                io.Float.Input(
+                    "distill_lambda", default=1e-5, min=0.0, max=1.0, step=1e-6,
+                    tooltip="Weight of routing distillation, which keeps old concepts routed as before.",
+                ),
+            ],
+            outputs=[Bank.Output(display_name="bank")],
+        )
+
+    @classmethod
+    def execute(cls, model, rank, top_k, prune_threshold, distill_lambda) -> io.NodeOutput:
+        config = BankConfig(rank=rank, top_k=top_k, prune_threshold=prune_threshold, distill_lambda=distill_lambda)
+        layers, fingerprint = model_fingerprint(model)
+        return io.NodeOutput(ExpertBank.empty(config, layers, fingerprint))
+
+
+class R2MoELoadBank(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="R2MoELoadBank",
+            display_name="R2MoE Load Bank",
+            category=CATEGORY,
+            description="Load an expert bank from ComfyUI/models/r2moe.",
+            inputs=[io.Combo.Input("bank_name", options=bank_files(), tooltip="A bank file in models/r2moe.")],
+            outputs=[Bank.Output(display_name="bank")],
+        )
+
+    @classmethod
+    def _path(cls, bank_name: str) -> str:
+        import folder_paths
+
+        path = folder_paths.get_full_path("r2moe", bank_name)
+        if path is None:
+            raise InvalidInputError(
+                f"Bank '{bank_name}' is not in models/r2moe (folders: {folder_paths.get_folder_paths('r2moe')}). "
+                "Save one with R2MoE Save Bank, or refresh the page after copying a file there."
+            )
+        return path
+
+    @classmethod
+    def fingerprint_inputs(cls, bank_name: str) -> str:
+        try:
+            stat = os.stat(cls._path(bank_name))
+        except (InvalidInputError, OSError):
+            return bank_name
+        return f"{bank_name}:{stat.st_mtime_ns}:{stat.st_size}"
+
+    @classmethod
+    def execute(cls, bank_name) -> io.NodeOutput:
+        return io.NodeOutput(load_bank(cls._path(bank_name)))
+
+
+class R2MoESaveBank(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="R2MoESaveBank",
+            display_name="R2MoE Save Bank",
+            category=CATEGORY,
+            description=(
+                "Write the bank to models/r2moe atomically; an existing file is kept as <name>.safetensors.bak."
+            ),
+            inputs=[
+                Bank.Input("bank"),
+                io.String.Input("name", default="my_concepts", tooltip="File name in models/r2moe (no folders)."),
+            ],
+            outputs=[io.String.Output(display_name="path")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, bank, name) -> io.NodeOutput:
+        name = name.strip().removesuffix(".safetensors")
+        if not name or not _SAFE_NAME.match(name) or name.startswith("."):
+            raise InvalidInputError(
+                f"Bank name '{name}' is not a plain file name; use letters, digits, spaces, '-', '_' or '.'."
+            )
+        path = str(save_bank(bank, os.path.join(bank_dir(), name + ".safetensors")))
+        LOGGER.info("R2MoE: saved bank with %d concept(s) to %s", len(bank.concepts), path)
+        return io.NodeOutput(path, ui=ui.PreviewText(f"saved {path}"))
+
+
+class R2MoEApplyBank(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="R2MoEApplyBank",
+            display_name="R2MoE Apply Bank",
+            category=CATEGORY,
+            description=(
+                "Patch MODEL and CLIP with the bank: every learned concept's trigger token works in a stock "
+                "CLIPTextEncode, and the experts mix per prompt in every cross-attention layer."
+            ),
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip"),
+                Bank.Input("bank"),
+                io.Float.Input(
+                    "strength", default=1.0, min=-2.0, max=2.0, step=0.05,
+                    tooltip="Scales every expert's contribution (0 = base model with the concept tokens only).",
+                ),
+                io.Boolean.Input(
+                    "allow_other_weights", default=False, optional=True,
+                    tooltip="Use the bank on a fine-tune with the same shape but other weights (like a LoRA).",
+                ),
+            ],
+            outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, bank, strength, allow_other_weights=False) -> io.NodeOutput:
+        for warning in check_bank_fits(bank, model, allow_other_weights):
+            LOGGER.warning("R2MoE: %s", warning)
+        width = token_dim(clip)
+        if bank.concepts and width != bank.token_dim:
+            raise InvalidInputError(
+                f"The CLIP input has {width}-wide token embeddings, the bank's concepts {bank.token_dim}; connect "
+                "the CLIP of the checkpoint the bank was made for."
+            )
+        patched_model, _ = install_bank(model, bank, strength)
+        return io.NodeOutput(patched_model, clip_with_concepts(clip, bank))
+
+
+class R2MoEBankInfo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="R2MoEBankInfo",
+            display_name="R2MoE Bank Info",
+            category=CATEGORY,
+            description="What a bank holds: concepts, sizes, and which layers keep each concept's expert.",
+            inputs=[Bank.Input("bank")],
+            outputs=[io.String.Output(display_name="text"), io.Image.Output(display_name="expert_map")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, bank) -> io.NodeOutput:
+        text = bank_report(bank)
+        image = torch.from_numpy(expert_map(bank))[None]
+        return io.NodeOutput(text, image, ui=ui.PreviewText(text))
+
+
+BANK_NODES: list[type[io.ComfyNode]] = [R2MoENewBank, R2MoELoadBank, R2MoESaveBank, R2MoEApplyBank, R2MoEBankInfo]

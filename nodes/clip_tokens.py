@@ -1,0 +1,79 @@
+"""Concept trigger tokens through the stock CLIP path.
+
+The CLIP returned by R2MoEApplyBank carries a tokenizer wrapper: it rewrites `<dog1>` into ComfyUI's own
+`embedding:` syntax and answers that lookup with the concept's learned vectors, so an unmodified CLIPTextEncode
+produces the concept. The host's tokenizer object is shared between CLIP clones, so we wrap shallow copies and
+never touch the original.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from ..r2moe_core.bank import ExpertBank
+from ..r2moe_core.log import LOGGER
+from ..r2moe_core.tokens import embedding_name, lookup_embedding, substitute_triggers
+
+
+def _inner_tokenizers(tokenizer: Any) -> list[tuple[str, Any]]:
+    """The per-encoder SDTokenizer objects inside an SD1Tokenizer-like object (attribute name, object)."""
+    found = []
+    for attr, value in vars(tokenizer).items():
+        if hasattr(value, "_try_get_embedding") and hasattr(value, "embedding_identifier"):
+            found.append((attr, value))
+    return found
+
+
+def _with_bank_lookup(inner: Any, embeddings: dict[str, torch.Tensor]) -> Any:
+    clone = copy.copy(inner)
+    original = inner._try_get_embedding
+    width = getattr(inner, "embedding_size", None)
+
+    def try_get_embedding(name: str) -> tuple[Any, str]:
+        parts = name.split()
+        if parts:
+            vectors = lookup_embedding(parts[0], embeddings)
+            if vectors is not None and (width is None or vectors.shape[-1] == width):
+                return vectors, " ".join(parts[1:])
+        return original(name)
+
+    clone._try_get_embedding = try_get_embedding
+    if clone.embedding_directory is None:  # the host only looks up embeddings when it has a directory
+        clone.embedding_directory = []
+    return clone
+
+
+class ConceptTokenizer:
+    """Wraps a CLIP tokenizer: trigger tokens become learned embeddings; everything else delegates."""
+
+    def __init__(self, tokenizer: Any, embeddings: dict[str, torch.Tensor]) -> None:
+        self.base = tokenizer
+        self.embeddings = dict(embeddings)  # trigger token -> [n, dim]
+        by_name = {embedding_name(token): vectors for token, vectors in self.embeddings.items()}
+        self._patched = copy.copy(tokenizer)
+        inner = _inner_tokenizers(tokenizer)
+        if self.embeddings and not inner:
+            LOGGER.warning("R2MoE: this CLIP's tokenizer has no embedding support; trigger tokens stay plain text.")
+        for attr, value in inner:
+            setattr(self._patched, attr, _with_bank_lookup(value, by_name))
+
+    def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs: Any) -> Any:
+        text, _found = substitute_triggers(text, list(self.embeddings))
+        return self._patched.tokenize_with_weights(text, return_word_ids, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_patched"], name)
+
+
+def clip_with_concepts(clip: Any, bank: ExpertBank) -> Any:
+    """A CLIP clone whose tokenizer knows the bank's trigger tokens, plus those of banks applied before it."""
+    patched = clip.clone()
+    base, embeddings = clip.tokenizer, {}
+    if isinstance(base, ConceptTokenizer):
+        base, embeddings = base.base, dict(base.embeddings)
+    embeddings.update({c.token: c.embedding.detach().float().cpu() for c in bank.concepts})
+    patched.tokenizer = ConceptTokenizer(base, embeddings) if embeddings else base
+    return patched

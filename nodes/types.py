@@ -1,0 +1,5 @@
+"""Custom socket types (their strings are written into users' workflows: never rename)."""
+
+from comfy_api.latest import io
+
+Bank = io.Custom("R2MOE_BANK")

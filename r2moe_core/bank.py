@@ -1,0 +1,240 @@
+"""The expert bank: everything R2MoE keeps between tasks, as plain dataclasses of tensors.
+
+A bank is treated as immutable: every change returns a new bank that shares the untouched tensors, because
+ComfyUI caches node outputs and a node must never alter the bank another node received.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .config import BankConfig
+from .errors import BankMismatchError, InvalidInputError
+from .experts import LoraExpert
+from .fingerprint import ModelFingerprint
+from .layers import PROJECTIONS, LayerSpec
+from .routing import AUX_EXPERT
+
+FORMAT_VERSION = 1
+_TOKEN = re.compile(r"^\S+$")
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A learned concept: how users call it and what R2MoE keeps to serve it."""
+
+    name: str
+    token: str
+    class_word: str
+    task: int
+    embedding: torch.Tensor  # [n_vectors, token_dim]: the learned input embedding of the trigger token
+    gate_input: torch.Tensor  # [context_dim]: mean text embedding of its prompt, for routing distillation
+    kept: tuple[str, ...] = ()  # projections where its expert survived pruning
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise InvalidInputError("A concept needs a non-empty name.")
+        if not _TOKEN.match(self.token) or "embedding:" in self.token:
+            raise InvalidInputError(
+                f"Trigger token '{self.token}' must be one word without spaces (for example <dog1>)."
+            )
+        if self.task < 1:
+            raise InvalidInputError(f"Concept task index must be >= 1 (0 is the auxiliary expert), got {self.task}.")
+        if self.embedding.ndim != 2 or self.gate_input.ndim != 1:
+            raise InvalidInputError(
+                f"Concept '{self.name}': embedding must be [n, dim] and gate input [dim], got "
+                f"{tuple(self.embedding.shape)} and {tuple(self.gate_input.shape)}."
+            )
+
+
+@dataclass(frozen=True)
+class ProjectionExperts:
+    """One adapted projection (K or V of one layer): its summed router and its alive trained experts.
+
+    Router columns are expert ids: column 0 is the auxiliary expert, column t the expert of task t. The
+    auxiliary expert's delta is zero by construction (its `up` is never trained), so it stores no tensors; a
+    pruned expert likewise stores nothing and simply has no entry in `experts`.
+    """
+
+    router: torch.Tensor  # [context_dim, num_experts]
+    experts: Mapping[int, LoraExpert] = field(default_factory=dict)
+
+    def alive_mask(self) -> torch.Tensor:
+        mask = torch.zeros(self.router.shape[1], dtype=torch.bool)
+        mask[AUX_EXPERT] = True
+        for expert_id in self.experts:
+            mask[expert_id] = True
+        return mask
+
+
+@dataclass(frozen=True)
+class ExpertBank:
+    config: BankConfig
+    layers: tuple[LayerSpec, ...]
+    fingerprint: ModelFingerprint
+    projections: Mapping[str, ProjectionExperts]
+    concepts: tuple[Concept, ...] = ()
+    num_tasks: int = 0
+    token_dim: int = 768
+
+    @classmethod
+    def empty(
+        cls, config: BankConfig, layers: list[LayerSpec], fingerprint: ModelFingerprint, token_dim: int = 768
+    ) -> ExpertBank:
+        """A bank fitted to a model, holding only the (zero) auxiliary expert in every projection."""
+        if not layers:
+            raise InvalidInputError(
+                "The model has no cross-attention layers to adapt; R2MoE needs an SD1.x-style UNet."
+            )
+        projections = {
+            f"{layer.name}.{proj}": ProjectionExperts(router=torch.zeros(layer.in_dim, 1))
+            for layer in layers
+            for proj in PROJECTIONS
+        }
+        bank = cls(config, tuple(layers), fingerprint, projections, (), 0, token_dim)
+        bank.validate()
+        return bank
+
+    # ---- queries -------------------------------------------------------------------------------------------
+    @property
+    def num_experts(self) -> int:
+        """Router width: the auxiliary expert plus one id per task ever learned."""
+        return self.num_tasks + 1
+
+    def projection_names(self) -> list[str]:
+        return [f"{layer.name}.{proj}" for layer in self.layers for proj in PROJECTIONS]
+
+    def layer(self, name: str) -> LayerSpec:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def concept_by_name(self, name: str) -> Concept | None:
+        return next((c for c in self.concepts if c.name == name), None)
+
+    def concept_by_token(self, token: str) -> Concept | None:
+        return next((c for c in self.concepts if c.token == token), None)
+
+    def expert_count(self) -> int:
+        return sum(len(p.experts) for p in self.projections.values())
+
+    def expert_bytes(self) -> int:
+        return sum(e.nbytes for p in self.projections.values() for e in p.experts.values())
+
+    def expert_params(self) -> int:
+        return sum(e.down.numel() + e.up.numel() for p in self.projections.values() for e in p.experts.values())
+
+    # ---- changes (each returns a new bank) -------------------------------------------------------------------
+    def with_concept(
+        self,
+        concept: Concept,
+        experts: Mapping[str, LoraExpert],
+        routers: Mapping[str, torch.Tensor],
+        replace_existing: bool = False,
+    ) -> ExpertBank:
+        """Add a concept learned as task `num_tasks + 1`: its experts (only where kept) and the updated routers.
+
+        `routers` gives, for every projection, the new summed router with one more column than before.
+        """
+        existing = self.concept_by_name(concept.name)
+        if existing is not None and not replace_existing:
+            raise InvalidInputError(
+                f"The bank already has a concept named '{concept.name}' (task {existing.task}). Choose another "
+                "name, or ask to replace it."
+            )
+        others = tuple(c for c in self.concepts if c.name != concept.name)
+        clash = next((c for c in others if c.token == concept.token), None)
+        if clash is not None:
+            raise InvalidInputError(
+                f"Trigger token '{concept.token}' is already used by concept '{clash.name}'. Pick a new token."
+            )
+        task = self.num_tasks + 1
+        if concept.task != task:
+            raise InvalidInputError(f"The next task index is {task}, the concept says {concept.task}.")
+        unknown = set(experts) - set(self.projections)
+        if unknown:
+            raise InvalidInputError(f"Experts given for projections the bank does not adapt: {sorted(unknown)}")
+        projections = {}
+        for name, proj in self.projections.items():
+            router = routers.get(name)
+            if router is None or tuple(router.shape) != (proj.router.shape[0], task + 1):
+                raise InvalidInputError(
+                    f"Router for {name} must be [{proj.router.shape[0]}, {task + 1}], got "
+                    f"{None if router is None else tuple(router.shape)}."
+                )
+            alive = dict(proj.experts)
+            if existing is not None:
+                alive.pop(existing.task, None)
+            if name in experts:
+                alive[task] = experts[name]
+            projections[name] = ProjectionExperts(router=router, experts=alive)
+        concept = replace(concept, kept=tuple(n for n in self.projection_names() if n in experts))
+        bank = replace(self, projections=projections, concepts=(*others, concept), num_tasks=task)
+        bank.validate()
+        return bank
+
+    def without_experts(self, task: int, projection_names: list[str]) -> ExpertBank:
+        """Remove the expert of `task` from the given projections (layer-wise pruning, method.md §5)."""
+        projections = dict(self.projections)
+        for name in projection_names:
+            proj = projections[name]
+            if task in proj.experts:
+                projections[name] = replace(proj, experts={i: e for i, e in proj.experts.items() if i != task})
+        concepts = tuple(
+            replace(c, kept=tuple(n for n in c.kept if n not in set(projection_names))) if c.task == task else c
+            for c in self.concepts
+        )
+        return replace(self, projections=projections, concepts=concepts)
+
+    # ---- consistency -----------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise with a precise message if any part of the bank contradicts another."""
+        expected = set(self.projection_names())
+        if set(self.projections) != expected:
+            missing, extra = expected - set(self.projections), set(self.projections) - expected
+            raise BankMismatchError(f"Bank projections inconsistent: missing {sorted(missing)}, extra {sorted(extra)}")
+        if self.fingerprint.rms.shape[0] != len(expected):
+            raise BankMismatchError(
+                f"Fingerprint covers {self.fingerprint.rms.shape[0]} projections, the bank adapts {len(expected)}."
+            )
+        rank = self.config.rank
+        for layer in self.layers:
+            for proj_name in PROJECTIONS:
+                name = f"{layer.name}.{proj_name}"
+                proj = self.projections[name]
+                if tuple(proj.router.shape) != (layer.in_dim, self.num_experts):
+                    raise BankMismatchError(
+                        f"{name}: router is {tuple(proj.router.shape)}, expected {(layer.in_dim, self.num_experts)}."
+                    )
+                for expert_id, expert in proj.experts.items():
+                    if not 1 <= expert_id <= self.num_tasks:
+                        raise BankMismatchError(f"{name}: expert id {expert_id} outside 1..{self.num_tasks}.")
+                    want_down, want_up = (layer.in_dim, rank), (rank, layer.out_dim)
+                    if tuple(expert.down.shape) != want_down or tuple(expert.up.shape) != want_up:
+                        raise BankMismatchError(
+                            f"{name}: expert {expert_id} has down {tuple(expert.down.shape)} and up "
+                            f"{tuple(expert.up.shape)}, expected {want_down} and {want_up}."
+                        )
+        names, tokens, tasks = set(), set(), set()
+        for concept in self.concepts:
+            if concept.name in names or concept.token in tokens or concept.task in tasks:
+                raise BankMismatchError(
+                    f"Concept '{concept.name}' repeats a name, trigger token or task index of another concept."
+                )
+            names.add(concept.name)
+            tokens.add(concept.token)
+            tasks.add(concept.task)
+            if concept.task > self.num_tasks:
+                raise BankMismatchError(f"Concept '{concept.name}' has task {concept.task} > {self.num_tasks}.")
+            if concept.embedding.shape[1] != self.token_dim:
+                raise BankMismatchError(
+                    f"Concept '{concept.name}' embedding width {concept.embedding.shape[1]} != {self.token_dim}."
+                )
+            context_dims = {layer.in_dim for layer in self.layers}
+            if concept.gate_input.shape[0] not in context_dims:
+                raise BankMismatchError(f"Concept '{concept.name}' gate input width does not match the context.")

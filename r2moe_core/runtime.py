@@ -1,0 +1,117 @@
+"""Per-Apply runtime state shared by the UNet wrapper and the 16 layer patches.
+
+Host-neutral: the host adapter only feeds it the raw text context and the cond/uncond layout of each call.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from .bank import ExpertBank
+from .experts import StackedExperts, expert_delta
+from .routing import gate_input, inference_coefficients
+
+_MAX_CACHED_CONTEXTS = 4
+
+
+@dataclass
+class _ContextEntry:
+    """Everything derived from one text context: computed lazily, once, then reused on every step."""
+
+    context: torch.Tensor
+    cond_rows: torch.Tensor  # bool [B]: rows that get experts (the unconditional rows do not)
+    gate_in: torch.Tensor
+    deltas: dict[str, torch.Tensor | None] = field(default_factory=dict)
+
+
+class BankRuntime:
+    """Routing and expert deltas for one bank at one strength, cached per distinct text context."""
+
+    def __init__(self, bank: ExpertBank, strength: float) -> None:
+        self.bank = bank
+        self.strength = float(strength)
+        self._stacked: dict[str, StackedExperts] = {}
+        self._alive: dict[str, torch.Tensor] = {}
+        for layer in bank.layers:
+            for name in layer.projection_names():
+                proj = bank.projections[name]
+                self._stacked[name] = StackedExperts.from_experts(proj.experts, layer.in_dim, layer.out_dim)
+                self._alive[name] = proj.alive_mask()
+        self._on_device: dict[tuple[str, torch.device, torch.dtype], tuple[torch.Tensor, StackedExperts]] = {}
+        self._entries: OrderedDict[int, _ContextEntry] = OrderedDict()
+        self.delta_computations = 0  # observable, so tests can prove deltas are not recomputed per step
+
+    @property
+    def has_experts(self) -> bool:
+        return self.strength != 0.0 and any(s.ids for s in self._stacked.values())
+
+    def _device_tensors(
+        self, name: str, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, StackedExperts]:
+        key = (name, device, dtype)
+        if key not in self._on_device:
+            router = self.bank.projections[name].router.to(device, torch.float32)
+            self._on_device[key] = (router, self._stacked[name].to(device, dtype))
+        return self._on_device[key]
+
+    def entry_for(self, context: torch.Tensor, cond_or_uncond: list[int] | None) -> _ContextEntry:
+        """Find (or create) the cache entry for this exact context and cond/uncond layout."""
+        batch = context.shape[0]
+        if cond_or_uncond:
+            chunk = max(batch // len(cond_or_uncond), 1)
+            kinds = torch.tensor([cond_or_uncond[min(i // chunk, len(cond_or_uncond) - 1)] for i in range(batch)])
+            cond_rows = kinds == 0
+        else:
+            cond_rows = torch.ones(batch, dtype=torch.bool)
+        for key, entry in self._entries.items():
+            if (
+                entry.context.shape == context.shape
+                and entry.context.device == context.device
+                and entry.context.dtype == context.dtype
+                and torch.equal(entry.cond_rows, cond_rows)
+                and torch.equal(entry.context, context)
+            ):
+                self._entries.move_to_end(key)
+                return entry
+        entry = _ContextEntry(context=context, cond_rows=cond_rows, gate_in=gate_input(context))
+        self._entries[id(entry)] = entry
+        while len(self._entries) > _MAX_CACHED_CONTEXTS:
+            self._entries.popitem(last=False)
+        return entry
+
+    def delta(self, entry: _ContextEntry, name: str) -> torch.Tensor | None:
+        """ΔK or ΔV for projection `name` on this context, or None when no expert contributes."""
+        if name in entry.deltas:
+            return entry.deltas[name]
+        result = None
+        stacked = self._stacked[name]
+        if stacked.ids and self.strength != 0.0 and bool(entry.cond_rows.any()):
+            ctx = entry.context
+            router, on_device = self._device_tensors(name, ctx.device, ctx.dtype)
+            coeffs = inference_coefficients(
+                entry.gate_in.to(ctx.device),
+                router,
+                self._alive[name],
+                self.bank.config.top_k,
+                aux_in_softmax=self.bank.config.aux_in_inference,
+            )
+            coeffs = coeffs[:, list(stacked.ids)] * entry.cond_rows.to(coeffs.device, coeffs.dtype)[:, None]
+            if bool((coeffs != 0).any()):
+                result = expert_delta(ctx, coeffs * self.strength, on_device.downs, on_device.ups)
+                self.delta_computations += 1
+        entry.deltas[name] = result
+        return result
+
+    def coefficients(self, context: torch.Tensor, name: str) -> torch.Tensor:
+        """Gate coefficients [B, num_experts] of one projection for a context (for reports and tests)."""
+        proj = self.bank.projections[name]
+        return inference_coefficients(
+            gate_input(context),
+            proj.router,
+            self._alive[name],
+            self.bank.config.top_k,
+            self.bank.config.aux_in_inference,
+        )

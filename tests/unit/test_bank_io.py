@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import r2moe_core as core
+from r2moe_core import atomic
+from r2moe_testkit.banks import add_random_concept
+
+
+def _assert_same(a, b):
+    assert a.config == b.config and a.layers == b.layers and a.num_tasks == b.num_tasks
+    assert torch.equal(a.fingerprint.samples, b.fingerprint.samples)
+    for name, proj in a.projections.items():
+        other = b.projections[name]
+        assert torch.equal(proj.router, other.router) and set(proj.experts) == set(other.experts)
+        for i, e in proj.experts.items():
+            assert torch.equal(e.down, other.experts[i].down) and torch.equal(e.up, other.experts[i].up)
+    for ca, cb in zip(a.concepts, b.concepts, strict=True):
+        fields = ("name", "token", "class_word", "task", "kept")
+        assert [getattr(ca, f) for f in fields] == [getattr(cb, f) for f in fields]
+        assert torch.equal(ca.embedding, cb.embedding) and torch.equal(ca.gate_input, cb.gate_input)
+
+
+def test_round_trip_is_exact_and_pruned_experts_store_nothing(empty_bank, tmp_path):
+    bank = add_random_concept(core, empty_bank, "dog", "<dog1>", seed=1)
+    names = bank.projection_names()
+    bank = bank.without_experts(1, names[:3])
+    path = core.save_bank(bank, tmp_path / "bank.safetensors")
+    _assert_same(bank, core.load_bank(path))
+    with safe_open(str(path), "pt") as handle:
+        keys = list(handle.keys())
+        meta = json.loads(handle.metadata()["r2moe"])
+    assert meta["format_version"] == core.FORMAT_VERSION
+    assert sum(".expert." in k for k in keys) == 2 * (len(names) - 3), "pruned experts must not be stored"
+
+
+def test_save_keeps_previous_version_as_bak(empty_bank, tmp_path):
+    path = core.save_bank(empty_bank, tmp_path / "bank.safetensors")
+    first = path.read_bytes()
+    core.save_bank(add_random_concept(core, empty_bank, "dog", "<dog1>", seed=1), path)
+    assert atomic.backup_path(path).read_bytes() == first
+    assert core.load_bank(path).num_tasks == 1
+
+
+def test_crash_during_save_leaves_old_file_intact(empty_bank, tmp_path, monkeypatch):
+    path = core.save_bank(empty_bank, tmp_path / "bank.safetensors")
+    before = path.read_bytes()
+
+    def crash(fd):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="simulated"):
+        core.save_bank(add_random_concept(core, empty_bank, "dog", "<dog1>", seed=1), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.safetensors"], "no temporary file left behind"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d[: len(d) // 2], "truncated|could not be read|missing"),
+        (lambda d: b"", "empty or truncated"),
+        (lambda d: d.replace(b'"format_version\\": 1', b'"format_version\\": 99'), "v99.*Update the R2MoE pack"),
+    ],
+)
+def test_damaged_or_future_files_are_refused_clearly(empty_bank, mutate, message):
+    data = core.bank_to_bytes(add_random_concept(core, empty_bank, "dog", "<dog1>", seed=1))
+    with pytest.raises(core.BankFormatError, match=message):
+        core.bank_from_bytes(mutate(data), source="x.safetensors")
+
+
+def test_a_plain_lora_file_is_not_taken_for_a_bank(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_x.lora_up.weight": torch.zeros(2, 2)}, str(path))
+    with pytest.raises(core.BankFormatError, match="not an R2MoE expert bank"):
+        core.load_bank(path)
+
+
+def test_missing_tensor_is_named(empty_bank):
+    from safetensors.torch import load, save
+
+    data = core.bank_to_bytes(add_random_concept(core, empty_bank, "dog", "<dog1>", seed=1))
+    metadata = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    tensors = load(data)
+    tensors.pop("concept.1.gate_input")
+    with pytest.raises(core.BankFormatError, match=r"concept\.1\.gate_input"):
+        core.bank_from_bytes(save(tensors, metadata=metadata), source="b")
