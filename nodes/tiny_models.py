@@ -73,14 +73,16 @@ def register() -> None:
 
 def _init_random(module: torch.nn.Module, generator: torch.Generator) -> None:
     """comfy.ops layers are created without initialisation: give every tensor a defined, seeded value."""
+    norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
     with torch.no_grad():
-        for name, param in module.named_parameters():
-            if param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-            elif "norm" in name and name.endswith("weight"):
-                param.fill_(1.0)
-            else:
-                param.zero_()
+        for sub in module.modules():
+            for name, param in sub.named_parameters(recurse=False):
+                if isinstance(sub, norms):
+                    param.fill_(1.0 if name == "weight" else 0.0)
+                elif param.ndim >= 2:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+                else:
+                    param.zero_()
 
 
 def build_tiny(seed: int = 0) -> tuple[comfy.model_patcher.ModelPatcher, comfy.sd.CLIP, comfy.sd.VAE]:

@@ -11,6 +11,7 @@ from .experts import LoraExpert, StackedExperts, expert_delta
 from .fingerprint import ModelFingerprint, compute_fingerprint, fingerprint_differences
 from .layers import PROJECTIONS, LayerSpec, block_key
 from .log import LOGGER
+from .lora_export import expert_as_lora
 from .routing import gate_input, gate_scores, inference_coefficients, mixture_coefficients, select_experts
 from .version import __version__
 
@@ -35,6 +36,7 @@ __all__ = [
     "bank_to_bytes",
     "block_key",
     "compute_fingerprint",
+    "expert_as_lora",
     "expert_delta",
     "fingerprint_differences",
     "gate_input",

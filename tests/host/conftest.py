@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import pytest
+
+from r2moe_testkit.host import boot
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory):
+    """ComfyUI in this process, with the pack loaded from custom_nodes like a user's install."""
+    return boot(tmp_path_factory.mktemp("comfy_base"))
+
+
+@pytest.fixture(scope="session")
+def tiny(host):
+    """The tiny checkpoint through the stock CheckpointLoaderSimple: (MODEL, CLIP, VAE)."""
+    from r2moe_testkit.host import call_node
+
+    return call_node("CheckpointLoaderSimple", ckpt_name=host.checkpoint.name)

@@ -1,0 +1,167 @@
+"""R2MoEApplyBank on the real host: identity, LoRA equivalence, caching, composition, cloning, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from r2moe_testkit.banks import add_random_concept, force_coefficient_one
+from r2moe_testkit.host import call_node
+from r2moe_testkit.sampling import encode, find_runtime, sample
+
+PROMPT = "a photo of a dog on the beach"
+
+
+@pytest.fixture(scope="module")
+def empty_bank(tiny):
+    return call_node("R2MoENewBank", model=tiny[0], rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
+
+
+@pytest.fixture(scope="module")
+def concept_bank(host, empty_bank):
+    bank = add_random_concept(host.core, empty_bank, "dog", "<dog1>", seed=1, scale=0.2)
+    return add_random_concept(host.core, bank, "cat", "<cat1>", seed=2, scale=0.2)
+
+
+def apply(model, clip, bank, strength=1.0, **kw):
+    return call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=strength, **kw)
+
+
+def test_empty_bank_is_bit_identical_to_the_stock_model(tiny, empty_bank):
+    model, clip, _ = tiny
+    patched, patched_clip = apply(model, clip, empty_bank)
+    assert patched.model_options["transformer_options"]["patches_replace"]["attn2"], "patch must be installed"
+    assert torch.equal(sample(model, clip, PROMPT), sample(patched, patched_clip, PROMPT))
+
+
+def test_one_expert_at_coefficient_one_equals_the_same_lora_merged(host, tiny, concept_bank):
+    import comfy.sd
+
+    model, clip, _ = tiny
+    gate_in = encode(clip, PROMPT)[0][0].float().mean(dim=1)[0]
+    bank = force_coefficient_one(concept_bank, task=1, gate_in=gate_in)
+    runtime_bank, _ = apply(model, clip, bank)
+    runtime = find_runtime(runtime_bank)
+    coeffs = runtime.coefficients(encode(clip, PROMPT)[0][0], bank.projection_names()[0])
+    assert coeffs[0, 1].item() == 1.0 and coeffs[0].sum().item() == 1.0
+
+    lora = host.core.expert_as_lora(bank, task=1)
+    merged, _ = comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 0.0)
+    stock = sample(model, clip, PROMPT, cfg=1.0)
+    via_bank = sample(runtime_bank, clip, PROMPT, cfg=1.0)
+    via_lora = sample(merged, clip, PROMPT, cfg=1.0)
+    effect = (via_lora - stock).abs().max().item()
+    mismatch = (via_bank - via_lora).abs().max().item()
+    assert effect > 0.05, "the expert must visibly change the result, or the comparison proves nothing"
+    assert mismatch < 1e-3 * max(1.0, effect) * 10, f"bank vs merged LoRA differ by {mismatch} (effect {effect})"
+
+
+def test_expert_deltas_are_computed_once_per_run_not_per_step(tiny, concept_bank):
+    model, clip, _ = tiny
+    patched, patched_clip = apply(model, clip, concept_bank)
+    runtime = find_runtime(patched)
+    sample(patched, patched_clip, PROMPT, steps=4, cfg=7.0)
+    per_run = runtime.delta_computations
+    assert per_run == len(concept_bank.projection_names()), "one ΔK/ΔV per projection for the conditional prompt"
+    sample(patched, patched_clip, PROMPT, steps=4, cfg=7.0, seed=5)
+    assert runtime.delta_computations == per_run, "same prompt, new seed: cached deltas are reused"
+
+
+def _first_call_chunks(model):
+    """Clone `model` with a model_function_wrapper that records the first UNet call's output per chunk type."""
+    record = {}
+    patched = model.clone()
+
+    def wrapper(apply_model, args):
+        out = apply_model(args["input"], args["timestep"], **args["c"])
+        if not record:
+            kinds = args["cond_or_uncond"]
+            for i, chunk in enumerate(out.chunk(len(kinds))):
+                record[kinds[i]] = chunk.clone()
+        return out
+
+    patched.set_model_unet_function_wrapper(wrapper)
+    return patched, record
+
+
+def test_unconditional_branch_gets_no_experts(tiny, concept_bank):
+    model, clip, _ = tiny
+    patched, patched_clip = apply(model, clip, concept_bank)
+    stock_probe, stock_rec = _first_call_chunks(model)
+    bank_probe, bank_rec = _first_call_chunks(patched)
+    sample(stock_probe, clip, PROMPT, negative="blurry", steps=2, cfg=7.0)
+    sample(bank_probe, patched_clip, PROMPT, negative="blurry", steps=2, cfg=7.0)
+    assert torch.equal(stock_rec[1], bank_rec[1]), "uncond prediction must be the stock model's"
+    assert not torch.allclose(stock_rec[0], bank_rec[0], atol=1e-4), "cond prediction must carry the experts"
+
+
+class ScaleValuePatch:
+    """Stands in for IPAdapter/InstantID: a replace patch that alters attention and counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, q, k, v, extra_options):
+        import comfy.ldm.modules.attention as attention
+
+        self.calls += 1
+        return attention.optimized_attention(q, k, v * 0.5, extra_options["n_heads"])
+
+    def set_new_condition(self, **kwargs):
+        return kwargs
+
+
+def test_existing_attn2_replace_is_wrapped_and_still_runs(tiny, concept_bank):
+    model, clip, _ = tiny
+    other = model.clone()
+    foreign = ScaleValuePatch()
+    for layer in concept_bank.layers:
+        other.set_model_attn2_replace(foreign, *layer.block_key)
+    both, both_clip = apply(other, clip, concept_bank)
+    only_bank, _ = apply(model, clip, concept_bank)
+    out_both = sample(both, both_clip, PROMPT, steps=2)
+    slot = both.model_options["transformer_options"]["patches_replace"]["attn2"][concept_bank.layers[0].block_key]
+    assert isinstance(slot.previous, ScaleValuePatch), "the pre-existing patch was dropped"
+    assert slot.previous.calls > 0, "the pre-existing patch never ran"  # ModelPatcher.clone() deep-copied it
+    assert not torch.allclose(out_both, sample(other, clip, PROMPT, steps=2), atol=1e-4), "bank not applied"
+    assert not torch.allclose(out_both, sample(only_bank, both_clip, PROMPT, steps=2), atol=1e-4)
+    assert slot.set_new_condition(x=1) == {"x": 1}, "method calls reach the wrapped patch"
+
+
+def test_patches_survive_clone_without_copying_the_bank(tiny, concept_bank):
+    model, clip, _ = tiny
+    patched, _ = apply(model, clip, concept_bank)
+    clone = patched.clone()
+    slots = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    clone_slots = clone.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert set(slots) == set(clone_slots) and len(slots) == 16
+    assert all(clone_slots[k] is slots[k] for k in slots)
+    runtime = find_runtime(clone)
+    name = concept_bank.projection_names()[0]
+    assert runtime.bank.projections[name].experts[1].down is concept_bank.projections[name].experts[1].down
+    assert torch.equal(sample(patched, clip, PROMPT, steps=2), sample(clone, clip, PROMPT, steps=2))
+
+
+def test_bank_for_a_model_of_another_shape_is_refused(host, tiny, concept_bank):
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    tiny_models = __import__(host.pack.__name__ + ".nodes.tiny_models", fromlist=["x"])
+    config = comfy.supported_models.SD15(dict(tiny_models.UNET_CONFIG, model_channels=64))
+    config.set_inference_dtype(torch.float32, None)
+    wider = comfy.model_patcher.ModelPatcher(
+        config.get_model({}, "", device=torch.device("cpu")), load_device=torch.device("cpu"),
+        offload_device=torch.device("cpu"),
+    )
+    with pytest.raises(host.core.BankMismatchError, match=r"made for a model with 16 cross-attention layers.*32/64/128"):
+        apply(wider, tiny[1], concept_bank)
+
+
+def test_bank_for_other_weights_is_refused_unless_allowed(host, tiny, concept_bank):
+    tiny_models = __import__(host.pack.__name__ + ".nodes.tiny_models", fromlist=["x"])
+    other_model, _, _ = tiny_models.build_tiny(seed=7)
+    with pytest.raises(host.core.BankMismatchError, match="allow_other_weights"):
+        apply(other_model, tiny[1], concept_bank)
+    patched, _ = apply(other_model, tiny[1], concept_bank, allow_other_weights=True)
+    assert find_runtime(patched).bank is concept_bank

@@ -1,0 +1,65 @@
+"""Save/Load nodes on the real host: round trip, model folder listing, crash safety, clear refusals."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from r2moe_testkit.banks import add_random_concept
+from r2moe_testkit.host import call_node
+
+
+@pytest.fixture
+def bank(host, tiny):
+    empty = call_node("R2MoENewBank", model=tiny[0], rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
+    return add_random_concept(host.core, empty, "dog", "<dog1>", seed=3)
+
+
+def test_save_then_load_through_the_nodes_round_trips(host, bank):
+    import folder_paths
+
+    (path,) = call_node("R2MoESaveBank", bank=bank, name="roundtrip")
+    assert path.endswith("models/r2moe/roundtrip.safetensors") and os.path.isfile(path)
+    folder_paths.filename_list_cache.clear()
+    schema_options = host.nodes.NODE_CLASS_MAPPINGS["R2MoELoadBank"].GET_SCHEMA().inputs[0].options
+    assert "roundtrip.safetensors" in schema_options
+    (loaded,) = call_node("R2MoELoadBank", bank_name="roundtrip.safetensors")
+    assert [c.token for c in loaded.concepts] == ["<dog1>"]
+    name = bank.projection_names()[5]
+    assert torch.equal(loaded.projections[name].experts[1].up, bank.projections[name].experts[1].up)
+    assert torch.equal(loaded.fingerprint.samples, bank.fingerprint.samples)
+
+
+def test_interrupted_save_leaves_the_previous_bank_intact(host, bank, monkeypatch):
+    (path,) = call_node("R2MoESaveBank", bank=bank, name="crashy")
+    before = open(path, "rb").read()
+    bigger = add_random_concept(host.core, bank, "cat", "<cat1>", seed=4)
+
+    def crash(_fd):
+        raise KeyboardInterrupt  # the user hits Ctrl-C (or the process dies) mid-write
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        call_node("R2MoESaveBank", bank=bigger, name="crashy")
+    monkeypatch.undo()
+    assert open(path, "rb").read() == before
+    assert not [f for f in os.listdir(os.path.dirname(path)) if f.endswith(".tmp")]
+    (loaded,) = call_node("R2MoELoadBank", bank_name="crashy.safetensors")
+    assert loaded.num_tasks == 1
+
+
+@pytest.mark.parametrize("bad", ["../escape", "sub/dir", "", ".hidden"])
+def test_unsafe_names_are_refused(host, bank, bad):
+    with pytest.raises(host.core.InvalidInputError, match="plain file name"):
+        call_node("R2MoESaveBank", bank=bank, name=bad)
+
+
+def test_a_lora_in_the_bank_folder_gets_a_clear_message(host):
+    import folder_paths
+    from safetensors.torch import save_file
+
+    save_file({"x.lora_up.weight": torch.zeros(1, 1)}, os.path.join(folder_paths.get_folder_paths("r2moe")[0], "l.safetensors"))
+    with pytest.raises(host.core.BankFormatError, match="not an R2MoE expert bank"):
+        call_node("R2MoELoadBank", bank_name="l.safetensors")

@@ -1,0 +1,40 @@
+"""A trigger token in a stock CLIPTextEncode gets the concept's learned embedding."""
+
+from __future__ import annotations
+
+import torch
+
+from r2moe_testkit.banks import add_random_concept
+from r2moe_testkit.host import call_node
+from r2moe_testkit.sampling import encode
+
+
+def _word_embedding(clip, word: str) -> torch.Tensor:
+    token_id = clip.tokenizer.clip_l.tokenizer(word)["input_ids"][1]
+    table = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight
+    return table[token_id].detach().float().clone()[None]
+
+
+def test_trigger_token_is_encoded_with_the_learned_embedding(host, tiny):
+    model, clip, _ = tiny
+    bank = call_node("R2MoENewBank", model=model, rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
+    bank = add_random_concept(host.core, bank, "dog", "<dog1>", seed=1, embedding=_word_embedding(clip, "cat"))
+    _, patched_clip = call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=1.0)
+
+    with_token = encode(patched_clip, "a photo of <dog1> dog on the beach")[0][0]
+    reference = encode(clip, "a photo of cat dog on the beach")[0][0]
+    plain = encode(clip, "a photo of <dog1> dog on the beach")[0][0]
+    assert torch.allclose(with_token, reference, atol=1e-5), "the learned vector must replace the trigger token"
+    assert not torch.allclose(plain, reference, atol=1e-3), "the input CLIP must stay unchanged"
+    assert torch.equal(encode(patched_clip, "a red car")[0][0], encode(clip, "a red car")[0][0])
+
+
+def test_banks_applied_in_sequence_keep_each_others_tokens(host, tiny):
+    model, clip, _ = tiny
+    empty = call_node("R2MoENewBank", model=model, rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
+    bank_a = add_random_concept(host.core, empty, "a", "<a1>", seed=1, embedding=_word_embedding(clip, "cat"))
+    bank_b = add_random_concept(host.core, empty, "b", "<b1>", seed=2, embedding=_word_embedding(clip, "car"))
+    m1, c1 = call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank_a, strength=1.0)
+    _, c2 = call_node("R2MoEApplyBank", model=m1, clip=c1, bank=bank_b, strength=1.0)
+    got = encode(c2, "<a1> and <b1>")[0][0]
+    assert torch.allclose(got, encode(clip, "cat and car")[0][0], atol=1e-5)
