@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import pytest
-
-from r2moe_testkit.host import boot
+from comfy_inprocess import boot
 
 
 @pytest.fixture(scope="session")
@@ -14,6 +13,6 @@ def host(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny(host):
     """The tiny checkpoint through the stock CheckpointLoaderSimple: (MODEL, CLIP, VAE)."""
-    from r2moe_testkit.host import call_node
+    from comfy_inprocess import call_node
 
     return call_node("CheckpointLoaderSimple", ckpt_name=host.checkpoint.name)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from comfy_inprocess import call_node
 
 from r2moe_testkit.banks import add_random_concept, force_coefficient_one
-from r2moe_testkit.host import call_node
 from r2moe_testkit.sampling import encode, find_runtime, sample
 
 PROMPT = "a photo of a dog on the beach"
@@ -147,20 +147,19 @@ def test_bank_for_a_model_of_another_shape_is_refused(host, tiny, concept_bank):
     import comfy.model_patcher
     import comfy.supported_models
 
-    tiny_models = __import__(host.pack.__name__ + ".nodes.tiny_models", fromlist=["x"])
-    config = comfy.supported_models.SD15(dict(tiny_models.UNET_CONFIG, model_channels=64))
+    config = comfy.supported_models.SD15(dict(host.tiny_models.UNET_CONFIG, model_channels=64))
     config.set_inference_dtype(torch.float32, None)
     wider = comfy.model_patcher.ModelPatcher(
         config.get_model({}, "", device=torch.device("cpu")), load_device=torch.device("cpu"),
         offload_device=torch.device("cpu"),
     )
-    with pytest.raises(host.core.BankMismatchError, match=r"made for a model with 16 cross-attention layers.*32/64/128"):
+    expected = r"made for a model with 16 cross-attention layers.*32/64/128"
+    with pytest.raises(host.core.BankMismatchError, match=expected):
         apply(wider, tiny[1], concept_bank)
 
 
 def test_bank_for_other_weights_is_refused_unless_allowed(host, tiny, concept_bank):
-    tiny_models = __import__(host.pack.__name__ + ".nodes.tiny_models", fromlist=["x"])
-    other_model, _, _ = tiny_models.build_tiny(seed=7)
+    other_model, _, _ = host.tiny_models.build_tiny(seed=7)
     with pytest.raises(host.core.BankMismatchError, match="allow_other_weights"):
         apply(other_model, tiny[1], concept_bank)
     patched, _ = apply(other_model, tiny[1], concept_bank, allow_other_weights=True)

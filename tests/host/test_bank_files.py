@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from comfy_inprocess import call_node
 
 from r2moe_testkit.banks import add_random_concept
-from r2moe_testkit.host import call_node
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def test_save_then_load_through_the_nodes_round_trips(host, bank):
 
 def test_interrupted_save_leaves_the_previous_bank_intact(host, bank, monkeypatch):
     (path,) = call_node("R2MoESaveBank", bank=bank, name="crashy")
-    before = open(path, "rb").read()
+    before = Path(path).read_bytes()
     bigger = add_random_concept(host.core, bank, "cat", "<cat1>", seed=4)
 
     def crash(_fd):
@@ -44,7 +45,7 @@ def test_interrupted_save_leaves_the_previous_bank_intact(host, bank, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         call_node("R2MoESaveBank", bank=bigger, name="crashy")
     monkeypatch.undo()
-    assert open(path, "rb").read() == before
+    assert Path(path).read_bytes() == before
     assert not [f for f in os.listdir(os.path.dirname(path)) if f.endswith(".tmp")]
     (loaded,) = call_node("R2MoELoadBank", bank_name="crashy.safetensors")
     assert loaded.num_tasks == 1
@@ -60,6 +61,7 @@ def test_a_lora_in_the_bank_folder_gets_a_clear_message(host):
     import folder_paths
     from safetensors.torch import save_file
 
-    save_file({"x.lora_up.weight": torch.zeros(1, 1)}, os.path.join(folder_paths.get_folder_paths("r2moe")[0], "l.safetensors"))
+    folder = folder_paths.get_folder_paths("r2moe")[0]
+    save_file({"x.lora_up.weight": torch.zeros(1, 1)}, os.path.join(folder, "l.safetensors"))
     with pytest.raises(host.core.BankFormatError, match="not an R2MoE expert bank"):
         call_node("R2MoELoadBank", bank_name="l.safetensors")

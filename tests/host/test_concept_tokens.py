@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from comfy_inprocess import call_node
 
 from r2moe_testkit.banks import add_random_concept
-from r2moe_testkit.host import call_node
 from r2moe_testkit.sampling import encode
 
 

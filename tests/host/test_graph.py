@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from r2moe_testkit.host import run_graph
+from comfy_inprocess import run_graph
+
 from r2moe_testkit.workflows import load_api_workflow, with_steps
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from .host import call_node
+from comfy_inprocess import call_node
 
 
 def encode(clip: Any, text: str) -> Any:
@@ -14,7 +13,14 @@ def encode(clip: Any, text: str) -> Any:
 
 
 def sample(
-    model: Any, clip: Any, prompt: str, negative: str = "", steps: int = 3, cfg: float = 7.0, seed: int = 0, size: int = 128
+    model: Any,
+    clip: Any,
+    prompt: str,
+    negative: str = "",
+    steps: int = 3,
+    cfg: float = 7.0,
+    seed: int = 0,
+    size: int = 128,
 ) -> torch.Tensor:
     latent = call_node("EmptyLatentImage", width=size, height=size, batch_size=1)[0]
     out = call_node(

@@ -6,7 +6,7 @@ import copy
 import json
 from typing import Any
 
-from .paths import REPO
+from comfy_inprocess import REPO
 
 
 def load_api_workflow(name: str) -> dict[str, Any]:

@@ -1,0 +1,37 @@
+"""Write the deterministic tiny SD1.5-layout checkpoint (UNet + 2-layer CLIP-L + TAESD) for tests and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HOST_ROOT = REPO / ".host" / "ComfyUI"
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    opts = parser.parse_args()
+    sys.path.insert(0, str(HOST_ROOT))
+    sys.argv = sys.argv[:1]
+    import comfy.options
+
+    comfy.options.enable_args_parsing(False)
+    from comfy.cli_args import args
+
+    args.cpu = True
+    spec = importlib.util.spec_from_file_location("r2moe_tiny_models", REPO / "nodes" / "tiny_models.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    path = tiny.write_tiny_checkpoint(str(opts.out), seed=opts.seed)
+    logging.getLogger("r2moe").info("tiny checkpoint written to %s", path)
+
+
+if __name__ == "__main__":
+    main()

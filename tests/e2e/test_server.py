@@ -1,0 +1,58 @@
+"""The real ComfyUI server on 127.0.0.1 with the pack in custom_nodes: node listing and a full workflow over HTTP."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from comfy_inprocess import CACHE, REPO, TINY_CKPT_NAME, make_base_dir, require_host
+from comfy_server import ComfyServer
+
+from r2moe_testkit.workflows import load_api_workflow, with_steps
+
+NODE_IDS = ["R2MoENewBank", "R2MoELoadBank", "R2MoESaveBank", "R2MoEApplyBank", "R2MoEBankInfo"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    require_host()
+    checkpoint = CACHE / TINY_CKPT_NAME
+    if not checkpoint.exists():
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "make_tiny_checkpoint.py"), "--out", str(checkpoint)], check=True
+        )
+    base = make_base_dir(tmp_path_factory.mktemp("server_base"), checkpoint)
+    log = base / "server.log"
+    with ComfyServer(base_dir=base, log_path=log, gpu=False) as srv:
+        srv.base = base
+        yield srv
+    if any(b"IMPORT FAILED" in line and b"r2moe" in line for line in log.read_bytes().splitlines()):
+        pytest.fail("ComfyUI logged IMPORT FAILED for the pack")
+
+
+def test_object_info_lists_every_node(server):
+    info = server.get("/object_info")
+    missing = [n for n in NODE_IDS if n not in info]
+    assert not missing, f"nodes missing from /object_info (pack failed to import?): {missing}"
+    assert info["R2MoEApplyBank"]["output"] == ["MODEL", "CLIP"]
+    assert info["R2MoENewBank"]["output"] == ["R2MOE_BANK"]
+
+
+def test_web_extension_is_served(server):
+    assert "/extensions/r2moe/r2moe.js" in server.get("/extensions")
+
+
+def test_example_workflow_over_http_writes_an_image(server):
+    graph = with_steps(load_api_workflow("api_apply_bank.json"), steps=2)
+    entry = server.run(graph, timeout=300)
+    image = entry["outputs"]["9"]["images"][0]
+    path = Path(server.base) / "output" / image["subfolder"] / image["filename"]
+    assert path.is_file() and path.stat().st_size > 0
+    # second workflow: the bank saved by the first one, loaded back by name through the model folder
+    assert "demo_bank.safetensors" in server.get("/models/r2moe")
+    graph["2"] = {"class_type": "R2MoELoadBank", "inputs": {"bank_name": "demo_bank.safetensors"}}
+    del graph["12"]
+    entry = server.run(graph, timeout=300)
+    assert entry["outputs"]["9"]["images"]
