@@ -44,7 +44,7 @@ serve: env
 	$(PY) scripts/serve.py --host $(HOST) --port $(PORT)
 
 bench: env
-	$(PY) bench/sampling.py --host $(HOST)
+	$(PY) bench/sampling.py
 
 clean:
 	rm -rf .host output .pytest_cache .ruff_cache

@@ -51,7 +51,9 @@ class ContextStashWrapper(_SharedOnClone):
         options = args[5] if len(args) > 5 else kwargs.get("transformer_options")
         if context is None or options is None or not self.runtime.has_experts:
             return executor(*args, **kwargs)
-        options[self.stash_key] = self.runtime.entry_for(context, options.get("cond_or_uncond"))
+        options[self.stash_key] = self.runtime.entry_for(
+            context, options.get("cond_or_uncond"), options.get("uuids")
+        )
         try:
             return executor(*args, **kwargs)
         finally:

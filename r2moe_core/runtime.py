@@ -41,12 +41,10 @@ class BankRuntime:
                 self._stacked[name] = StackedExperts.from_experts(proj.experts, layer.in_dim, layer.out_dim)
                 self._alive[name] = proj.alive_mask()
         self._on_device: dict[tuple[str, torch.device, torch.dtype], tuple[torch.Tensor, StackedExperts]] = {}
-        self._entries: OrderedDict[int, _ContextEntry] = OrderedDict()
+        self._entries: OrderedDict[tuple, _ContextEntry] = OrderedDict()
+        self.has_experts = self.strength != 0.0 and any(s.ids for s in self._stacked.values())
         self.delta_computations = 0  # observable, so tests can prove deltas are not recomputed per step
 
-    @property
-    def has_experts(self) -> bool:
-        return self.strength != 0.0 and any(s.ids for s in self._stacked.values())
 
     def _device_tensors(
         self, name: str, device: torch.device, dtype: torch.dtype
@@ -57,8 +55,15 @@ class BankRuntime:
             self._on_device[key] = (router, self._stacked[name].to(device, dtype))
         return self._on_device[key]
 
-    def entry_for(self, context: torch.Tensor, cond_or_uncond: list[int] | None) -> _ContextEntry:
-        """Find (or create) the cache entry for this exact context and cond/uncond layout."""
+    def entry_for(
+        self, context: torch.Tensor, cond_or_uncond: list[int] | None, cond_ids: list[object] | None = None
+    ) -> _ContextEntry:
+        """Find (or create) the cache entry for this context and cond/uncond layout.
+
+        `cond_ids` identify the conditionings batched into `context` (ComfyUI gives every cond a uuid per
+        sampling run). With them the lookup never reads tensor values, so it never waits for the GPU; without
+        them the context is compared by value.
+        """
         batch = context.shape[0]
         if cond_or_uncond:
             chunk = max(batch // len(cond_or_uncond), 1)
@@ -66,18 +71,21 @@ class BankRuntime:
             cond_rows = kinds == 0
         else:
             cond_rows = torch.ones(batch, dtype=torch.bool)
-        for key, entry in self._entries.items():
-            if (
-                entry.context.shape == context.shape
-                and entry.context.device == context.device
-                and entry.context.dtype == context.dtype
-                and torch.equal(entry.cond_rows, cond_rows)
-                and torch.equal(entry.context, context)
-            ):
-                self._entries.move_to_end(key)
-                return entry
+        layout = (tuple(context.shape), context.device, context.dtype, tuple(cond_or_uncond or ()))
+        if cond_ids:
+            key: tuple = (layout, tuple(str(i) for i in cond_ids))
+            found = self._entries.get(key)
+        else:
+            key, found = (layout, None, len(self._entries), id(context)), None
+            for old_key, entry in self._entries.items():
+                if old_key[0] == layout and old_key[1] is None and torch.equal(entry.context, context):
+                    key, found = old_key, entry
+                    break
+        if found is not None:
+            self._entries.move_to_end(key)
+            return found
         entry = _ContextEntry(context=context, cond_rows=cond_rows, gate_in=gate_input(context))
-        self._entries[id(entry)] = entry
+        self._entries[key] = entry
         while len(self._entries) > _MAX_CACHED_CONTEXTS:
             self._entries.popitem(last=False)
         return entry

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 from comfy_inprocess import boot
 
@@ -7,7 +9,8 @@ from comfy_inprocess import boot
 @pytest.fixture(scope="session")
 def host(tmp_path_factory):
     """ComfyUI in this process, with the pack loaded from custom_nodes like a user's install."""
-    return boot(tmp_path_factory.mktemp("comfy_base"))
+    # R2MOE_TEST_DEVICE=gpu runs this tier on CUDA (a manual check; CI has no GPU).
+    return boot(tmp_path_factory.mktemp("comfy_base"), gpu=os.environ.get("R2MOE_TEST_DEVICE") == "gpu")
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,19 @@ def test_deltas_are_computed_once_per_context_and_reused(empty_bank):
     assert runtime.delta_computations == len(bank.projection_names()) + 1
 
 
+def test_cond_ids_key_the_cache_without_reading_values(empty_bank):
+    bank = add_random_concept(core, empty_bank, "dog", "<dog1>", seed=1)
+    runtime = BankRuntime(bank, 1.0)
+    name = bank.projection_names()[0]
+    first = runtime.entry_for(torch.randn(2, 5, 16), [1, 0], ["u-neg", "u-pos"])
+    runtime.delta(first, name)
+    again = runtime.entry_for(torch.randn(2, 5, 16), [1, 0], ["u-neg", "u-pos"])  # same conds, next step
+    assert again is first and runtime.delta_computations == 1
+    other_run = runtime.entry_for(torch.randn(2, 5, 16), [1, 0], ["u-neg2", "u-pos2"])
+    runtime.delta(other_run, name)
+    assert other_run is not first and runtime.delta_computations == 2
+
+
 def test_unconditional_rows_get_no_expert(empty_bank):
     bank = add_random_concept(core, empty_bank, "dog", "<dog1>", seed=1)
     runtime = BankRuntime(bank, 1.0)
