@@ -39,9 +39,9 @@ def select_experts(
         raise InvalidInputError(f"scores {tuple(scores.shape)} and candidates {tuple(candidates.shape)} disagree")
     if k < 0:
         raise InvalidInputError(f"top-k must be >= 0, got {k}")
+    k = min(k, int(candidates.sum()))  # read before moving to the device: no GPU sync
     candidates = candidates.to(scores.device)
     selected = torch.zeros_like(scores, dtype=torch.bool)
-    k = min(k, int(candidates.sum()))
     if k > 0:
         masked = scores.masked_fill(~candidates, float("-inf"))
         top = masked.topk(k, dim=1).indices

@@ -22,9 +22,20 @@ class _ContextEntry:
     """Everything derived from one text context: computed lazily, once, then reused on every step."""
 
     context: torch.Tensor
-    cond_rows: torch.Tensor  # bool [B]: rows that get experts (the unconditional rows do not)
+    cond_rows: torch.Tensor  # bool [B] on CPU: rows that get experts (the unconditional rows do not)
     gate_in: torch.Tensor
     deltas: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    _row_weight: dict[torch.device, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def has_cond(self) -> bool:
+        return bool(self.cond_rows.any())
+
+    def row_weight(self, device: torch.device) -> torch.Tensor:
+        """[B, 1] float mask of the conditional rows, moved to the device once."""
+        if device not in self._row_weight:
+            self._row_weight[device] = self.cond_rows.float()[:, None].to(device)
+        return self._row_weight[device]
 
 
 class BankRuntime:
@@ -40,7 +51,7 @@ class BankRuntime:
                 proj = bank.projections[name]
                 self._stacked[name] = StackedExperts.from_experts(proj.experts, layer.in_dim, layer.out_dim)
                 self._alive[name] = proj.alive_mask()
-        self._on_device: dict[tuple[str, torch.device, torch.dtype], tuple[torch.Tensor, StackedExperts]] = {}
+        self._on_device: dict[tuple, tuple[torch.Tensor, torch.Tensor, StackedExperts]] = {}
         self._entries: OrderedDict[tuple, _ContextEntry] = OrderedDict()
         self.has_experts = self.strength != 0.0 and any(s.ids for s in self._stacked.values())
         self.delta_computations = 0  # observable, so tests can prove deltas are not recomputed per step
@@ -48,11 +59,16 @@ class BankRuntime:
 
     def _device_tensors(
         self, name: str, device: torch.device, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, StackedExperts]:
+    ) -> tuple[torch.Tensor, torch.Tensor, StackedExperts]:
+        """Router, stacked-expert column index and experts on the compute device, moved once."""
         key = (name, device, dtype)
         if key not in self._on_device:
-            router = self.bank.projections[name].router.to(device, torch.float32)
-            self._on_device[key] = (router, self._stacked[name].to(device, dtype))
+            stacked = self._stacked[name]
+            self._on_device[key] = (
+                self.bank.projections[name].router.to(device, torch.float32),
+                torch.tensor(stacked.ids, dtype=torch.long).to(device),
+                stacked.to(device, dtype),
+            )
         return self._on_device[key]
 
     def entry_for(
@@ -95,21 +111,20 @@ class BankRuntime:
         if name in entry.deltas:
             return entry.deltas[name]
         result = None
-        stacked = self._stacked[name]
-        if stacked.ids and self.strength != 0.0 and bool(entry.cond_rows.any()):
+        # Decided on CPU-side facts only: reading GPU values here would stall the sampler every run.
+        if self._stacked[name].ids and self.strength != 0.0 and entry.has_cond:
             ctx = entry.context
-            router, on_device = self._device_tensors(name, ctx.device, ctx.dtype)
+            router, columns, on_device = self._device_tensors(name, ctx.device, ctx.dtype)
             coeffs = inference_coefficients(
-                entry.gate_in.to(ctx.device),
+                entry.gate_in,
                 router,
                 self._alive[name],
                 self.bank.config.top_k,
                 aux_in_softmax=self.bank.config.aux_in_inference,
             )
-            coeffs = coeffs[:, list(stacked.ids)] * entry.cond_rows.to(coeffs.device, coeffs.dtype)[:, None]
-            if bool((coeffs != 0).any()):
-                result = expert_delta(ctx, coeffs * self.strength, on_device.downs, on_device.ups)
-                self.delta_computations += 1
+            coeffs = coeffs.index_select(1, columns) * entry.row_weight(coeffs.device)
+            result = expert_delta(ctx, coeffs * self.strength, on_device.downs, on_device.ups)
+            self.delta_computations += 1
         entry.deltas[name] = result
         return result
 
