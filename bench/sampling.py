@@ -2,7 +2,7 @@
 
 Runs ComfyUI in process, on the tiny SD1.5-layout model and on a full-size SD1.5-shaped UNet with random weights
 (32x32 latent, cfg 7). Variants are interleaved round by round (each timed run preceded by an untimed one, so the
-model switch is not counted) and the median is reported, so machine noise hits all of them alike.
+model switch is not counted) and the minimum (least disturbed run) and the median are reported.
 Prints the ratios and writes bench/results/sampling.json. Goal: <= 1.03x.
 """
 
@@ -85,17 +85,22 @@ def bench_model(host, name: str, model, clip, steps: int, rounds: int) -> dict:
             timed_sample(m, *conds[label], latent, steps)
             times[label].append(timed_sample(m, *conds[label], latent, steps))
     medians = {label: statistics.median(t) for label, t in times.items()}
+    minima = {label: min(t) for label, t in times.items()}
     result = {
         "model": name,
         "steps": steps,
         "rounds": rounds,
         "median_s": medians,
-        "ratio_vs_stock": {label: medians[label] / medians["stock"] for label in banks},
+        "min_s": minima,
+        # The minimum is the run least disturbed by other load on a shared machine; the median shows the spread.
+        "ratio_vs_stock": {label: minima[label] / minima["stock"] for label in banks},
+        "ratio_vs_stock_median": {label: medians[label] / medians["stock"] for label in banks},
     }
+    ratios, med = result["ratio_vs_stock"], result["ratio_vs_stock_median"]
     LOG.info(
-        "%-28s stock %.3f s | 1 concept %.3f s (%.3fx) | 20 concepts %.3f s (%.3fx)",
-        name, medians["stock"], medians["1 concept"], result["ratio_vs_stock"]["1 concept"],
-        medians["20 concepts"], result["ratio_vs_stock"]["20 concepts"],
+        "%-30s stock %.3f s | 1 concept %.3f s  %.3fx (median %.3fx) | 20 concepts %.3f s  %.3fx (median %.3fx)",
+        name, minima["stock"], minima["1 concept"], ratios["1 concept"], med["1 concept"],
+        minima["20 concepts"], ratios["20 concepts"], med["20 concepts"],
     )
     return result
 

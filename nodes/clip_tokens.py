@@ -15,7 +15,7 @@ import torch
 
 from ..r2moe_core.bank import ExpertBank
 from ..r2moe_core.log import LOGGER
-from ..r2moe_core.tokens import embedding_name, lookup_embedding, substitute_triggers
+from ..r2moe_core.tokens import RESERVED_PREFIX, embedding_name, lookup_embedding, substitute_triggers
 
 
 def _inner_tokenizers(tokenizer: Any) -> list[tuple[str, Any]]:
@@ -28,21 +28,26 @@ def _inner_tokenizers(tokenizer: Any) -> list[tuple[str, Any]]:
 
 
 def _with_bank_lookup(inner: Any, embeddings: dict[str, torch.Tensor]) -> Any:
+    """A copy of one SDTokenizer whose embedding lookup answers the bank's reserved names first."""
     clone = copy.copy(inner)
-    original = inner._try_get_embedding
+    if clone.embedding_directory is None:  # the host only looks up embeddings when it has a directory
+        clone.embedding_directory = []
+    own = vars(inner).get("_try_get_embedding")  # already wrapped by another pack: keep that wrapper
+    host_lookup = own if own is not None else type(inner)._try_get_embedding.__get__(clone)
+    # ComfyUI 0.3.x returns (embed, leftover); newer releases return (embed, name, leftover).
+    arity = len(host_lookup(RESERVED_PREFIX + "arity_probe"))
     width = getattr(inner, "embedding_size", None)
 
-    def try_get_embedding(name: str) -> tuple[Any, str]:
+    def try_get_embedding(name: str) -> tuple[Any, ...]:
         parts = name.split()
         if parts:
             vectors = lookup_embedding(parts[0], embeddings)
             if vectors is not None and (width is None or vectors.shape[-1] == width):
-                return vectors, " ".join(parts[1:])
-        return original(name)
+                leftover = " ".join(parts[1:])
+                return (vectors, parts[0], leftover) if arity == 3 else (vectors, leftover)
+        return host_lookup(name)
 
     clone._try_get_embedding = try_get_embedding
-    if clone.embedding_directory is None:  # the host only looks up embeddings when it has a directory
-        clone.embedding_directory = []
     return clone
 
 

@@ -24,11 +24,15 @@ _PASSES_TRANSFORMER_OPTIONS = hasattr(attention, "wrap_attn")  # attention kerne
 _ids = itertools.count()
 
 
-def _stock_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict[str, Any]) -> torch.Tensor:
+def _stock_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict[str, Any], preferred: Any = None
+) -> torch.Tensor:
     """Exactly what CrossAttention.forward does after its projections, so an idle patch is bit-identical."""
     kwargs: dict[str, Any] = {"attn_precision": extra_options.get("attn_precision")}
     if _PASSES_TRANSFORMER_OPTIONS:
         kwargs["transformer_options"] = extra_options
+    if preferred is not None:  # newer ComfyUI: a per-layer attention kernel chosen by the checkpoint
+        kwargs["preferred_attention"] = preferred
     return attention.optimized_attention(q, k, v, extra_options["n_heads"], **kwargs)
 
 
@@ -63,8 +67,11 @@ class ContextStashWrapper(_SharedOnClone):
 class MoEAttentionPatch(_SharedOnClone):
     """attn2_replace for one layer: k += ΔK(c), v += ΔV(c), then the stock (or the previous patch's) attention."""
 
-    def __init__(self, runtime: BankRuntime, layer: LayerSpec, stash_key: str, previous: Any = None) -> None:
+    def __init__(
+        self, runtime: BankRuntime, layer: LayerSpec, stash_key: str, previous: Any = None, preferred: Any = None
+    ) -> None:
         self.runtime = runtime
+        self.preferred = preferred
         self.k_name, self.v_name = layer.projection_names()
         self.stash_key = stash_key
         self.previous = previous
@@ -89,7 +96,7 @@ class MoEAttentionPatch(_SharedOnClone):
                 )
         if self.previous is not None:
             return self.previous(q, k, v, extra_options)
-        return _stock_attention(q, k, v, extra_options)
+        return _stock_attention(q, k, v, extra_options, self.preferred)
 
     def __getattr__(self, name: str) -> Any:
         # Packs that find a slot taken call methods of the occupant (IPAdapter: set_new_condition); let those
@@ -112,5 +119,7 @@ def install_bank(model: Any, bank: ExpertBank, strength: float) -> tuple[Any, Ba
     for layer in bank.layers:
         block, number, index = layer.block_key
         previous = existing.get((block, number, index)) or existing.get((block, number))
-        patched.set_model_attn2_replace(MoEAttentionPatch(runtime, layer, stash_key, previous), block, number, index)
+        preferred = getattr(patched.get_model_object(f"diffusion_model.{layer.name}"), "comfy_attention", None)
+        patch = MoEAttentionPatch(runtime, layer, stash_key, previous, preferred)
+        patched.set_model_attn2_replace(patch, block, number, index)
     return patched, runtime

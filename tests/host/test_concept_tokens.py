@@ -38,3 +38,24 @@ def test_banks_applied_in_sequence_keep_each_others_tokens(host, tiny):
     _, c2 = call_node("R2MoEApplyBank", model=m1, clip=c1, bank=bank_b, strength=1.0)
     got = encode(c2, "<a1> and <b1>")[0][0]
     assert torch.allclose(got, encode(clip, "cat and car")[0][0], atol=1e-5)
+
+
+class NewerHostTokenizer:
+    """Newer ComfyUI (0.8+): `_try_get_embedding` returns (embed, name, leftover) instead of (embed, leftover)."""
+
+    embedding_identifier = "embedding:"
+    embedding_directory = None
+    embedding_size = 4
+
+    def _try_get_embedding(self, name):
+        assert self.embedding_directory is not None, "must not be called without a directory (load_embed crashes)"
+        return (None, name.split()[0], "")
+
+
+def test_lookup_follows_the_hosts_return_shape(host):
+    clip_tokens = __import__(host.pack.__name__ + ".nodes.clip_tokens", fromlist=["x"])
+    name = host.core.tokens.embedding_name("<a1>")
+    hooked = clip_tokens._with_bank_lookup(NewerHostTokenizer(), {name: torch.ones(1, 4)})
+    vectors, got_name, leftover = hooked._try_get_embedding(f"{name} dog")
+    assert got_name == name and leftover == "dog" and torch.equal(vectors, torch.ones(1, 4))
+    assert hooked._try_get_embedding("user_embedding") == (None, "user_embedding", "")
