@@ -85,8 +85,9 @@ class MoEAttentionPatch(_SharedOnClone):
             dk = self.runtime.delta(entry, self.k_name)
             dv = self.runtime.delta(entry, self.v_name)
             if (dk is None or dk.shape == k.shape) and (dv is None or dv.shape == v.shape):
-                k = k if dk is None else k + dk.to(k.dtype)
-                v = v if dv is None else v + dv.to(v.dtype)
+                # k and v are fresh outputs of to_k/to_v that nothing else holds: add in place, no new buffer.
+                k = k if dk is None else k.add_(dk.to(k.dtype))
+                v = v if dv is None else v.add_(dv.to(v.dtype))
             elif not self._warned:
                 self._warned = True
                 LOGGER.warning(
