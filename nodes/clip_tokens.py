@@ -70,7 +70,10 @@ class ConceptTokenizer:
         return self._patched.tokenize_with_weights(text, return_word_ids, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_patched"], name)
+        patched = self.__dict__.get("_patched")
+        if patched is None:  # during copy/pickle, before __init__ state exists
+            raise AttributeError(name)
+        return getattr(patched, name)
 
 
 def clip_with_concepts(clip: Any, bank: ExpertBank) -> Any:

@@ -59,3 +59,17 @@ def test_lookup_follows_the_hosts_return_shape(host):
     vectors, got_name, leftover = hooked._try_get_embedding(f"{name} dog")
     assert got_name == name and leftover == "dog" and torch.equal(vectors, torch.ones(1, 4))
     assert hooked._try_get_embedding("user_embedding") == (None, "user_embedding", "")
+
+
+def test_patched_clip_survives_clone_and_deepcopy(host, tiny):
+    import copy
+
+    model, clip, _ = tiny
+    empty = call_node("R2MoENewBank", model=model, rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
+    bank = add_random_concept(host.core, empty, "a", "<a1>", seed=1, embedding=_word_embedding(clip, "cat"))
+    _, patched = call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=1.0)
+    reference = encode(clip, "a cat")[0][0]
+    assert torch.allclose(encode(patched.clone(), "a <a1>")[0][0], reference, atol=1e-5)
+    copied = copy.copy(patched)
+    copied.tokenizer = copy.deepcopy(patched.tokenizer)
+    assert torch.allclose(encode(copied, "a <a1>")[0][0], reference, atol=1e-5)
