@@ -13,6 +13,7 @@ from ..r2moe_core.bank_io import load_bank, save_bank
 from ..r2moe_core.config import BankConfig
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
+from ..r2moe_core.pruning import prune_bank
 from ..r2moe_core.summary import bank_report, expert_map
 from .clip_tokens import clip_with_concepts
 from .host import bank_dir, bank_files, check_bank_fits, model_fingerprint, token_dim
@@ -185,4 +186,42 @@ class R2MoEBankInfo(io.ComfyNode):
         return io.NodeOutput(text, image, ui=ui.PreviewText(text))
 
 
-BANK_NODES: list[type[io.ComfyNode]] = [R2MoENewBank, R2MoELoadBank, R2MoESaveBank, R2MoEApplyBank, R2MoEBankInfo]
+class R2MoEPruneBank(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="R2MoEPruneBank",
+            display_name="R2MoE Prune Bank",
+            category=CATEGORY,
+            description=(
+                "Re-prune every concept's expert with another threshold: an expert is removed in each layer where "
+                "its gate weight on the concept's own prompt is below the threshold. Removal cannot be undone."
+            ),
+            inputs=[
+                Bank.Input("bank"),
+                io.Float.Input(
+                    "prune_threshold", default=0.4, min=0.0, max=1.0, step=0.01,
+                    tooltip="Higher removes more layers (smaller file, possibly weaker concepts); 0 removes nothing.",
+                ),
+            ],
+            outputs=[Bank.Output(display_name="bank"), io.String.Output(display_name="report")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, bank, prune_threshold) -> io.NodeOutput:
+        pruned, reports = prune_bank(bank, prune_threshold)
+        saved = sum(r.bytes_saved for r in reports)
+        lines = [r.summary() for r in reports] or ["the bank has no concepts"]
+        text = "\n".join([*lines, f"total saved: {saved / 1024:.1f} KB"])
+        return io.NodeOutput(pruned, text, ui=ui.PreviewText(text))
+
+
+BANK_NODES: list[type[io.ComfyNode]] = [
+    R2MoENewBank,
+    R2MoELoadBank,
+    R2MoESaveBank,
+    R2MoEApplyBank,
+    R2MoEBankInfo,
+    R2MoEPruneBank,
+]

@@ -12,7 +12,15 @@ from .fingerprint import ModelFingerprint, compute_fingerprint, fingerprint_diff
 from .layers import PROJECTIONS, LayerSpec, block_key
 from .log import LOGGER
 from .lora_export import expert_as_lora
-from .routing import gate_input, gate_scores, inference_coefficients, mixture_coefficients, select_experts
+from .pruning import PruneReport, new_expert_coefficients, prune_bank, prune_task
+from .routing import (
+    gate_input,
+    gate_scores,
+    inference_coefficients,
+    mixture_coefficients,
+    select_experts,
+    training_coefficients,
+)
 from .version import __version__
 
 __all__ = [
@@ -29,6 +37,7 @@ __all__ = [
     "LoraExpert",
     "ModelFingerprint",
     "ProjectionExperts",
+    "PruneReport",
     "R2MoEError",
     "StackedExperts",
     "__version__",
@@ -44,6 +53,10 @@ __all__ = [
     "inference_coefficients",
     "load_bank",
     "mixture_coefficients",
+    "new_expert_coefficients",
+    "prune_bank",
+    "prune_task",
     "save_bank",
     "select_experts",
+    "training_coefficients",
 ]

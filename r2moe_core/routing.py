@@ -71,3 +71,19 @@ def inference_coefficients(
     forced = torch.zeros_like(candidates)
     forced[AUX_EXPERT] = aux_in_softmax
     return mixture_coefficients(scores, select_experts(scores, candidates, top_k, forced))
+
+
+def training_coefficients(
+    m: torch.Tensor, router: torch.Tensor, alive: torch.Tensor, task: int, top_k: int
+) -> torch.Tensor:
+    """Selective activation while learning task t (method.md §3): the auxiliary expert and expert t always,
+    plus the top-k' alive old experts 1..t-1 with k' = min(t-1, K-1); softmax over those. Experts after t are
+    ignored (they did not exist when task t was learned)."""
+    if not 1 <= task < router.shape[1]:
+        raise InvalidInputError(f"task {task} has no router column (router has {router.shape[1]} columns)")
+    scores = gate_scores(m, router)
+    ids = torch.arange(router.shape[1])
+    candidates = alive.bool() & (ids >= 1) & (ids < task)
+    forced = (ids == AUX_EXPERT) | (ids == task)
+    selected = select_experts(scores, candidates, min(task - 1, top_k - 1), forced)
+    return mixture_coefficients(scores, selected)

@@ -12,7 +12,7 @@ from comfy_server import ComfyServer
 
 from r2moe_testkit.workflows import load_api_workflow, with_steps
 
-NODE_IDS = ["R2MoENewBank", "R2MoELoadBank", "R2MoESaveBank", "R2MoEApplyBank", "R2MoEBankInfo"]
+NODE_IDS = ["R2MoENewBank", "R2MoELoadBank", "R2MoESaveBank", "R2MoEApplyBank", "R2MoEBankInfo", "R2MoEPruneBank"]
 
 
 @pytest.fixture(scope="module")

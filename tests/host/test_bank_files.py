@@ -65,3 +65,14 @@ def test_a_lora_in_the_bank_folder_gets_a_clear_message(host):
     save_file({"x.lora_up.weight": torch.zeros(1, 1)}, os.path.join(folder, "l.safetensors"))
     with pytest.raises(host.core.BankFormatError, match="not an R2MoE expert bank"):
         call_node("R2MoELoadBank", bank_name="l.safetensors")
+
+
+def test_prune_node_shrinks_the_saved_file_and_reports_it(host, bank):
+    (before_path,) = call_node("R2MoESaveBank", bank=bank, name="before_prune")
+    pruned, report = call_node("R2MoEPruneBank", bank=bank, prune_threshold=1.0)
+    (after_path,) = call_node("R2MoESaveBank", bank=pruned, name="after_prune")
+    saved = os.path.getsize(before_path) - os.path.getsize(after_path)
+    assert pruned.expert_count() == 0 and "removed 32 of 32" in report
+    assert saved > 0.9 * bank.expert_bytes(), "a pruned expert must not leave tensors in the file"
+    unchanged, _ = call_node("R2MoEPruneBank", bank=bank, prune_threshold=0.0)
+    assert unchanged.expert_count() == bank.expert_count()

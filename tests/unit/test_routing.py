@@ -46,3 +46,15 @@ def test_empty_pool_gives_zero_weights_not_nan():
 def test_router_shape_is_checked():
     with pytest.raises(core.InvalidInputError, match="does not fit router"):
         core.gate_scores(torch.randn(2, 3), torch.randn(4, 2))
+
+
+def test_training_selection_forces_aux_and_new_expert_and_topk_minus_one_old():
+    m = torch.ones(1, 1)
+    # experts 0..4; learning task 4; old experts 1..3 with scores 3, 1, 2; K = 3 -> k' = 2 old (1 and 3)
+    router = torch.tensor([[0.0, 3.0, 1.0, 2.0, -5.0]])
+    alive = torch.tensor([True, True, True, True, True])
+    coeffs = core.training_coefficients(m, router, alive, task=4, top_k=3)
+    assert (coeffs[0] > 0).tolist() == [True, True, False, True, True], "aux and new expert in despite low scores"
+    assert torch.allclose(coeffs[0, [0, 1, 3, 4]], torch.softmax(torch.tensor([0.0, 3.0, 2.0, -5.0]), 0))
+    first_task = core.training_coefficients(m, router[:, :2], alive[:2], task=1, top_k=3)
+    assert first_task[0].tolist() == pytest.approx(torch.softmax(torch.tensor([0.0, 3.0]), 0).tolist())
