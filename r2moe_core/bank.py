@@ -53,18 +53,25 @@ class Concept:
 
 @dataclass(frozen=True)
 class ProjectionExperts:
-    """One adapted projection (K or V of one layer): its summed router and its alive trained experts.
+    """One adapted projection (K or V of one layer) and its alive trained experts, keyed by expert id.
 
-    Router columns are expert ids: column 0 is the auxiliary expert, column t the expert of task t. The
-    auxiliary expert's delta is zero by construction (its `up` is never trained), so it stores no tensors; a
-    pruned expert likewise stores nothing and simply has no entry in `experts`.
+    Expert id t is the expert of task t; id 0 is the auxiliary expert, whose delta and gate column are zero by
+    construction (it is never trained), so it stores nothing. A pruned expert stores nothing either: its gate
+    column is only ever read while it is alive, so it goes with it.
     """
 
-    router: torch.Tensor  # [context_dim, num_experts]
+    in_dim: int
     experts: Mapping[int, LoraExpert] = field(default_factory=dict)
 
-    def alive_mask(self) -> torch.Tensor:
-        mask = torch.zeros(self.router.shape[1], dtype=torch.bool)
+    def router(self, num_experts: int) -> torch.Tensor:
+        """The summed router [in_dim, num_experts]: gate columns of alive experts, zeros elsewhere."""
+        router = torch.zeros(self.in_dim, num_experts)
+        for expert_id, expert in self.experts.items():
+            router[:, expert_id] = expert.gate.float()
+        return router
+
+    def alive_mask(self, num_experts: int) -> torch.Tensor:
+        mask = torch.zeros(num_experts, dtype=torch.bool)
         mask[AUX_EXPERT] = True
         for expert_id in self.experts:
             mask[expert_id] = True
@@ -91,9 +98,7 @@ class ExpertBank:
                 "The model has no cross-attention layers to adapt; R2MoE needs an SD1.x-style UNet."
             )
         projections = {
-            f"{layer.name}.{proj}": ProjectionExperts(router=torch.zeros(layer.in_dim, 1))
-            for layer in layers
-            for proj in PROJECTIONS
+            f"{layer.name}.{proj}": ProjectionExperts(in_dim=layer.in_dim) for layer in layers for proj in PROJECTIONS
         }
         bank = cls(config, tuple(layers), fingerprint, projections, (), 0, token_dim)
         bank.validate()
@@ -131,15 +136,13 @@ class ExpertBank:
 
     # ---- changes (each returns a new bank) -------------------------------------------------------------------
     def with_concept(
-        self,
-        concept: Concept,
-        experts: Mapping[str, LoraExpert],
-        routers: Mapping[str, torch.Tensor],
-        replace_existing: bool = False,
+        self, concept: Concept, projections: Mapping[str, ProjectionExperts], replace_existing: bool = False
     ) -> ExpertBank:
-        """Add a concept learned as task `num_tasks + 1`: its experts (only where kept) and the updated routers.
+        """Add a concept learned as task `num_tasks + 1`, with every projection as training left it.
 
-        `routers` gives, for every projection, the new summed router with one more column than before.
+        `projections` holds, for every adapted projection, the old experts (their gate columns may have been
+        updated by this task's router increment) plus the new expert where it was kept. With `replace_existing`,
+        a concept of the same name is dropped first, experts included.
         """
         existing = self.concept_by_name(concept.name)
         if existing is not None and not replace_existing:
@@ -156,25 +159,20 @@ class ExpertBank:
         task = self.num_tasks + 1
         if concept.task != task:
             raise InvalidInputError(f"The next task index is {task}, the concept says {concept.task}.")
-        unknown = set(experts) - set(self.projections)
-        if unknown:
-            raise InvalidInputError(f"Experts given for projections the bank does not adapt: {sorted(unknown)}")
-        projections = {}
-        for name, proj in self.projections.items():
-            router = routers.get(name)
-            if router is None or tuple(router.shape) != (proj.router.shape[0], task + 1):
-                raise InvalidInputError(
-                    f"Router for {name} must be [{proj.router.shape[0]}, {task + 1}], got "
-                    f"{None if router is None else tuple(router.shape)}."
-                )
-            alive = dict(proj.experts)
+        if set(projections) != set(self.projections):
+            raise InvalidInputError("Training must return every adapted projection of the bank, and only those.")
+        updated = {}
+        for name, proj in projections.items():
+            before = set(self.projections[name].experts) - ({existing.task} if existing else set())
+            after = set(proj.experts)
+            if not before <= after or not after <= before | {task}:
+                raise InvalidInputError(f"{name}: training may only add expert {task}, got experts {sorted(after)}.")
+            experts = dict(proj.experts)
             if existing is not None:
-                alive.pop(existing.task, None)
-            if name in experts:
-                alive[task] = experts[name]
-            projections[name] = ProjectionExperts(router=router, experts=alive)
-        concept = replace(concept, kept=tuple(n for n in self.projection_names() if n in experts))
-        bank = replace(self, projections=projections, concepts=(*others, concept), num_tasks=task)
+                experts.pop(existing.task, None)
+            updated[name] = ProjectionExperts(in_dim=proj.in_dim, experts=experts)
+        kept = tuple(n for n in self.projection_names() if task in updated[n].experts)
+        bank = replace(self, projections=updated, concepts=(*others, replace(concept, kept=kept)), num_tasks=task)
         bank.validate()
         return bank
 
@@ -207,15 +205,13 @@ class ExpertBank:
             for proj_name in PROJECTIONS:
                 name = f"{layer.name}.{proj_name}"
                 proj = self.projections[name]
-                if tuple(proj.router.shape) != (layer.in_dim, self.num_experts):
-                    raise BankMismatchError(
-                        f"{name}: router is {tuple(proj.router.shape)}, expected {(layer.in_dim, self.num_experts)}."
-                    )
+                if proj.in_dim != layer.in_dim:
+                    raise BankMismatchError(f"{name}: width {proj.in_dim} != layer input {layer.in_dim}.")
                 for expert_id, expert in proj.experts.items():
                     if not 1 <= expert_id <= self.num_tasks:
                         raise BankMismatchError(f"{name}: expert id {expert_id} outside 1..{self.num_tasks}.")
                     want_down, want_up = (layer.in_dim, rank), (rank, layer.out_dim)
-                    if tuple(expert.down.shape) != want_down or tuple(expert.up.shape) != want_up:
+                    if tuple(expert.down.shape) != want_down or tuple(expert.up.shape) != want_up:  # gate: own check
                         raise BankMismatchError(
                             f"{name}: expert {expert_id} has down {tuple(expert.down.shape)} and up "
                             f"{tuple(expert.up.shape)}, expected {want_down} and {want_up}."

@@ -15,7 +15,7 @@ from safetensors.torch import save as st_save
 from .atomic import atomic_write_bytes
 from .bank import FORMAT_VERSION, Concept, ExpertBank, ProjectionExperts
 from .config import BankConfig
-from .errors import BankFormatError, BankMismatchError
+from .errors import BankFormatError, BankMismatchError, InvalidInputError
 from .experts import LoraExpert
 from .fingerprint import ModelFingerprint
 from .layers import LayerSpec
@@ -39,10 +39,10 @@ def bank_to_tensors(bank: ExpertBank) -> tuple[dict[str, torch.Tensor], dict[str
         for proj in ("to_k", "to_v"):
             entry = bank.projections[f"{layer.name}.{proj}"]
             prefix = _proj_prefix(index, proj)
-            tensors[f"{prefix}.router"] = entry.router
             for expert_id, expert in entry.experts.items():
                 tensors[f"{prefix}.expert.{expert_id}.down"] = expert.down
                 tensors[f"{prefix}.expert.{expert_id}.up"] = expert.up
+                tensors[f"{prefix}.expert.{expert_id}.gate"] = expert.gate
     for concept in bank.concepts:
         tensors[f"concept.{concept.task}.embedding"] = concept.embedding
         tensors[f"concept.{concept.task}.gate_input"] = concept.gate_input
@@ -139,28 +139,32 @@ def bank_from_bytes(data: bytes, source: str = "bank") -> ExpertBank:
     for index, layer in enumerate(layers):
         for proj in ("to_k", "to_v"):
             prefix = _proj_prefix(index, proj)
-            router = _take(tensors, f"{prefix}.router", source)
             experts = {}
             for key in [k for k in tensors if k.startswith(f"{prefix}.expert.") and k.endswith(".down")]:
                 expert_id = int(key.split(".")[-2])
-                experts[expert_id] = LoraExpert(
-                    down=_take(tensors, key, source), up=_take(tensors, f"{prefix}.expert.{expert_id}.up", source)
-                )
-            projections[f"{layer.name}.{proj}"] = ProjectionExperts(router=router, experts=experts)
+                parts = {p: _take(tensors, f"{prefix}.expert.{expert_id}.{p}", source) for p in ("down", "up", "gate")}
+                try:
+                    experts[expert_id] = LoraExpert(**parts)
+                except InvalidInputError as exc:
+                    raise BankFormatError(f"{source}: {prefix}.expert.{expert_id}: {exc}") from exc
+            projections[f"{layer.name}.{proj}"] = ProjectionExperts(in_dim=layer.in_dim, experts=experts)
     concepts = []
     for row in concept_rows:
         task = int(row["task"])
-        concepts.append(
-            Concept(
-                name=str(row["name"]),
-                token=str(row["token"]),
-                class_word=str(row.get("class_word", "")),
-                task=task,
-                embedding=_take(tensors, f"concept.{task}.embedding", source),
-                gate_input=_take(tensors, f"concept.{task}.gate_input", source),
-                kept=tuple(row.get("kept", ())),
+        try:
+            concepts.append(
+                Concept(
+                    name=str(row["name"]),
+                    token=str(row["token"]),
+                    class_word=str(row.get("class_word", "")),
+                    task=task,
+                    embedding=_take(tensors, f"concept.{task}.embedding", source),
+                    gate_input=_take(tensors, f"concept.{task}.gate_input", source),
+                    kept=tuple(row.get("kept", ())),
+                )
             )
-        )
+        except InvalidInputError as exc:
+            raise BankFormatError(f"{source}: concept record {row.get('name')!r}: {exc}") from exc
     if tensors:
         raise BankFormatError(f"{source} holds tensors the metadata does not explain: {sorted(tensors)[:5]}")
     bank = ExpertBank(

@@ -12,16 +12,20 @@ from .errors import InvalidInputError
 
 @dataclass(frozen=True)
 class LoraExpert:
-    """One expert on one projection: the low-rank update c -> (c @ down) @ up, i.e. ΔW = (down @ up)^T."""
+    """One expert on one projection: the low-rank update c -> (c @ down) @ up, i.e. ΔW = (down @ up)^T, and its
+    column of the gate (`gate`, [in]): its routing score for a prompt is mean_tokens(c) · gate."""
 
     down: torch.Tensor  # [in, r]
     up: torch.Tensor  # [r, out]
+    gate: torch.Tensor  # [in]
 
     def __post_init__(self) -> None:
         if self.down.ndim != 2 or self.up.ndim != 2 or self.down.shape[1] != self.up.shape[0]:
             raise InvalidInputError(
                 f"expert down {tuple(self.down.shape)} and up {tuple(self.up.shape)} must be [in, r] and [r, out]"
             )
+        if tuple(self.gate.shape) != (self.down.shape[0],):
+            raise InvalidInputError(f"expert gate column must be [{self.down.shape[0]}], got {tuple(self.gate.shape)}")
 
     @property
     def rank(self) -> int:
@@ -29,7 +33,7 @@ class LoraExpert:
 
     @property
     def nbytes(self) -> int:
-        return self.down.numel() * self.down.element_size() + self.up.numel() * self.up.element_size()
+        return sum(t.numel() * t.element_size() for t in (self.down, self.up, self.gate))
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW [out, in] in the nn.Linear convention, for merging or exporting as a plain LoRA."""

@@ -51,7 +51,8 @@ def new_expert_coefficients(
     for name, proj in bank.projections.items():
         if task not in proj.experts:
             continue
-        coeffs = training_coefficients(m.float(), proj.router, proj.alive_mask(), task, bank.config.top_k)
+        n = bank.num_experts
+        coeffs = training_coefficients(m.float(), proj.router(n), proj.alive_mask(n), task, bank.config.top_k)
         out[name] = float(coeffs[:, task].mean())
     return out
 

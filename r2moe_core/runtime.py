@@ -46,11 +46,13 @@ class BankRuntime:
         self.strength = float(strength)
         self._stacked: dict[str, StackedExperts] = {}
         self._alive: dict[str, torch.Tensor] = {}
+        self._router: dict[str, torch.Tensor] = {}
         for layer in bank.layers:
             for name in layer.projection_names():
                 proj = bank.projections[name]
                 self._stacked[name] = StackedExperts.from_experts(proj.experts, layer.in_dim, layer.out_dim)
-                self._alive[name] = proj.alive_mask()
+                self._alive[name] = proj.alive_mask(bank.num_experts)
+                self._router[name] = proj.router(bank.num_experts)
         self._on_device: dict[tuple, tuple[torch.Tensor, torch.Tensor, StackedExperts]] = {}
         self._entries: OrderedDict[tuple, _ContextEntry] = OrderedDict()
         self.has_experts = self.strength != 0.0 and any(s.ids for s in self._stacked.values())
@@ -65,7 +67,7 @@ class BankRuntime:
         if key not in self._on_device:
             stacked = self._stacked[name]
             self._on_device[key] = (
-                self.bank.projections[name].router.to(device, torch.float32),
+                self._router[name].to(device, torch.float32),
                 torch.tensor(stacked.ids, dtype=torch.long).to(device),
                 stacked.to(device, dtype),
             )
@@ -130,10 +132,9 @@ class BankRuntime:
 
     def coefficients(self, context: torch.Tensor, name: str) -> torch.Tensor:
         """Gate coefficients [B, num_experts] of one projection for a context (for reports and tests)."""
-        proj = self.bank.projections[name]
         return inference_coefficients(
             gate_input(context),
-            proj.router,
+            self._router[name],
             self._alive[name],
             self.bank.config.top_k,
             self.bank.config.aux_in_inference,

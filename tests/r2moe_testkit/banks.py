@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import ModuleType
 
 import torch
@@ -22,16 +23,18 @@ def add_random_concept(
     task = bank.num_tasks + 1
     rank = bank.config.rank
     names = bank.projection_names() if projections is None else projections
-    experts, routers = {}, {}
+    updated = {}
     for layer in bank.layers:
         for proj_name in layer.projection_names():
-            old = bank.projections[proj_name].router
-            routers[proj_name] = torch.cat([old, torch.randn(old.shape[0], 1, generator=gen) * 0.05], dim=1)
+            proj = bank.projections[proj_name]
+            experts = dict(proj.experts)
             if proj_name in names:
-                experts[proj_name] = core.LoraExpert(
+                experts[task] = core.LoraExpert(
                     down=torch.randn(layer.in_dim, rank, generator=gen) * scale,
                     up=torch.randn(rank, layer.out_dim, generator=gen) * scale,
+                    gate=torch.randn(layer.in_dim, generator=gen) * 0.05,
                 )
+            updated[proj_name] = replace(proj, experts=experts)
     concept = core.Concept(
         name=name,
         token=token,
@@ -40,17 +43,17 @@ def add_random_concept(
         embedding=embedding if embedding is not None else torch.randn(1, bank.token_dim, generator=gen) * 0.02,
         gate_input=torch.randn(bank.layers[0].in_dim, generator=gen),
     )
-    return bank.with_concept(concept, experts, routers)
+    return bank.with_concept(concept, updated)
 
 
 def force_coefficient_one(bank, task: int, gate_in: torch.Tensor):
-    """Routers that give expert `task` a softmax weight of exactly 1.0 (in fp32) for gate input `gate_in`."""
-    from dataclasses import replace
-
+    """Gate columns that give expert `task` a softmax weight of exactly 1.0 (in fp32) for gate input `gate_in`."""
     direction = gate_in.float() / gate_in.float().square().sum()
     projections = {}
     for name, proj in bank.projections.items():
-        router = torch.zeros_like(proj.router)
-        router[:, task] = 200.0 * direction  # score 200 against 0 for every other expert: exp(-200) == 0 in fp32
-        projections[name] = replace(proj, router=router)
+        experts = {
+            i: replace(e, gate=200.0 * direction if i == task else torch.zeros_like(e.gate))  # exp(-200) == 0
+            for i, e in proj.experts.items()
+        }
+        projections[name] = replace(proj, experts=experts)
     return replace(bank, projections=projections)

@@ -10,14 +10,15 @@ from r2moe_testkit.banks import add_random_concept
 def test_empty_bank_holds_only_the_auxiliary_column(empty_bank):
     assert empty_bank.num_experts == 1 and empty_bank.expert_count() == 0
     for proj in empty_bank.projections.values():
-        assert proj.router.shape[1] == 1 and proj.alive_mask().tolist() == [True]
+        assert proj.experts == {} and proj.alive_mask(1).tolist() == [True]
+        assert torch.equal(proj.router(1), torch.zeros(proj.in_dim, 1))
 
 
 def test_adding_concepts_grows_task_index_and_router(empty_bank):
     bank = add_random_concept(core, empty_bank, "dog", "<dog1>", seed=1)
     bank = add_random_concept(core, bank, "cat", "<cat1>", seed=2)
     assert [c.task for c in bank.concepts] == [1, 2]
-    assert all(p.router.shape[1] == 3 for p in bank.projections.values())
+    assert all(p.router(bank.num_experts).shape[1] == 3 for p in bank.projections.values())
     assert bank.expert_count() == 2 * len(bank.projections)
     assert empty_bank.num_tasks == 0, "banks are immutable: the input bank must not change"
 
@@ -47,8 +48,20 @@ def test_pruning_removes_expert_per_projection_and_records_it(empty_bank):
 def test_validate_reports_inconsistent_shapes(empty_bank):
     from dataclasses import replace
 
-    name = empty_bank.projection_names()[0]
-    broken = dict(empty_bank.projections)
-    broken[name] = replace(broken[name], router=torch.zeros(3, 1))
+    bank = add_random_concept(core, empty_bank, "dog", "<dog1>", seed=1)
+    name = bank.projection_names()[0]
+    broken = dict(bank.projections)
+    expert = broken[name].experts[1]
+    broken[name] = replace(broken[name], experts={1: replace(expert, up=torch.zeros(bank.config.rank, 3))})
     with pytest.raises(core.BankMismatchError, match=name):
-        replace(empty_bank, projections=broken).validate()
+        replace(bank, projections=broken).validate()
+
+
+def test_training_may_only_add_the_new_expert(empty_bank):
+    from dataclasses import replace
+
+    bank = add_random_concept(core, empty_bank, "dog", "<dog1>", seed=1)
+    concept = replace(bank.concepts[0], name="cat", token="<cat1>", task=2)
+    dropped = {n: replace(p, experts={}) for n, p in bank.projections.items()}
+    with pytest.raises(core.InvalidInputError, match="may only add expert 2"):
+        bank.with_concept(concept, dropped)
