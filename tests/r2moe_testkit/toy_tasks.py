@@ -1,0 +1,92 @@
+"""Learning concepts in the toy world through the real core training loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import r2moe_core as core
+from r2moe_core.runtime import BankRuntime
+from r2moe_core.training import ExpertTrainer, TrainSettings, ddpm_sigmas, training_step
+
+from .small import small_layers
+from .toy import ToyDenoiser, ToyTextEncoder
+
+SIGMAS = ddpm_sigmas()[:300]  # the toy world lives at low noise levels
+
+
+@dataclass
+class ToyWorld:
+    denoiser: ToyDenoiser
+    encoder: ToyTextEncoder
+    bank: object
+
+    @classmethod
+    def make(cls, top_k: int = 3) -> ToyWorld:
+        layers = small_layers()
+        denoiser, encoder = ToyDenoiser(layers), ToyTextEncoder()
+        fingerprint = core.compute_fingerprint(layers, denoiser.weights())
+        bank = core.ExpertBank.empty(core.BankConfig(rank=2, top_k=top_k), layers, fingerprint, token_dim=16)
+        return cls(denoiser, encoder, bank)
+
+
+def concept_latents(seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 4, 4, 4, generator=gen) * 1.5 + 0.05 * torch.randn(4, 4, 4, 4, generator=gen)
+
+
+def learn(world: ToyWorld, bank, name: str, seed: int, steps: int = 300, **settings) -> tuple[object, list[float]]:
+    """Train concept `<name1> name` on its latents; returns the exported (unpruned) bank and the losses."""
+    token = f"<{name}1>"
+    defaults = {"lr_experts": 3e-2, "lr_router": 3e-2, "lr_token": 1e-2, "seed": seed}
+    trainer = ExpertTrainer(bank, world.encoder.word(name)[None], TrainSettings(steps=steps, **(defaults | settings)))
+    optimizer = trainer.optimizer()
+    gen = torch.Generator().manual_seed(seed)
+    captions = [f"photo of {token} {name}"] * 4
+
+    def predict(x, sigma, context):
+        return world.denoiser(x, sigma, context, lambda proj, ctx: trainer.delta(trainer.index[proj], ctx))
+
+    def encode(texts):
+        return world.encoder(list(texts), {token: trainer.token})
+
+    latents = concept_latents(seed)
+    losses = [
+        training_step(trainer, optimizer, predict, encode, latents, captions, SIGMAS, gen).mse for _ in range(steps)
+    ]
+    gate_in = core.gate_input(encode(captions[:1])).detach()
+    return trainer.export(name, token, name, gate_in), losses
+
+
+def prediction(world: ToyWorld, bank, prompt: str) -> torch.Tensor:
+    """ε̂ at fixed noise and σ through the inference runtime (what sampling would see)."""
+    runtime = BankRuntime(bank, 1.0)
+    context = world.encoder([prompt], {c.token: c.embedding for c in bank.concepts})
+    entry = runtime.entry_for(context, None)
+    gen = torch.Generator().manual_seed(123)
+    x = torch.randn(1, 4, 4, 4, generator=gen) * 3
+
+    def delta(proj, ctx):
+        d = runtime.delta(entry, proj)
+        return 0 if d is None else d
+
+    return world.denoiser(x, torch.tensor([3.0]), context, delta)
+
+
+def eval_loss(world: ToyWorld, bank, name: str, seed: int) -> float:
+    """Denoising error on the concept's own latents at fixed noise and timesteps."""
+    runtime = BankRuntime(bank, 1.0)
+    context = world.encoder([f"photo of <{name}1> {name}"] * 4, {c.token: c.embedding for c in bank.concepts})
+    entry = runtime.entry_for(context, None)
+    gen = torch.Generator().manual_seed(7)
+    noise = torch.randn(4, 4, 4, 4, generator=gen)
+    sigma = SIGMAS[torch.randint(0, len(SIGMAS), (4,), generator=gen)]
+    x = concept_latents(seed) + noise * sigma.view(-1, 1, 1, 1)
+
+    def delta(proj, ctx):
+        d = runtime.delta(entry, proj)
+        return 0 if d is None else d
+
+    with torch.no_grad():
+        return float(torch.nn.functional.mse_loss(world.denoiser(x, sigma, context, delta), noise))
