@@ -47,10 +47,13 @@ class ToyDenoiser(torch.nn.Module):
         self.v = torch.nn.ParameterList()
         self.o = torch.nn.ParameterList()
         for layer in layers:
-            self.q.append(torch.nn.Parameter(torch.randn(channels, layer.out_dim, generator=gen) / channels**0.5))
-            self.k.append(torch.nn.Parameter(torch.randn(layer.in_dim, layer.out_dim, generator=gen) / layer.in_dim**0.5))
-            self.v.append(torch.nn.Parameter(torch.randn(layer.in_dim, layer.out_dim, generator=gen) / layer.in_dim**0.5))
-            self.o.append(torch.nn.Parameter(torch.randn(layer.out_dim, channels, generator=gen) / layer.out_dim**0.5))
+            for params, rows, cols in (
+                (self.q, channels, layer.out_dim),
+                (self.k, layer.in_dim, layer.out_dim),
+                (self.v, layer.in_dim, layer.out_dim),
+                (self.o, layer.out_dim, channels),
+            ):
+                params.append(torch.nn.Parameter(torch.randn(rows, cols, generator=gen) / rows**0.5))
         self.requires_grad_(False)
 
     def weights(self) -> dict[str, torch.Tensor]:
