@@ -1,7 +1,8 @@
 """ComfyUI adapters, grouped by stage. Importing this package requires a running ComfyUI."""
 
 from .bank_nodes import BANK_NODES
+from .train_nodes import TRAIN_NODES
 
-ALL_NODES = [*BANK_NODES]
+ALL_NODES = [*BANK_NODES, *TRAIN_NODES]
 
 __all__ = ["ALL_NODES"]

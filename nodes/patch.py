@@ -9,6 +9,7 @@ called for the attention itself, so both apply.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import comfy.ldm.modules.attention as attention
@@ -46,7 +47,7 @@ class _SharedOnClone:
 class ContextStashWrapper(_SharedOnClone):
     """DIFFUSION_MODEL wrapper: hands the raw context and cond/uncond layout to the layer patches."""
 
-    def __init__(self, runtime: BankRuntime, stash_key: str) -> None:
+    def __init__(self, runtime: Any, stash_key: str) -> None:
         self.runtime = runtime
         self.stash_key = stash_key
 
@@ -68,7 +69,7 @@ class MoEAttentionPatch(_SharedOnClone):
     """attn2_replace for one layer: k += ΔK(c), v += ΔV(c), then the stock (or the previous patch's) attention."""
 
     def __init__(
-        self, runtime: BankRuntime, layer: LayerSpec, stash_key: str, previous: Any = None, preferred: Any = None
+        self, runtime: Any, layer: LayerSpec, stash_key: str, previous: Any = None, preferred: Any = None
     ) -> None:
         self.runtime = runtime
         self.preferred = preferred
@@ -108,19 +109,25 @@ class MoEAttentionPatch(_SharedOnClone):
         return getattr(previous, name)
 
 
-def install_bank(model: Any, bank: ExpertBank, strength: float) -> tuple[Any, BankRuntime]:
-    """Return a clone of `model` (a ModelPatcher) with the bank's MoE patch installed."""
+def install_runtime(model: Any, runtime: Any, layers: Sequence[LayerSpec]) -> Any:
+    """Return a clone of `model` (a ModelPatcher) whose cross-attention layers take their K/V deltas from
+    `runtime` (a BankRuntime for sampling, a TrainingRuntime while learning)."""
     patched = model.clone()
-    runtime = BankRuntime(bank, strength)
     stash_key = f"r2moe_{next(_ids)}"
     patched.add_wrapper_with_key(
         comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, stash_key, ContextStashWrapper(runtime, stash_key)
     )
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    for layer in bank.layers:
+    for layer in layers:
         block, number, index = layer.block_key
         previous = existing.get((block, number, index)) or existing.get((block, number))
         preferred = getattr(patched.get_model_object(f"diffusion_model.{layer.name}"), "comfy_attention", None)
         patch = MoEAttentionPatch(runtime, layer, stash_key, previous, preferred)
         patched.set_model_attn2_replace(patch, block, number, index)
-    return patched, runtime
+    return patched
+
+
+def install_bank(model: Any, bank: ExpertBank, strength: float) -> tuple[Any, BankRuntime]:
+    """Return a clone of `model` with the bank's MoE patch installed."""
+    runtime = BankRuntime(bank, strength)
+    return install_runtime(model, runtime, bank.layers), runtime

@@ -176,6 +176,14 @@ class ExpertBank:
         bank.validate()
         return bank
 
+    def without_concept(self, name: str) -> ExpertBank:
+        """Forget a concept: its record and its experts everywhere (its task index is not reused)."""
+        concept = self.concept_by_name(name)
+        if concept is None:
+            raise InvalidInputError(f"No concept named '{name}' in this bank.")
+        bank = self.without_experts(concept.task, self.projection_names())
+        return replace(bank, concepts=tuple(c for c in bank.concepts if c.name != name))
+
     def without_experts(self, task: int, projection_names: list[str]) -> ExpertBank:
         """Remove the expert of `task` from the given projections (layer-wise pruning, method.md §5)."""
         projections = dict(self.projections)

@@ -267,3 +267,26 @@ def training_step(
     optimizer.step()
     trainer.after_step()
     return StepResult(float(loss.detach()), float(mse.detach()), float(distill.detach()))
+
+
+@dataclass
+class _TrainEntry:
+    context: torch.Tensor
+
+
+class TrainingRuntime:
+    """The runtime interface the host patch expects (entry_for / delta), backed by a trainer: no caching,
+    gradients flow into the trainable state."""
+
+    has_experts = True
+
+    def __init__(self, trainer: ExpertTrainer) -> None:
+        self.trainer = trainer
+
+    def entry_for(
+        self, context: torch.Tensor, cond_or_uncond: list[int] | None, cond_ids: list[object] | None = None
+    ) -> _TrainEntry:
+        return _TrainEntry(context)
+
+    def delta(self, entry: _TrainEntry, name: str) -> torch.Tensor:
+        return self.trainer.delta(self.trainer.index[name], entry.context)

@@ -1,0 +1,175 @@
+"""Learning a concept inside the graph: R2MoETrainConcept."""
+
+from __future__ import annotations
+
+import math
+
+import comfy.utils
+import torch
+from comfy_api.latest import io, ui
+
+from ..r2moe_core.concept_data import load_concept_folder, make_captions, square_resize
+from ..r2moe_core.errors import InvalidInputError
+from ..r2moe_core.log import LOGGER
+from ..r2moe_core.summary import loss_curve, short_layer_name
+from ..r2moe_core.training import OPTIMIZERS, TrainSettings
+from .host import check_bank_fits, token_dim
+from .training_host import train_concept
+from .types import Bank
+
+CATEGORY = "R2MoE"
+
+
+def _images(images: torch.Tensor | None, folder: str, resolution: int) -> tuple[list[torch.Tensor], list[str] | None]:
+    frames: list[torch.Tensor] = []
+    captions = None
+    if images is not None:
+        frames += [square_resize(img, resolution) for img in images]
+    if folder.strip():
+        loaded, captions = load_concept_folder(folder.strip())
+        frames += [square_resize(img, resolution) for img in loaded]
+        if images is not None and captions is not None:
+            captions = None  # captions describe the folder only: use the template for the whole set
+    if not frames:
+        raise InvalidInputError(
+            "No training images: connect an IMAGE batch (3 to 7 photos of the concept) or give a folder path."
+        )
+    return frames, captions
+
+
+def _report(outcome, name: str, token: str, steps: int) -> str:
+    prune = outcome.prune
+    tail = outcome.losses[-50:]
+    def names(projections: tuple[str, ...]) -> str:
+        return ", ".join(f"{short_layer_name(p.rsplit('.', 1)[0])}.{p[-1]}" for p in projections) or "none"
+
+    kept, removed = names(prune.kept), names(prune.removed)
+    return "\n".join([
+        f"learned '{name}' as {token} (task {outcome.bank.num_tasks}) in {outcome.seconds:.1f} s, {steps} steps",
+        f"loss: first {outcome.losses[0]:.4f}, mean of the last 50 steps {sum(tail) / len(tail):.4f}",
+        prune.summary(),
+        f"kept (layer + k/v): {kept}",
+        f"removed: {removed}",
+        f"bank grew by {outcome.added_bytes / 1024:.1f} KB of expert weights",
+    ])
+
+
+class R2MoETrainConcept(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="R2MoETrainConcept",
+            display_name="R2MoE Train Concept",
+            category=CATEGORY,
+            description=(
+                "Learn a new concept from a few photos as one more expert in the bank, without forgetting the "
+                "others. Outputs a new bank (save it with R2MoE Save Bank); the input bank is never changed."
+            ),
+            is_experimental=True,
+            not_idempotent=True,
+            inputs=[
+                io.Model.Input("model", tooltip="The frozen SD1.x model the bank belongs to."),
+                io.Clip.Input("clip", tooltip="Its text encoder (the trigger token embedding is learned through it)."),
+                io.Vae.Input("vae", tooltip="Encodes the training photos into latents."),
+                Bank.Input("bank", tooltip="The bank to extend (from R2MoE New Bank or Load Bank)."),
+                io.String.Input("concept_name", default="my_dog", tooltip="A name for the concept, unique in a bank."),
+                io.String.Input("trigger_token", default="<dog1>", tooltip="The word you will write in prompts."),
+                io.String.Input("class_word", default="dog", tooltip="What it is; initialises the token embedding."),
+                io.Image.Input("images", optional=True, tooltip="3 to 7 photos of the concept (any size)."),
+                io.String.Input(
+                    "folder", default="", optional=True,
+                    tooltip="Or a folder of photos, with an optional caption.txt (one caption per image, sorted).",
+                ),
+                io.String.Input(
+                    "caption_template", default="photo of a {token} {class}", optional=True,
+                    tooltip="Caption used without caption.txt; {token} and {class} are filled in.",
+                ),
+                io.Int.Input("steps", default=800, min=1, max=100000, tooltip="Optimizer steps (reference: 800)."),
+                io.Int.Input("batch_size", default=2, min=1, max=64, tooltip="Images per step (reference: 2)."),
+                io.Int.Input("resolution", default=512, min=64, max=2048, step=64,
+                             tooltip="Training resolution in pixels (SD1.5: 512)."),
+                io.Float.Input("lr_experts", default=1e-4, min=0.0, max=1.0, step=1e-5,
+                               tooltip="Learning rate of the new expert (reference: 1e-4)."),
+                io.Float.Input("lr_router", default=1e-4, min=0.0, max=1.0, step=1e-5,
+                               tooltip="Learning rate of the gate (reference: 1e-4)."),
+                io.Float.Input("lr_token", default=1e-3, min=0.0, max=1.0, step=1e-4,
+                               tooltip="Learning rate of the trigger token's embedding (reference: 1e-3)."),
+                io.Float.Input("distill_lambda", default=1e-5, min=0.0, max=10.0, step=1e-6,
+                               tooltip="Weight of routing distillation, which keeps old concepts routed as before."),
+                io.Combo.Input("distill_mode", options=["exact", "soft", "off"], default="exact",
+                               tooltip="exact: old concepts keep their gate scores exactly (projection); soft: only "
+                                       "the reference penalty; off: no distillation (for comparison)."),
+                io.Float.Input("new_expert_margin", default=0.0, min=0.0, max=50.0, step=0.5, optional=True,
+                               tooltip="exact mode: how far below the auxiliary expert the new expert must score on "
+                                       "old concepts' prompts. 0 = reference behaviour; 20 = old concepts "
+                                       "unchanged to float precision, but the new expert gets small gate weights "
+                                       "(learns through larger weights, and pruning removes more of it)."),
+                io.Float.Input("prune_threshold", default=0.4, min=0.0, max=1.0, step=0.01,
+                               tooltip="Drop the new expert in layers where its gate weight is below this."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Same seed, same result."),
+                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="AdamW", tooltip="Optimizer."),
+                io.Boolean.Input("replace_existing", default=False, optional=True,
+                                 tooltip="Allow re-learning a concept name that is already in the bank."),
+                io.Int.Input("preview_every", default=50, min=0, max=10000, optional=True,
+                             tooltip="Show the loss curve as the node's preview every N steps (0: never)."),
+            ],
+            outputs=[
+                Bank.Output(display_name="bank"),
+                io.Image.Output(display_name="loss_curve"),
+                io.String.Output(display_name="report"),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(
+        cls, model, clip, vae, bank, concept_name, trigger_token, class_word, steps, batch_size, resolution,
+        lr_experts, lr_router, lr_token, distill_lambda, distill_mode, prune_threshold, seed, optimizer,
+        images=None, folder="", caption_template="photo of a {token} {class}", replace_existing=False,
+        preview_every=50, new_expert_margin=0.0,
+    ) -> io.NodeOutput:
+        name, token, class_word = concept_name.strip(), trigger_token.strip(), class_word.strip()
+        existing = bank.concept_by_name(name)
+        if existing is not None and not replace_existing:
+            raise InvalidInputError(
+                f"The bank already knows a concept named '{name}'. Pick another name, or enable replace_existing."
+            )
+        owner = bank.concept_by_token(token)
+        if owner is not None and owner.name != name:
+            raise InvalidInputError(f"Trigger token '{token}' already belongs to '{owner.name}'; choose a new one.")
+        check_bank_fits(bank, model)
+        if token_dim(clip) != bank.token_dim:
+            raise InvalidInputError("This CLIP does not match the bank's text encoder width; use the SD1.x CLIP.")
+        frames, given = _images(images, folder or "", resolution)
+        captions = make_captions(len(frames), token, class_word, caption_template or "photo of a {token} {class}",
+                                 given)
+        pixels = torch.stack(frames)
+        latents = model.model.process_latent_in(vae.encode(pixels)).float()
+        settings = TrainSettings(
+            steps=steps, batch_size=batch_size, lr_experts=lr_experts, lr_router=lr_router, lr_token=lr_token,
+            distill_lambda=distill_lambda, distill_mode=distill_mode, optimizer=optimizer, seed=seed,
+            new_expert_margin=new_expert_margin,
+        )
+        bar = comfy.utils.ProgressBar(steps)
+
+        def on_step(step: int, loss: float, losses: list[float]) -> None:
+            if not math.isfinite(loss):
+                return
+            preview = None
+            if preview_every and (step % preview_every == 0 or step == steps):
+                from PIL import Image
+
+                curve = (loss_curve(losses) * 255).astype("uint8")
+                preview = ("JPEG", Image.fromarray(curve), 512)
+                LOGGER.info("R2MoE training '%s': step %d/%d, loss %.4f", name, step, steps, loss)
+            bar.update_absolute(step, steps, preview)
+
+        work_bank = bank.without_concept(name) if existing is not None else bank
+        outcome = train_concept(model, clip, work_bank, latents, captions, name, token, class_word, settings,
+                                prune_threshold, on_step)
+        report = _report(outcome, name, token, steps)
+        curve = torch.from_numpy(loss_curve(outcome.losses))[None]
+        return io.NodeOutput(outcome.bank, curve, report, ui=ui.PreviewText(report))
+
+
+TRAIN_NODES: list[type[io.ComfyNode]] = [R2MoETrainConcept]

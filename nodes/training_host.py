@@ -1,0 +1,135 @@
+"""Running the core training loop on a ComfyUI MODEL/CLIP/VAE (host-notes §3).
+
+Traps handled here: the executor runs every node under torch.inference_mode() and builds models there, so their
+weights are inference tensors that autograd cannot save; we train under inference_mode(False) on clones whose
+comfy.ops layers read their weights through a clone (a weight wrapper, as TrainLoraNode does), so the shared
+model is never modified. The stock samplers are no_grad, so the UNet is called directly through apply_model
+with the patch's wrappers merged into transformer_options, exactly as sampling would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import comfy.model_management
+import comfy.patcher_extension
+import torch
+
+from ..r2moe_core.bank import ExpertBank
+from ..r2moe_core.errors import InvalidInputError
+from ..r2moe_core.log import LOGGER
+from ..r2moe_core.pruning import PruneReport, prune_task
+from ..r2moe_core.routing import gate_input
+from ..r2moe_core.training import ExpertTrainer, TrainingRuntime, TrainSettings, training_step
+from .clip_tokens import ConceptTokenizer
+from .patch import install_runtime
+
+
+def _clone_tensor(weight: torch.Tensor) -> torch.Tensor:
+    return weight.clone()
+
+
+def _identity(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def trainable_view(patcher: Any) -> Any:
+    """A clone of a ModelPatcher whose comfy.ops layers use non-inference copies of their weights."""
+    view = patcher.clone()
+    for name, module in view.model.named_modules():
+        if not hasattr(module, "weight_function"):
+            continue
+        for attr in ("weight", "bias"):
+            if getattr(module, attr, None) is not None:
+                view.add_weight_wrapper(f"{name}.{attr}" if name else attr, _clone_tensor)
+    return view
+
+
+def class_word_embedding(clip: Any, word: str) -> torch.Tensor:
+    """Initial token embedding [1, D]: the mean input embedding of the class word's sub-tokens."""
+    for value in vars(getattr(clip.tokenizer, "base", clip.tokenizer)).values():
+        hf_tokenizer = getattr(value, "tokenizer", None)
+        if hf_tokenizer is not None and hasattr(value, "embedding_size"):
+            ids = hf_tokenizer(word or "object")["input_ids"][1:-1] or hf_tokenizer("object")["input_ids"][1:-1]
+            table = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight
+            with torch.inference_mode(False):
+                return table[ids].detach().float().mean(0, keepdim=True).cpu().clone()
+    raise InvalidInputError("This CLIP has no CLIP-L tokenizer; R2MoE training needs an SD1.x text encoder.")
+
+
+@dataclass
+class TrainOutcome:
+    bank: ExpertBank
+    losses: list[float]
+    prune: PruneReport
+    seconds: float
+    added_bytes: int
+
+
+def train_concept(
+    model: Any,
+    clip: Any,
+    bank: ExpertBank,
+    latents: torch.Tensor,
+    captions: Sequence[str],
+    name: str,
+    token: str,
+    class_word: str,
+    settings: TrainSettings,
+    prune_threshold: float,
+    on_step: Callable[[int, float, list[float]], None] | None = None,
+) -> TrainOutcome:
+    """Learn one concept; the input bank, model and CLIP are left untouched whatever happens."""
+    started = time.perf_counter()
+    with torch.inference_mode(False):  # parameters made under the executor's inference mode cannot train
+        trainer = ExpertTrainer(bank, class_word_embedding(clip, class_word), settings)
+    unet = install_runtime(trainable_view(model), TrainingRuntime(trainer), bank.layers)
+    text = clip.clone()
+    text.patcher = trainable_view(clip.patcher)
+    base_tokenizer = getattr(clip.tokenizer, "base", clip.tokenizer)
+    text.tokenizer = ConceptTokenizer(base_tokenizer, {token: trainer.token})
+
+    comfy.model_management.load_models_gpu([unet], force_full_load=True)
+    device = unet.load_device
+    base_model = unet.model
+    sigmas = base_model.model_sampling.sigmas.detach().float().cpu().clone()
+    options = dict(unet.model_options.get("transformer_options", {}))
+    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts(options.get("wrappers", {}), unet.wrappers)
+
+    def predict_noise(x_t: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        dtype = base_model.get_dtype()
+        denoised = base_model.apply_model(
+            x_t.to(dtype), sigma, c_crossattn=context.to(device, dtype), transformer_options=dict(options)
+        )
+        return (x_t - denoised.float()) / sigma.view(-1, *([1] * (x_t.ndim - 1)))
+
+    def encode(texts: Sequence[str]) -> torch.Tensor:
+        # ComfyUI's CLIP adds residuals in place (`x += ...`), which autograd rejects when x was saved for
+        # backward; saving copies instead makes the text encoder differentiable without touching its code.
+        with torch.autograd.graph.saved_tensors_hooks(_clone_tensor, _identity):
+            return torch.cat([text.encode_from_tokens(text.tokenize(t)) for t in texts]).to(device)
+
+    losses: list[float] = []
+    with torch.inference_mode(False), torch.enable_grad():
+        trainer.to(device)
+        optimizer = trainer.optimizer()
+        generator = torch.Generator().manual_seed(settings.seed)
+        x0 = latents.detach().clone().to(device, torch.float32)
+        for step in range(settings.steps):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            result = training_step(trainer, optimizer, predict_noise, encode, x0, captions, sigmas, generator)
+            losses.append(result.mse)
+            if on_step is not None:
+                on_step(step + 1, result.loss, losses)
+        with torch.no_grad():
+            prompt_inputs = torch.cat([gate_input(encode([c])) for c in dict.fromkeys(captions)]).float().cpu()
+        trainer.to("cpu")
+        learned = trainer.export(name, token, class_word, prompt_inputs)
+    pruned, report = prune_task(learned, learned.num_tasks, prune_threshold, gate_inputs=prompt_inputs)
+    added = pruned.expert_bytes() - bank.expert_bytes()
+    seconds = time.perf_counter() - started
+    LOGGER.info("R2MoE: learned '%s' (%s) in %.1f s; %s", name, token, seconds, report.summary())
+    return TrainOutcome(pruned, losses, report, seconds, added)
