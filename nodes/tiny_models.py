@@ -71,8 +71,11 @@ def register() -> None:
         comfy.supported_models.models.insert(0, TinySD15)
 
 
-def _init_random(module: torch.nn.Module, generator: torch.Generator) -> None:
-    """comfy.ops layers are created without initialisation: give every tensor a defined, seeded value."""
+def _init_random(module: torch.nn.Module, generator: torch.Generator, fan_in_scaled: bool = False) -> None:
+    """comfy.ops layers are created without initialisation: give every tensor a defined, seeded value.
+
+    The UNet uses fan-in scaled weights (LeCun normal), so that every path, cross-attention included, carries
+    signal to the output and a few training steps can move it; the text encoder and VAE use N(0, 0.02)."""
     norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
     with torch.no_grad():
         for sub in module.modules():
@@ -80,7 +83,8 @@ def _init_random(module: torch.nn.Module, generator: torch.Generator) -> None:
                 if isinstance(sub, norms):
                     param.fill_(1.0 if name == "weight" else 0.0)
                 elif param.ndim >= 2:
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+                    std = param[0].numel() ** -0.5 if fan_in_scaled else 0.02
+                    param.copy_(torch.randn(param.shape, generator=generator) * std)
                 else:
                     param.zero_()
 
@@ -91,7 +95,7 @@ def build_tiny(seed: int = 0) -> tuple[comfy.model_patcher.ModelPatcher, comfy.s
     config = comfy.supported_models.SD15(dict(UNET_CONFIG))
     config.set_inference_dtype(torch.float32, None)
     base = config.get_model({}, "", device=torch.device("cpu"))
-    _init_random(base.diffusion_model, generator)
+    _init_random(base.diffusion_model, generator, fan_in_scaled=True)
     model = comfy.model_patcher.ModelPatcher(
         base,
         load_device=comfy.model_management.get_torch_device(),

@@ -60,6 +60,24 @@ def class_word_embedding(clip: Any, word: str) -> torch.Tensor:
     raise InvalidInputError("This CLIP has no CLIP-L tokenizer; R2MoE training needs an SD1.x text encoder.")
 
 
+def noise_predictor(patcher: Any) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """ε̂(x_t, σ, context) through a loaded ModelPatcher with its patches and wrappers, as sampling would run it."""
+    comfy.model_management.load_models_gpu([patcher], force_full_load=True)
+    device, base_model = patcher.load_device, patcher.model
+    options = dict(patcher.model_options.get("transformer_options", {}))
+    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts(options.get("wrappers", {}), patcher.wrappers)
+
+    def predict_noise(x_t: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        dtype = base_model.get_dtype()
+        x_t, sigma = x_t.to(device), sigma.to(device)
+        denoised = base_model.apply_model(
+            x_t.to(dtype), sigma, c_crossattn=context.to(device, dtype), transformer_options=dict(options)
+        )
+        return (x_t - denoised.float()) / sigma.view(-1, *([1] * (x_t.ndim - 1)))
+
+    return predict_noise
+
+
 @dataclass
 class TrainOutcome:
     bank: ExpertBank
@@ -92,19 +110,9 @@ def train_concept(
     base_tokenizer = getattr(clip.tokenizer, "base", clip.tokenizer)
     text.tokenizer = ConceptTokenizer(base_tokenizer, {token: trainer.token})
 
-    comfy.model_management.load_models_gpu([unet], force_full_load=True)
+    predict_noise = noise_predictor(unet)
     device = unet.load_device
-    base_model = unet.model
-    sigmas = base_model.model_sampling.sigmas.detach().float().cpu().clone()
-    options = dict(unet.model_options.get("transformer_options", {}))
-    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts(options.get("wrappers", {}), unet.wrappers)
-
-    def predict_noise(x_t: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        dtype = base_model.get_dtype()
-        denoised = base_model.apply_model(
-            x_t.to(dtype), sigma, c_crossattn=context.to(device, dtype), transformer_options=dict(options)
-        )
-        return (x_t - denoised.float()) / sigma.view(-1, *([1] * (x_t.ndim - 1)))
+    sigmas = unet.model.model_sampling.sigmas.detach().float().cpu().clone()
 
     def encode(texts: Sequence[str]) -> torch.Tensor:
         # ComfyUI's CLIP adds residuals in place (`x += ...`), which autograd rejects when x was saved for

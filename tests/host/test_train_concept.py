@@ -1,0 +1,171 @@
+"""R2MoETrainConcept on the real host with the tiny model: learning, forgetting, pruning, cancel, bad inputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from comfy_inprocess import call_node
+
+from r2moe_testkit.sampling import encode, sample
+
+CONCEPTS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "concepts"
+DOG_PROMPT, CAT_PROMPT, OTHER_PROMPT = "photo of a <dog1> dog", "photo of a <cat1> cat", "a red car in a city street"
+FAST = {  # short, high-rate runs at 64 px: the tiny model learns visibly in a few dozen steps
+    "steps": 40, "batch_size": 2, "resolution": 64, "lr_experts": 1e-2, "lr_router": 1e-2, "lr_token": 1e-2,
+    "distill_lambda": 1e-5, "distill_mode": "exact", "prune_threshold": 0.0, "seed": 0, "optimizer": "AdamW",
+}
+
+
+def pictures(seed: int, n: int = 4, size: int = 96) -> torch.Tensor:
+    """A stand-in photo set: one random colour pattern with small variations (CI has no GPU, not no data)."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, size // 8, size // 8, 3, generator=gen)
+    base = base.repeat_interleave(8, 1).repeat_interleave(8, 2)
+    return (base + 0.05 * torch.rand(n, size, size, 3, generator=gen)).clamp(0, 1)
+
+
+def train(tiny, bank, name, token, cls, images, **overrides):
+    model, clip, vae = tiny
+    return call_node(
+        "R2MoETrainConcept", model=model, clip=clip, vae=vae, bank=bank, concept_name=name, trigger_token=token,
+        class_word=cls, images=images, **(FAST | overrides),
+    )
+
+
+def predict(tiny, bank, prompt):
+    model, clip, _ = tiny
+    patched, patched_clip = call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=1.0)
+    return sample(patched, patched_clip, prompt, steps=2, cfg=1.0, size=64)
+
+
+@pytest.fixture(scope="module")
+def empty(tiny):
+    return call_node("R2MoENewBank", model=tiny[0], rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
+
+
+@pytest.fixture(scope="module")
+def after_dog(tiny, empty):
+    return train(tiny, empty, "dog", "<dog1>", "dog", pictures(1))
+
+
+def denoise_error(host, tiny, bank, images, prompt: str) -> float:
+    """ε-prediction error on a concept's own images at fixed noise levels: what training lowers."""
+    import comfy.model_management
+
+    model, clip, vae = tiny
+    training_host = __import__(host.pack.__name__ + ".nodes.training_host", fromlist=["x"])
+    patched, patched_clip = call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=1.0)
+    with torch.inference_mode():
+        pixels = torch.stack([host.core.concept_data.square_resize(i, 64) for i in images])
+        x0 = model.model.process_latent_in(vae.encode(pixels)).float()
+        context = encode(patched_clip, prompt)[0][0].repeat(len(x0), 1, 1)
+        gen = torch.Generator().manual_seed(11)
+        errors = []
+        for sigma in (0.5, 2.0, 6.0):
+            noise = torch.randn(x0.shape, generator=gen)
+            s = torch.full((len(x0),), sigma)
+            eps = training_host.noise_predictor(patched)(x0 + sigma * noise, s, context)
+            errors.append(torch.nn.functional.mse_loss(eps.cpu(), noise).item())
+    comfy.model_management.soft_empty_cache()
+    return sum(errors) / len(errors)
+
+
+def test_training_learns_the_concept(host, tiny, empty, after_dog):
+    bank, curve, report = after_dog
+    assert bank.num_tasks == 1 and bank.concepts[0].token == "<dog1>" and empty.num_tasks == 0
+    assert curve.shape[0] == 1 and curve.shape[-1] == 3 and "learned 'dog' as <dog1>" in report
+    base = denoise_error(host, tiny, empty, pictures(1), DOG_PROMPT)
+    learned = denoise_error(host, tiny, bank, pictures(1), DOG_PROMPT)
+    assert learned < 0.8 * base, f"denoising error on the concept's photos {base:.4f} -> {learned:.4f}"
+    off = call_node("R2MoEApplyBank", model=tiny[0], clip=tiny[1], bank=bank, strength=0.0)
+    assert torch.equal(sample(off[0], off[1], OTHER_PROMPT, steps=2, cfg=1.0, size=64),
+                       sample(tiny[0], tiny[1], OTHER_PROMPT, steps=2, cfg=1.0, size=64)), \
+        "with experts off, a prompt without the trigger token must be exactly the base model's"
+
+
+def test_learning_a_second_concept_keeps_the_first_one_routed_as_before(tiny, after_dog):
+    dog_bank = after_dog[0]
+    before = predict(tiny, dog_bank, DOG_PROMPT)
+    isolated = train(tiny, dog_bank, "cat", "<cat1>", "cat", pictures(2), new_expert_margin=20.0)[0]
+    unguarded = train(tiny, dog_bank, "cat", "<cat1>", "cat", pictures(2), new_expert_margin=20.0,
+                      distill_mode="off")[0]
+    drift = (predict(tiny, isolated, DOG_PROMPT) - before).abs().max().item()
+    drift_off = (predict(tiny, unguarded, DOG_PROMPT) - before).abs().max().item()
+    assert drift < 1e-3, f"the dog changed by {drift} after learning the cat"
+    assert drift_off > 20 * max(drift, 1e-4), f"without distillation the dog should change (moved {drift_off})"
+    cat_shift = (predict(tiny, isolated, CAT_PROMPT) - predict(tiny, dog_bank, CAT_PROMPT)).abs().mean().item()
+    assert cat_shift > 0.02, "the cat must still be learned"
+
+
+def test_default_exact_distillation_keeps_old_gate_scores(tiny, after_dog):
+    dog_bank = after_dog[0]
+    cat_bank = train(tiny, dog_bank, "cat", "<cat1>", "cat", pictures(2))[0]
+    m = dog_bank.concepts[0].gate_input[None]
+    for name, proj in cat_bank.projections.items():
+        old = m @ dog_bank.projections[name].router(2)
+        new = m @ proj.router(3)
+        assert torch.allclose(new[:, :2], old, atol=1e-3) and new[0, 2].abs() < 1e-3
+
+
+def test_pruning_thresholds(tiny, after_dog):
+    dog_bank = after_dog[0]
+    all_pruned = train(tiny, dog_bank, "cat", "<cat1>", "cat", pictures(2), steps=5, prune_threshold=1.0)
+    none_pruned = train(tiny, dog_bank, "cat", "<cat1>", "cat", pictures(2), steps=5, prune_threshold=0.0)
+    assert all_pruned[0].concept_by_name("cat").kept == () and "removed 32 of 32" in all_pruned[2]
+    assert len(none_pruned[0].concept_by_name("cat").kept) == 32
+    assert all_pruned[0].expert_bytes() == dog_bank.expert_bytes()
+
+
+def test_real_photo_folder_with_captions(tiny, empty):
+    folder = CONCEPTS / "dog"
+    if not folder.is_dir():
+        pytest.skip("../shared/data/concepts is not beside this checkout")
+    model, clip, vae = tiny
+    bank, _, report = call_node(
+        "R2MoETrainConcept", model=model, clip=clip, vae=vae, bank=empty, concept_name="real dog",
+        trigger_token="<rdog>", class_word="dog", folder=str(folder), **(FAST | {"steps": 3}),
+    )
+    assert bank.concept_by_token("<rdog>") is not None and "3 steps" in report
+
+
+def test_cancel_leaves_the_saved_bank_byte_identical(host, tiny, after_dog, monkeypatch):
+    import comfy.model_management
+
+    (path,) = call_node("R2MoESaveBank", bank=after_dog[0], name="cancel_me")
+    before = Path(path).read_bytes()
+    calls = {"n": 0}
+    real = comfy.model_management.throw_exception_if_processing_interrupted
+
+    def cancel_at_third_step():
+        calls["n"] += 1
+        if calls["n"] == 3:
+            comfy.model_management.interrupt_current_processing(True)
+        real()
+
+    monkeypatch.setattr(comfy.model_management, "throw_exception_if_processing_interrupted", cancel_at_third_step)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        train(tiny, after_dog[0], "cat", "<cat1>", "cat", pictures(2))
+    comfy.model_management.interrupt_current_processing(False)
+    assert Path(path).read_bytes() == before and after_dog[0].num_tasks == 1
+    assert not [f for f in os.listdir(os.path.dirname(path)) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"concept_name": "dog"}, "already knows a concept named 'dog'"),
+        ({"trigger_token": "<dog1>", "concept_name": "dog2"}, "already belongs to 'dog'"),
+        ({"images": None}, "No training images"),
+        ({"folder": "/nonexistent/photos", "images": None}, "not found"),
+        ({"trigger_token": "two words"}, "one word"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(host, tiny, after_dog, overrides, message):
+    args = {"concept_name": "cat", "trigger_token": "<cat1>", "images": pictures(2)} | overrides
+    model, clip, vae = tiny
+    with pytest.raises(host.core.R2MoEError, match=message):
+        call_node("R2MoETrainConcept", model=model, clip=clip, vae=vae, bank=after_dog[0], class_word="cat",
+                  **(FAST | {"steps": 2} | args))
