@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-NODE_IDS = {"R2MoENewBank", "R2MoELoadBank", "R2MoESaveBank", "R2MoEApplyBank", "R2MoEBankInfo", "R2MoEPruneBank"}
+NODE_IDS = {
+    "R2MoENewBank", "R2MoELoadBank", "R2MoESaveBank", "R2MoEApplyBank", "R2MoEBankInfo", "R2MoEPruneBank",
+    "R2MoETrainConcept",
+}
 
 
 def test_pack_registers_every_node_through_the_v3_entrypoint(host):
