@@ -38,7 +38,7 @@ test: lint
 	$(VENV)/bin/pytest -q tests/unit tests/host tests/e2e
 
 demo: env
-	$(PY) scripts/demo.py --host $(HOST) $(if $(CKPT),--ckpt "$(CKPT)")
+	$(PY) scripts/demo.py $(if $(CKPT),--ckpt "$(CKPT)") $(if $(IMAGES),--images "$(IMAGES)") $(if $(STEPS),--steps $(STEPS))
 
 serve: env
 	$(PY) scripts/serve.py --host $(HOST) --port $(PORT)

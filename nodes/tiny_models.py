@@ -36,7 +36,8 @@ UNET_CONFIG = {
     "num_res_blocks": [2, 2, 2, 2],
     "channel_mult": [1, 2, 4, 4],
     "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    # consumed from the end while output blocks are built: this puts attention in output blocks 3..11, as SD1.5
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
     "transformer_depth_middle": 1,
     "use_linear_in_transformer": False,
     "context_dim": 768,
@@ -111,11 +112,13 @@ def build_tiny(seed: int = 0) -> tuple[comfy.model_patcher.ModelPatcher, comfy.s
     return model, clip, vae
 
 
-def write_tiny_checkpoint(path: str, seed: int = 0) -> str:
-    """Save the tiny trio as a single checkpoint CheckpointLoaderSimple can load (after `register()`)."""
+def write_tiny_checkpoint(path: str, seed: int = 0, tag: str = "") -> str:
+    """Save the tiny trio as a single checkpoint CheckpointLoaderSimple can load (after `register()`).
+
+    `tag` (the builder's source digest) is stored so callers can tell a stale cached checkpoint."""
     model, clip, vae = build_tiny(seed)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    comfy.sd.save_checkpoint(tmp, model, clip, vae, metadata={"r2moe_tiny": f"seed={seed}"})
+    comfy.sd.save_checkpoint(tmp, model, clip, vae, metadata={"r2moe_tiny": f"seed={seed} builder={tag}"})
     os.replace(tmp, path)
     return path

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
+from comfy_server import tiny_checkpoint_current, tiny_tag
+
 REPO = Path(__file__).resolve().parent.parent
 HOST_ROOT = REPO / ".host" / "ComfyUI"
 CACHE = REPO / ".host" / "cache"
@@ -94,8 +96,8 @@ def boot(base_dir: Path, gpu: bool = False) -> SimpleNamespace:
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     pack = _find_pack()
     checkpoint = CACHE / TINY_CKPT_NAME
-    if not checkpoint.exists():
-        sys.modules[pack.__name__ + ".nodes.tiny_models"].write_tiny_checkpoint(str(checkpoint), seed=0)
+    if not tiny_checkpoint_current(checkpoint):
+        sys.modules[pack.__name__ + ".nodes.tiny_models"].write_tiny_checkpoint(str(checkpoint), seed=0, tag=tiny_tag())
     make_base_dir(base_dir, checkpoint)
     import folder_paths
 

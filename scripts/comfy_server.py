@@ -5,6 +5,7 @@ Used by `make demo`, `make serve`, the end-to-end tests and the benchmarks.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +22,31 @@ from typing import Any
 LOG = logging.getLogger("r2moe.server")
 REPO = Path(__file__).resolve().parent.parent
 HOST_ROOT = REPO / ".host" / "ComfyUI"
+
+
+TINY_BUILDER = REPO / "nodes" / "tiny_models.py"
+
+
+def tiny_tag() -> str:
+    """Digest of the tiny-model builder: a cached checkpoint built by other code is stale."""
+    return hashlib.sha256(TINY_BUILDER.read_bytes()).hexdigest()[:16]
+
+
+def tiny_checkpoint_current(path: Path, seed: int = 0) -> bool:
+    if not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return (handle.metadata() or {}).get("r2moe_tiny") == f"seed={seed} builder={tiny_tag()}"
+
+
+def ensure_tiny_checkpoint(path: Path) -> Path:
+    """Build (or rebuild, when stale) the tiny checkpoint in a separate process."""
+    if not tiny_checkpoint_current(path):
+        script = REPO / "scripts" / "make_tiny_checkpoint.py"
+        subprocess.run([sys.executable, str(script), "--out", str(path), "--tag", tiny_tag()], check=True)
+    return path
 
 
 def free_port() -> int:

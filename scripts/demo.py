@@ -1,7 +1,9 @@
-"""`make demo`: a headless ComfyUI with the pack runs the example workflow and writes images and a report.
+"""`make demo`: a headless ComfyUI with the pack learns two concepts and generates both, through the HTTP API.
 
 Without --ckpt it uses the built-in tiny SD1.5-layout model (random weights: the images are noise, the point is
-that the whole graph runs); with --ckpt path/to/sd15.safetensors it uses that checkpoint at 512x512.
+that the whole graph runs, end to end) at 128 px with short, fast training; with --ckpt path/to/sd15.safetensors
+it uses that checkpoint with the reference settings (800 steps at 512 px: hours on a CPU, minutes on a GPU).
+Concept photos come from --images dir1,dir2 (each with an optional caption.txt), else from sets drawn here.
 """
 
 from __future__ import annotations
@@ -9,15 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
-import sys
+import re
 import time
 from pathlib import Path
 
-from comfy_server import HOST_ROOT, REPO, ComfyServer
+from comfy_server import HOST_ROOT, REPO, ComfyServer, ensure_tiny_checkpoint
+from demo_concepts import draw_concept_sets
 
 LOG = logging.getLogger("r2moe.demo")
-WORKFLOW = REPO / "workflows" / "api_apply_bank.json"
+WORKFLOW = REPO / "workflows" / "api_train_two_concepts.json"
 TINY = "r2moe_tiny_sd15.safetensors"
 
 
@@ -26,10 +28,7 @@ def prepare_checkpoint(ckpt: Path | None) -> tuple[str, bool]:
     folder = HOST_ROOT / "models" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     if ckpt is None:
-        target = folder / TINY
-        if not target.exists():
-            subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_checkpoint.py"), "--out", str(target)],
-                           check=True)
+        ensure_tiny_checkpoint(folder / TINY)
         return TINY, True
     ckpt = ckpt.expanduser().resolve()
     if not ckpt.is_file():
@@ -40,10 +39,29 @@ def prepare_checkpoint(ckpt: Path | None) -> tuple[str, bool]:
     return ckpt.name, False
 
 
+def concept_sets(images: str, output: Path) -> list[tuple[str, Path, str]]:
+    """(name, folder, class word) for the two concepts: the user's folders, or drawn ones."""
+    folders = [Path(p.strip()).expanduser() for p in images.split(",") if p.strip()]
+    if not folders:
+        drawn = draw_concept_sets(output / "demo_concepts")
+        return [(name, folder, cls) for name, (folder, cls) in drawn.items()]
+    if len(folders) != 2 or not all(f.is_dir() for f in folders):
+        raise SystemExit(f"IMAGES must name two existing folders, comma-separated; got {images!r}.")
+    out = []
+    for folder in folders:
+        captions = folder / "caption.txt"
+        words = captions.read_text().split() if captions.is_file() else []
+        class_word = words[words.index("<new1>") + 1].strip(",") if "<new1>" in words[:-1] else folder.name
+        out.append((folder.name, folder.resolve(), class_word))
+    return out
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ckpt", type=Path, default=None, help="an SD1.5 checkpoint; default: the tiny model")
+    parser.add_argument("--images", default="", help="two concept photo folders, comma-separated")
+    parser.add_argument("--steps", type=int, default=0, help="training steps per concept (default: 120 tiny, 800)")
     parser.add_argument("--output", type=Path, default=REPO / "output")
     parser.add_argument("--host", type=Path, default=HOST_ROOT, help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -52,9 +70,23 @@ def main() -> None:
 
     graph = json.loads(WORKFLOW.read_text())
     graph["1"]["inputs"]["ckpt_name"] = ckpt_name
-    if not tiny:
-        graph["6"]["inputs"].update(width=512, height=512)
-        graph["7"]["inputs"]["steps"] = 25
+    concepts = concept_sets(opts.images, opts.output)
+    for (name, folder, class_word), train_id, prompt_id, where in zip(
+        concepts, ("3", "4"), ("7", "8"), ("on the grass", "by the sea"), strict=True
+    ):
+        token = f"<{re.sub(r'[^0-9a-z]', '', name.lower())[:12] or 'concept'}1>"
+        graph[train_id]["inputs"].update(concept_name=name, trigger_token=token, class_word=class_word,
+                                         folder=str(folder))
+        graph[prompt_id]["inputs"]["text"] = f"photo of a {token} {class_word} {where}"
+        if tiny:
+            graph[train_id]["inputs"].update(steps=opts.steps or 120, resolution=128, lr_experts=5e-3,
+                                             lr_router=5e-3, lr_token=5e-3, preview_every=20)
+        elif opts.steps:
+            graph[train_id]["inputs"]["steps"] = opts.steps
+    if tiny:
+        graph["10"]["inputs"].update(width=128, height=128)
+        for sampler in ("11", "12"):
+            graph[sampler]["inputs"]["steps"] = 8
 
     log_path = opts.output / "r2moe_demo_server.log"
     started = time.monotonic()
@@ -67,14 +99,15 @@ def main() -> None:
         run_s = time.monotonic() - t0
     images = [
         opts.output / img["subfolder"] / img["filename"]
-        for node in ("9", "11")
+        for node in ("15", "16", "17", "18", "20")
         for img in entry["outputs"][node]["images"]
     ]
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         raise SystemExit(f"ComfyUI reported images that are not on disk: {missing}")
     report = opts.output / "r2moe_demo_report.md"
-    bank_text = entry["outputs"]["10"]["text"][0]
+    bank_text = entry["outputs"]["19"]["text"][0]
+    training = "\n\n".join(entry["outputs"][n]["text"][0] for n in ("3", "4"))
     report.write_text(
         "# R2MoE demo run\n\n"
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
@@ -83,6 +116,7 @@ def main() -> None:
         f"- R2MoE nodes listed by /object_info: {', '.join(ours)}\n"
         f"- workflow: {WORKFLOW.relative_to(REPO)}\n"
         f"- images:\n" + "".join(f"  - {p}\n" for p in images)
+        + f"\n## Training and pruning\n\n```\n{training}\n```\n"
         + f"\n## Bank\n\n```\n{bank_text}\n```\n"
     )
     LOG.info("R2MoE demo finished in %.1f s.", run_s)

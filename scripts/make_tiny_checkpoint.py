@@ -17,6 +17,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default="", help="builder digest recorded in the checkpoint")
     opts = parser.parse_args()
     sys.path.insert(0, str(HOST_ROOT))
     sys.argv = sys.argv[:1]
@@ -29,7 +30,7 @@ def main() -> None:
     spec = importlib.util.spec_from_file_location("r2moe_tiny_models", REPO / "nodes" / "tiny_models.py")
     tiny = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tiny)
-    path = tiny.write_tiny_checkpoint(str(opts.out), seed=opts.seed)
+    path = tiny.write_tiny_checkpoint(str(opts.out), seed=opts.seed, tag=opts.tag)
     logging.getLogger("r2moe").info("tiny checkpoint written to %s", path)
 
 

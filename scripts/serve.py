@@ -7,10 +7,9 @@ import contextlib
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from comfy_server import HOST_ROOT, REPO, has_gpu, server_command
+from comfy_server import HOST_ROOT, ensure_tiny_checkpoint, has_gpu, server_command
 
 
 def main() -> None:
@@ -19,10 +18,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8188)
     parser.add_argument("--host", type=Path, default=HOST_ROOT, help=argparse.SUPPRESS)
     opts = parser.parse_args()
-    tiny = HOST_ROOT / "models" / "checkpoints" / "r2moe_tiny_sd15.safetensors"
-    if not tiny.exists():
-        subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_checkpoint.py"), "--out", str(tiny)],
-                       check=True)
+    ensure_tiny_checkpoint(HOST_ROOT / "models" / "checkpoints" / "r2moe_tiny_sd15.safetensors")
     cmd = server_command(opts.port, gpu=has_gpu())
     logging.getLogger("r2moe").info("Open http://127.0.0.1:%d  (Ctrl-C stops the server)", opts.port)
     with contextlib.suppress(KeyboardInterrupt):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from comfy_inprocess import CACHE, REPO, TINY_CKPT_NAME, make_base_dir, require_host
-from comfy_server import ComfyServer
+from comfy_inprocess import CACHE, TINY_CKPT_NAME, make_base_dir, require_host
+from comfy_server import ComfyServer, ensure_tiny_checkpoint
 
 from r2moe_testkit.workflows import load_api_workflow, with_steps
 
@@ -21,11 +19,7 @@ NODE_IDS = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     require_host()
-    checkpoint = CACHE / TINY_CKPT_NAME
-    if not checkpoint.exists():
-        subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "make_tiny_checkpoint.py"), "--out", str(checkpoint)], check=True
-        )
+    checkpoint = ensure_tiny_checkpoint(CACHE / TINY_CKPT_NAME)
     base = make_base_dir(tmp_path_factory.mktemp("server_base"), checkpoint)
     log = base / "server.log"
     with ComfyServer(base_dir=base, log_path=log, gpu=False) as srv:
