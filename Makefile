@@ -45,6 +45,7 @@ serve: env
 
 bench: env
 	$(PY) bench/sampling.py
+	$(PY) bench/training.py
 
 clean:
 	rm -rf .host output .pytest_cache .ruff_cache
