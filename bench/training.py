@@ -51,7 +51,7 @@ def r2moe_run(model, clip, vae, bank, images, steps: int) -> float:
 
 def lora_run(model, latents, positive, steps: int, dtype: str) -> float:
     return _timed(lambda: call_node(
-        "TrainLoraNode", model=[model], latents=[latents], positive=[positive], batch_size=[2],
+        "TrainLoraNode", model=[model], latents=latents, positive=[positive], batch_size=[2],
         grad_accumulation_steps=[1], steps=[steps], learning_rate=[1e-4], rank=[4], optimizer=["AdamW"],
         loss_function=["MSE"], seed=[0], training_dtype=[dtype], lora_dtype=["fp32"], algorithm=["LoRA"],
         gradient_checkpointing=[False], existing_lora=["[None]"],
@@ -69,7 +69,10 @@ def bench(name: str, model, clip, vae, short: int, long: int, gpu: bool) -> dict
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(4, RES, RES, 3, generator=gen)
     bank = call_node("R2MoENewBank", model=model, rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
-    latents = {"samples": vae.encode(images).float()}
+    with torch.inference_mode():  # as inside the executor (the VAE was built in inference mode)
+        encoded = vae.encode(images).float()
+    # One LATENT per image: 0.3.75's TrainLoraNode fails on a single batched LATENT (`multi_res` unset).
+    latents = [{"samples": encoded[i : i + 1]} for i in range(len(encoded))]
     positive = call_node("CLIPTextEncode", clip=clip, text="photo of a dog")[0]
     ours = per_step(lambda n: r2moe_run(model, clip, vae, bank, images, n), short, long)
     theirs = per_step(lambda n: lora_run(model, latents, positive, n, "bf16" if gpu else "fp32"), short, long)

@@ -9,6 +9,7 @@ with the patch's wrappers merged into transformer_options, exactly as sampling w
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,14 @@ from .patch import install_runtime
 
 def _clone_tensor(weight: torch.Tensor) -> torch.Tensor:
     return weight.clone()
+
+
+def _math_attention() -> contextlib.AbstractContextManager:
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _identity(tensor: torch.Tensor) -> torch.Tensor:
@@ -117,8 +126,11 @@ def train_concept(
     def encode(texts: Sequence[str]) -> torch.Tensor:
         # ComfyUI's CLIP adds residuals in place (`x += ...`), which autograd rejects when x was saved for
         # backward; saving copies instead makes the text encoder differentiable without touching its code.
-        with torch.autograd.graph.saved_tensors_hooks(_clone_tensor, _identity):
-            return torch.cat([text.encode_from_tokens(text.tokenize(t)) for t in texts]).to(device)
+        # The CLIP causal mask (77x77) is not aligned the way CUDA's fused SDPA backward needs: use the math kernel
+        # for these 77-token sequences (cheap), and keep the fused kernels for the UNet.
+        with torch.autograd.graph.saved_tensors_hooks(_clone_tensor, _identity), _math_attention():
+            encoded = {t: text.encode_from_tokens(text.tokenize(t)) for t in dict.fromkeys(texts)}  # once each
+            return torch.cat([encoded[t] for t in texts]).to(device)
 
     losses: list[float] = []
     with torch.inference_mode(False), torch.enable_grad():

@@ -172,7 +172,8 @@ class ExpertTrainer(torch.nn.Module):
         if m.shape[0] == 0:
             return
         pinv = torch.linalg.pinv(m.double())  # [D, J]
-        target = torch.full((m.shape[0],), -float(self.settings.new_expert_margin), dtype=torch.float64)
+        margin = -float(self.settings.new_expert_margin)
+        target = torch.full((m.shape[0],), margin, dtype=torch.float64, device=m.device)
         for inc in self.router_incs:
             work = inc.double()
             work[:, :-1] -= pinv @ (m.double() @ work[:, :-1])

@@ -2,7 +2,7 @@
 // Registered through WEB_DIRECTORY; works with the ComfyUI frontend 1.x (window.comfyAPI) and its app.js shim.
 const { app } = window.comfyAPI?.app ?? (await import("../../scripts/app.js"));
 
-const TEXT_NODES = new Set(["R2MoEBankInfo", "R2MoESaveBank", "R2MoEPruneBank"]);
+const TEXT_NODES = new Set(["R2MoEBankInfo", "R2MoESaveBank", "R2MoEPruneBank", "R2MoETrainConcept"]);
 
 function showText(node, lines) {
   const text = Array.isArray(lines) ? lines.join("\n") : String(lines ?? "");
