@@ -16,7 +16,7 @@ from ..r2moe_core.log import LOGGER
 from ..r2moe_core.pruning import prune_bank
 from ..r2moe_core.summary import bank_report, expert_map
 from .clip_tokens import clip_with_concepts
-from .host import bank_dir, bank_files, check_bank_fits, model_fingerprint, token_dim
+from .host import bank_dir, bank_files, bank_path, check_bank_fits, model_fingerprint, token_dim
 from .patch import install_bank
 from .types import Bank
 
@@ -71,28 +71,16 @@ class R2MoELoadBank(io.ComfyNode):
         )
 
     @classmethod
-    def _path(cls, bank_name: str) -> str:
-        import folder_paths
-
-        path = folder_paths.get_full_path("r2moe", bank_name)
-        if path is None:
-            raise InvalidInputError(
-                f"Bank '{bank_name}' is not in models/r2moe (folders: {folder_paths.get_folder_paths('r2moe')}). "
-                "Save one with R2MoE Save Bank, or refresh the page after copying a file there."
-            )
-        return path
-
-    @classmethod
     def fingerprint_inputs(cls, bank_name: str) -> str:
         try:
-            stat = os.stat(cls._path(bank_name))
+            stat = os.stat(bank_path(bank_name))
         except (InvalidInputError, OSError):
             return bank_name
         return f"{bank_name}:{stat.st_mtime_ns}:{stat.st_size}"
 
     @classmethod
     def execute(cls, bank_name) -> io.NodeOutput:
-        return io.NodeOutput(load_bank(cls._path(bank_name)))
+        return io.NodeOutput(load_bank(bank_path(bank_name)))
 
 
 class R2MoESaveBank(io.ComfyNode):

@@ -29,6 +29,16 @@ def bank_files() -> list[str]:
     return [f for f in folder_paths.get_filename_list(BANK_FOLDER) if f.endswith(".safetensors")]
 
 
+def bank_path(name: str) -> str:
+    path = folder_paths.get_full_path(BANK_FOLDER, name)
+    if path is None:
+        raise InvalidInputError(
+            f"Bank '{name}' is not in models/r2moe (folders: {folder_paths.get_folder_paths(BANK_FOLDER)}). "
+            "Save one with R2MoE Save Bank, or refresh the page after copying a file there."
+        )
+    return path
+
+
 def bank_dir() -> str:
     return folder_paths.get_folder_paths(BANK_FOLDER)[0]
 

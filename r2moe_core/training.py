@@ -27,7 +27,7 @@ import torch
 from .bank import Concept, ExpertBank, ProjectionExperts
 from .errors import InvalidInputError
 from .experts import LoraExpert, expert_delta
-from .routing import AUX_EXPERT, gate_input, mixture_coefficients, select_experts
+from .routing import gate_input, inference_coefficients, training_coefficients
 
 DISTILL_MODES = ("exact", "soft", "off")
 OPTIMIZERS = ("AdamW", "Adam", "SGD")
@@ -133,20 +133,12 @@ class ExpertTrainer(torch.nn.Module):
         return base + torch.cat([torch.zeros_like(inc[:, :1]), inc], dim=1)
 
     def coefficients(self, i: int, m: torch.Tensor) -> torch.Tensor:
-        """[B, t+1] mixture for gate inputs m [B, D] in projection i (SAE, or plain top-k when ablated)."""
-        router = self.router(i)
-        scores = m.float() @ router
-        ids = torch.arange(router.shape[1])
-        alive = getattr(self, f"alive_{i}").cpu()
+        """[B, t+1] mixture for gate inputs m [B, D] in projection i (SAE, or the inference rule when ablated)."""
+        router, alive = self.router(i), getattr(self, f"alive_{i}").cpu()
         if self.settings.selective_activation:
-            candidates = alive & (ids >= 1) & (ids < self.task)
-            forced = (ids == AUX_EXPERT) | (ids == self.task)
-            k = min(self.task - 1, self.top_k - 1)
-        else:  # ablation: the inference rule during training too (the new expert must win its place)
-            candidates = alive & (ids >= 1)
-            forced = ids == AUX_EXPERT
-            k = min(self.task, self.top_k)
-        return mixture_coefficients(scores, select_experts(scores, candidates, k, forced))
+            return training_coefficients(m, router, alive, self.task, self.top_k)
+        # ablation: the new expert must win its place among the top-k like any other
+        return inference_coefficients(m, router, alive, self.top_k, aux_in_softmax=True)
 
     def delta(self, i: int, context: torch.Tensor) -> torch.Tensor:
         """ΔK or ΔV of projection i for a context [B, N, D], differentiable in the trainable state."""

@@ -15,11 +15,17 @@ def _word_embedding(clip, word: str) -> torch.Tensor:
     return table[token_id].detach().float().clone()[None]
 
 
-def test_trigger_token_is_encoded_with_the_learned_embedding(host, tiny):
+def _clip_knowing(host, tiny, token: str, word: str):
+    """The CLIP R2MoEApplyBank returns for a bank whose concept `token` has `word`'s embedding."""
     model, clip, _ = tiny
-    bank = call_node("R2MoENewBank", model=model, rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
-    bank = add_random_concept(host.core, bank, "dog", "<dog1>", seed=1, embedding=_word_embedding(clip, "cat"))
-    _, patched_clip = call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=1.0)
+    empty = call_node("R2MoENewBank", model=model, rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
+    bank = add_random_concept(host.core, empty, token.strip("<>"), token, seed=1, embedding=_word_embedding(clip, word))
+    return call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=1.0)[1]
+
+
+def test_trigger_token_is_encoded_with_the_learned_embedding(host, tiny):
+    clip = tiny[1]
+    patched_clip = _clip_knowing(host, tiny, "<dog1>", "cat")
 
     with_token = encode(patched_clip, "a photo of <dog1> dog on the beach")[0][0]
     reference = encode(clip, "a photo of cat dog on the beach")[0][0]
@@ -64,11 +70,8 @@ def test_lookup_follows_the_hosts_return_shape(host):
 def test_patched_clip_survives_clone_and_deepcopy(host, tiny):
     import copy
 
-    model, clip, _ = tiny
-    empty = call_node("R2MoENewBank", model=model, rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
-    bank = add_random_concept(host.core, empty, "a", "<a1>", seed=1, embedding=_word_embedding(clip, "cat"))
-    _, patched = call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=1.0)
-    reference = encode(clip, "a cat")[0][0]
+    patched = _clip_knowing(host, tiny, "<a1>", "cat")
+    reference = encode(tiny[1], "a cat")[0][0]
     assert torch.allclose(encode(patched.clone(), "a <a1>")[0][0], reference, atol=1e-5)
     copied = copy.copy(patched)
     copied.tokenizer = copy.deepcopy(patched.tokenizer)
