@@ -110,6 +110,8 @@ class R2MoETrainConcept(io.ComfyNode):
                 io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="AdamW", tooltip="Optimizer."),
                 io.Boolean.Input("replace_existing", default=False, optional=True,
                                  tooltip="Allow re-learning a concept name that is already in the bank."),
+                io.Boolean.Input("gradient_checkpointing", default=True, optional=True,
+                                 tooltip="Recompute activations in the backward pass: much less memory, ~30% slower."),
                 io.Int.Input("preview_every", default=50, min=0, max=10000, optional=True,
                              tooltip="Show the loss curve as the node's preview every N steps (0: never)."),
             ],
@@ -126,7 +128,7 @@ class R2MoETrainConcept(io.ComfyNode):
         cls, model, clip, vae, bank, concept_name, trigger_token, class_word, steps, batch_size, resolution,
         lr_experts, lr_router, lr_token, distill_lambda, distill_mode, prune_threshold, seed, optimizer,
         images=None, folder="", caption_template="photo of a {token} {class}", replace_existing=False,
-        preview_every=50, new_expert_margin=0.0,
+        preview_every=50, new_expert_margin=0.0, gradient_checkpointing=True,
     ) -> io.NodeOutput:
         name, token, class_word = concept_name.strip(), trigger_token.strip(), class_word.strip()
         existing = bank.concept_by_name(name)
@@ -166,7 +168,7 @@ class R2MoETrainConcept(io.ComfyNode):
 
         work_bank = bank.without_concept(name) if existing is not None else bank
         outcome = train_concept(model, clip, work_bank, latents, captions, name, token, class_word, settings,
-                                prune_threshold, on_step)
+                                prune_threshold, on_step, checkpointing=gradient_checkpointing)
         report = _report(outcome, name, token, steps)
         curve = torch.from_numpy(loss_curve(outcome.losses))[None]
         return io.NodeOutput(outcome.bank, curve, report, ui=ui.PreviewText(report))

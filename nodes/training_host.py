@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,37 @@ from .patch import install_runtime
 
 def _clone_tensor(weight: torch.Tensor) -> torch.Tensor:
     return weight.clone()
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(unet: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Recompute ResBlocks and SpatialTransformers in the backward pass instead of keeping their activations.
+
+    Each call gets its own shallow copy of transformer_options: the UNet mutates that dict as it goes (block,
+    block_index), and a recomputation reading the mutated one would run another layer's patch (host-notes §3.2).
+    The forwards are instance attributes on the shared modules only for the duration of training.
+    """
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+    patched = []
+    if enabled:
+        for module in unet.modules():
+            if isinstance(module, (ResBlock, SpatialTransformer)) and "forward" not in vars(module):
+                original = module.forward
+
+                def run(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                    args = tuple(dict(a) if isinstance(a, dict) else a for a in args)
+                    kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
+                    return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
+
+                module.forward = run
+                patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
 
 
 def _math_attention() -> contextlib.AbstractContextManager:
@@ -108,6 +139,7 @@ def train_concept(
     settings: TrainSettings,
     prune_threshold: float,
     on_step: Callable[[int, float, list[float]], None] | None = None,
+    checkpointing: bool = True,
 ) -> TrainOutcome:
     """Learn one concept; the input bank, model and CLIP are left untouched whatever happens."""
     started = time.perf_counter()
@@ -133,7 +165,8 @@ def train_concept(
             return torch.cat([encoded[t] for t in texts]).to(device)
 
     losses: list[float] = []
-    with torch.inference_mode(False), torch.enable_grad():
+    unet_module = unet.model.diffusion_model
+    with torch.inference_mode(False), torch.enable_grad(), gradient_checkpointing(unet_module, checkpointing):
         trainer.to(device)
         optimizer = trainer.optimizer()
         generator = torch.Generator().manual_seed(settings.seed)

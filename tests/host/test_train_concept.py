@@ -16,6 +16,7 @@ DOG_PROMPT, CAT_PROMPT, OTHER_PROMPT = "photo of a <dog1> dog", "photo of a <cat
 FAST = {  # short, high-rate runs at 64 px: the tiny model learns visibly in a few dozen steps
     "steps": 40, "batch_size": 2, "resolution": 64, "lr_experts": 1e-2, "lr_router": 1e-2, "lr_token": 1e-2,
     "distill_lambda": 1e-5, "distill_mode": "exact", "prune_threshold": 0.0, "seed": 0, "optimizer": "AdamW",
+    "gradient_checkpointing": False,
 }
 
 
@@ -169,3 +170,16 @@ def test_bad_inputs_get_clear_errors(host, tiny, after_dog, overrides, message):
     with pytest.raises(host.core.R2MoEError, match=message):
         call_node("R2MoETrainConcept", model=model, clip=clip, vae=vae, bank=after_dog[0], class_word="cat",
                   **(FAST | {"steps": 2} | args))
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny, after_dog):
+    dog_bank = after_dog[0]
+    plain = train(tiny, dog_bank, "cat", "<cat1>", "cat", pictures(2), steps=3, gradient_checkpointing=False)[0]
+    saved = train(tiny, dog_bank, "cat", "<cat1>", "cat", pictures(2), steps=3, gradient_checkpointing=True)[0]
+    for name, proj in plain.projections.items():
+        other = saved.projections[name].experts[2]
+        assert torch.allclose(proj.experts[2].up, other.up, atol=1e-6), name
+        assert torch.allclose(proj.experts[2].gate, other.gate, atol=1e-6), name
+    assert torch.allclose(plain.concepts[1].embedding, saved.concepts[1].embedding, atol=1e-6)
+    model = tiny[0].model.diffusion_model
+    assert not any("forward" in vars(m) for m in model.modules()), "checkpointing must not outlive training"
