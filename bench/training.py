@@ -45,7 +45,7 @@ def r2moe_run(model, clip, vae, bank, images, steps: int) -> float:
         "R2MoETrainConcept", model=model, clip=clip, vae=vae, bank=bank, concept_name="bench", trigger_token="<b1>",
         class_word="dog", images=images, steps=steps, batch_size=2, resolution=RES, lr_experts=1e-4, lr_router=1e-4,
         lr_token=1e-3, distill_lambda=1e-5, distill_mode="exact", prune_threshold=0.4, seed=0, optimizer="AdamW",
-        preview_every=0,
+        preview_every=0, gradient_checkpointing=False,
     ))
 
 
