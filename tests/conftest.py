@@ -9,6 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "scripts"))  # comfy_inprocess, comfy_server: shared with the demo and benchmarks
+sys.path.insert(0, str(REPO / "bench"))  # world: the benchmark's procedural text-to-image world
 
 # The core must be usable on its own: import it as a top-level package, the way a script would.
 if "r2moe_core" not in sys.modules:
