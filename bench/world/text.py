@@ -1,0 +1,113 @@
+"""The benchmark's text encoder: ComfyUI's SD1.x CLIP-L (here with 2 layers) in plain PyTorch.
+
+ComfyUI stores CLIP-L under `cond_stage_model.clip_l.transformer.text_model.*`, the layout of
+`transformers.CLIPTextModel`, so the same weights run here and in ComfyUI. Prompts are tokenised as ComfyUI does
+for SD1.x: BOS, up to 75 tokens, EOS, padded with EOS to 77. Trigger tokens (`<new1>`) become learned vectors.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+TOKENS = 77
+LAYERS = 2
+
+
+def comfy_tokenizer_dir() -> Path:
+    """ComfyUI's bundled CLIP tokenizer files (vocab and merges); the dev host ships them."""
+    path = Path(__file__).resolve().parents[2] / ".host" / "ComfyUI" / "comfy" / "sd1_tokenizer"
+    if not (path / "vocab.json").is_file():
+        raise FileNotFoundError(f"CLIP tokenizer files not found at {path}; run `make env` first.")
+    return path
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q_proj, self.k_proj = torch.nn.Linear(dim, dim), torch.nn.Linear(dim, dim)
+        self.v_proj, self.out_proj = torch.nn.Linear(dim, dim), torch.nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = (p(x).view(b, n, self.heads, d // self.heads).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class _MLP(torch.nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(dim, hidden), torch.nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        return self.fc2(h * torch.sigmoid(1.702 * h))  # quick_gelu, as CLIP-L
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.layer_norm1, self.layer_norm2 = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
+        self.self_attn, self.mlp = _Attention(dim, heads), _MLP(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class TextEncoder(torch.nn.Module):
+    """CLIP-L text transformer with ComfyUI/transformers key names under `text_model.`."""
+
+    def __init__(self, tokenizer_dir: Path | None = None, layers: int = LAYERS, dim: int = 768) -> None:
+        super().__init__()
+        from transformers import CLIPTokenizer
+
+        self.tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir or comfy_tokenizer_dir()))
+        self.text_model = torch.nn.Module()
+        self.text_model.embeddings = torch.nn.Module()
+        self.text_model.embeddings.token_embedding = torch.nn.Embedding(49408, dim)
+        self.text_model.embeddings.position_embedding = torch.nn.Embedding(TOKENS, dim)
+        self.text_model.encoder = torch.nn.Module()
+        self.text_model.encoder.layers = torch.nn.ModuleList([_Layer(dim, 12, dim * 4) for _ in range(layers)])
+        self.text_model.final_layer_norm = torch.nn.LayerNorm(dim)
+
+    def load_comfy_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Accepts keys with any prefix up to `text_model.` (e.g. `cond_stage_model.clip_l.transformer.`)."""
+        own = {key[key.index("text_model.") :]: value for key, value in state.items() if "text_model." in key}
+        own = {k: v for k, v in own.items() if "position_ids" not in k}
+        missing, _ = self.load_state_dict(own, strict=False)
+        if missing:
+            raise ValueError(f"text encoder weights incomplete: {missing[:3]}")
+
+    def token_ids(self, text: str, triggers: dict[str, torch.Tensor]) -> list[int | torch.Tensor]:
+        """Word pieces of `text` as ids, with each trigger token replaced by its vector(s)."""
+        pieces: list[int | torch.Tensor] = []
+        pattern = "|".join(re.escape(t) for t in sorted(triggers, key=len, reverse=True))
+        parts = re.split(f"({pattern})", text) if pattern else [text]
+        for part in parts:
+            if part in triggers:
+                pieces.extend(triggers[part])
+            elif part.strip():
+                pieces.extend(self.tokenizer(part, add_special_tokens=False)["input_ids"])
+        return pieces[: TOKENS - 2]
+
+    def forward(self, texts: list[str], triggers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Context [B, 77, 768]: the last hidden state after the final layer norm, as ComfyUI's SD1.x CLIP."""
+        triggers = triggers or {}
+        table = self.text_model.embeddings.token_embedding
+        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        rows = []
+        for text in texts:
+            pieces = [bos, *self.token_ids(text, triggers), eos]
+            pieces += [eos] * (TOKENS - len(pieces))
+            vectors = [table(torch.tensor(p)) if isinstance(p, int) else p.to(table.weight.dtype) for p in pieces]
+            rows.append(torch.stack(vectors))
+        h = torch.stack(rows) + self.text_model.embeddings.position_embedding.weight[None]
+        for layer in self.text_model.encoder.layers:
+            h = layer(h)
+        return self.text_model.final_layer_norm(h)
