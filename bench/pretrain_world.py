@@ -1,0 +1,147 @@
+"""Pretrain the world model: a TAESD-layout VAE, then the SD1.x-layout UNet, on procedurally drawn scenes.
+
+Deterministic for a seed, plain PyTorch (no ComfyUI). The text encoder is a 2-layer CLIP-L with fixed random
+weights from the seed (a fixed, prompt-dependent feature map). Writes one fp16 .safetensors checkpoint with
+ComfyUI's key layout, loadable by the stock CheckpointLoaderSimple (with R2MOE_TINY_MODELS=1).
+
+    python bench/pretrain_world.py                      # the full run that produces the shipped weights
+    python bench/pretrain_world.py --quick --out X      # seconds: checks the pipeline end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from world.scenes import caption, random_scene, render
+from world.text import TextEncoder
+from world.unet import UNet
+from world.vae import WorldVAE
+
+LOG = logging.getLogger("r2moe.bench.pretrain")
+LATENT_SCALE = 0.18215  # SD1.x: ComfyUI multiplies VAE latents by this before the UNet
+DEFAULT_OUT = Path(__file__).resolve().parent / "world" / "weights" / "world_sd15.safetensors"
+
+
+def sd_sigmas(steps: int = 1000) -> torch.Tensor:
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, steps, dtype=torch.float64) ** 2
+    alphas = torch.cumprod(1 - betas, 0)
+    return ((1 - alphas) / alphas).sqrt().float()
+
+
+def init_text_encoder(seed: int) -> TextEncoder:
+    """Fixed random CLIP-L weights: N(0, 0.02) matrices, unit layer norms, zero biases."""
+    encoder = TextEncoder()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in encoder.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if isinstance(module, torch.nn.LayerNorm):
+                    param.fill_(1.0 if name == "weight" else 0.0)
+                elif param.ndim >= 2:
+                    param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+                else:
+                    param.zero_()
+    return encoder.requires_grad_(False).eval()
+
+
+def scene_pool(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    rng = random.Random(seed)
+    scenes = [random_scene(rng) for _ in range(count)]
+    images = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 255.0
+    return images, [caption(s) for s in scenes]
+
+
+def train_vae(images: torch.Tensor, steps: int, batch: int, gen: torch.Generator) -> WorldVAE:
+    vae = WorldVAE()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    for step in range(steps):
+        x = images[torch.randint(0, len(images), (batch,), generator=gen)]
+        z = vae.taesd_encoder(x)
+        loss = torch.nn.functional.mse_loss(vae.taesd_decoder(z), x) + 1e-4 * z.square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % max(steps // 10, 1) == 0:
+            LOG.info("vae step %d/%d: reconstruction loss %.4f", step, steps, loss.item())
+    with torch.no_grad():  # scale latents so that, after ComfyUI's x0.18215, they have unit spread
+        spread = vae.taesd_encoder(images[:256]).std()
+        vae.vae_scale.fill_(float(spread) * LATENT_SCALE)
+    return vae.requires_grad_(False).eval()
+
+
+def train_unet(latents: torch.Tensor, contexts: torch.Tensor, empty: torch.Tensor, steps: int, batch: int,
+               gen: torch.Generator) -> UNet:
+    unet = UNet()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=2e-4)
+    sigmas = sd_sigmas()
+    for step in range(steps):
+        rows = torch.randint(0, len(latents), (batch,), generator=gen)
+        t = torch.randint(0, len(sigmas), (batch,), generator=gen)
+        sigma = sigmas[t].view(-1, 1, 1, 1)
+        noise = torch.randn(latents[rows].shape, generator=gen)
+        drop = torch.rand(batch, generator=gen) < 0.1  # caption dropout: the model also learns the empty prompt
+        context = torch.where(drop[:, None, None], empty, contexts[rows])
+        x_in = (latents[rows] + sigma * noise) / (sigma**2 + 1).sqrt()
+        loss = torch.nn.functional.mse_loss(unet(x_in, t.float(), context), noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % max(steps // 10, 1) == 0:
+            LOG.info("unet step %d/%d: loss %.4f", step, steps, loss.item())
+    return unet.eval()
+
+
+def save_checkpoint(path: Path, unet: UNet, text: TextEncoder, vae: WorldVAE, seed: int) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+    tensors |= {f"cond_stage_model.transformer.{k}": v for k, v in text.state_dict().items()}
+    tensors |= {f"first_stage_model.{k}": v for k, v in vae.state_dict().items()}
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"r2moe_world": f"seed={seed}"})
+    tmp.replace(path)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=20000)
+    parser.add_argument("--vae-steps", type=int, default=3000)
+    parser.add_argument("--unet-steps", type=int, default=20000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="tiny run to check the pipeline")
+    opts = parser.parse_args()
+    if opts.quick:
+        opts.images, opts.vae_steps, opts.unet_steps, opts.batch = 64, 3, 3, 8
+    torch.manual_seed(opts.seed)
+    gen = torch.Generator().manual_seed(opts.seed)
+    started = time.perf_counter()
+    images, captions = scene_pool(opts.images, opts.seed)
+    vae = train_vae(images, opts.vae_steps, opts.batch, gen)
+    text = init_text_encoder(opts.seed)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(images[i : i + 256]) for i in range(0, len(images), 256)]) * LATENT_SCALE
+        contexts = torch.cat([text(captions[i : i + 256]) for i in range(0, len(captions), 256)])
+        empty = text([""])
+    unet = train_unet(latents, contexts, empty, opts.unet_steps, opts.batch, gen)
+    save_checkpoint(opts.out, unet, text, vae, opts.seed)
+    LOG.info("world model written to %s in %.0f s", opts.out, time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()

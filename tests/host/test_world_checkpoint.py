@@ -1,0 +1,44 @@
+"""The world pretraining pipeline writes a checkpoint the stock ComfyUI loader takes, and ComfyUI then computes
+what the plain-PyTorch world computes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from comfy_inprocess import REPO, call_node
+from safetensors.torch import load_file
+from world.text import TextEncoder
+from world.unet import UNet
+
+from r2moe_testkit.sampling import encode, sample
+
+
+def test_quick_pretraining_loads_through_checkpoint_loader_simple(host):
+    import folder_paths
+
+    target = Path(folder_paths.get_folder_paths("checkpoints")[0]) / "world_quick.safetensors"
+    subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_world.py"), "--quick", "--out", str(target)],
+                   check=True, capture_output=True)
+    folder_paths.filename_list_cache.clear()
+    model, clip, vae = call_node("CheckpointLoaderSimple", ckpt_name=target.name)
+    saved = {k: v.float() for k, v in load_file(str(target)).items()}
+
+    text = TextEncoder()
+    text.load_comfy_state_dict(saved)
+    prompt = "two red striped squares on the left, grass background"
+    with torch.no_grad():
+        ours = text([prompt])
+    assert torch.allclose(encode(clip, prompt)[0][0].float(), ours, atol=1e-2)
+
+    unet = UNet()
+    unet.load_state_dict({k[len("model.diffusion_model."):]: v for k, v in saved.items()
+                          if k.startswith("model.diffusion_model.")})
+    x, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500.0])
+    with torch.no_grad():
+        theirs = model.model.diffusion_model(x.to(model.model.get_dtype()), t, context=ours.to(model.model.get_dtype()))
+        assert torch.allclose(unet(x, t, ours), theirs.float(), atol=1e-2)
+    assert torch.isfinite(sample(model, clip, prompt, steps=2, size=64)).all()
+    assert float(vae.first_stage_model.vae_scale) != 1.0, "the VAE's latent scale is calibrated by pretraining"
