@@ -41,4 +41,4 @@ def test_quick_pretraining_loads_through_checkpoint_loader_simple(host):
         theirs = model.model.diffusion_model(x.to(model.model.get_dtype()), t, context=ours.to(model.model.get_dtype()))
         assert torch.allclose(unet(x, t, ours), theirs.float(), atol=1e-2)
     assert torch.isfinite(sample(model, clip, prompt, steps=2, size=64)).all()
-    assert float(vae.first_stage_model.vae_scale) != 1.0, "the VAE's latent scale is calibrated by pretraining"
+    assert vae.first_stage_model.vae_scale.item() != 1.0, "the VAE's latent scale is calibrated by pretraining"
