@@ -123,16 +123,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--unet-steps", type=int, default=20000)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64, help="UNet batch")
+    parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="tiny run to check the pipeline")
     opts = parser.parse_args()
     if opts.quick:
-        opts.images, opts.vae_steps, opts.unet_steps, opts.batch = 64, 3, 3, 8
+        opts.images, opts.vae_steps, opts.unet_steps, opts.batch, opts.vae_batch = 64, 3, 3, 8, 8
     torch.manual_seed(opts.seed)
     gen = torch.Generator().manual_seed(opts.seed)
     started = time.perf_counter()
     images, captions = scene_pool(opts.images, opts.seed)
-    vae = train_vae(images, opts.vae_steps, opts.batch, gen)
+    vae = train_vae(images, opts.vae_steps, opts.vae_batch, gen)
     text = init_text_encoder(opts.seed)
     with torch.no_grad():
         latents = torch.cat([vae.encode(images[i : i + 256]) for i in range(0, len(images), 256)]) * LATENT_SCALE
