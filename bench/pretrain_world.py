@@ -23,20 +23,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from world.sampler import LATENT_SCALE, sd_sigmas
 from world.scenes import caption, random_scene, render
 from world.text import TextEncoder
 from world.unet import UNet
 from world.vae import WorldVAE
 
 LOG = logging.getLogger("r2moe.bench.pretrain")
-LATENT_SCALE = 0.18215  # SD1.x: ComfyUI multiplies VAE latents by this before the UNet
 DEFAULT_OUT = Path(__file__).resolve().parent / "world" / "weights" / "world_sd15.safetensors"
-
-
-def sd_sigmas(steps: int = 1000) -> torch.Tensor:
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, steps, dtype=torch.float64) ** 2
-    alphas = torch.cumprod(1 - betas, 0)
-    return ((1 - alphas) / alphas).sqrt().float()
 
 
 def init_text_encoder(seed: int) -> TextEncoder:

@@ -1,0 +1,54 @@
+"""Sampling the world model without ComfyUI: Euler steps on the SD1.x schedule with classifier-free guidance,
+the same arithmetic as ComfyUI's `euler` sampler with the `normal` scheduler for an ε-prediction model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from r2moe_core.training import ddpm_sigmas
+
+LATENT_SCALE = 0.18215
+
+
+def sd_sigmas() -> torch.Tensor:
+    return ddpm_sigmas()
+
+
+def sigma_at(t: torch.Tensor) -> torch.Tensor:
+    """σ for fractional timesteps, interpolated in log space as ComfyUI's model_sampling does."""
+    table = sd_sigmas()
+    low, high, frac = t.floor().long(), t.ceil().long(), t - t.floor()
+    return ((1 - frac) * table[low].log() + frac * table[high].log()).exp()
+
+
+def schedule(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps, sigmas) from t=999 down to 0 in `steps` even steps, sigmas with a final 0."""
+    t = torch.linspace(len(sd_sigmas()) - 1, 0, steps)
+    return t, torch.cat([sigma_at(t), torch.zeros(1)])
+
+
+@torch.no_grad()
+def sample(
+    eps: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    context: torch.Tensor,
+    empty: torch.Tensor,
+    steps: int = 20,
+    cfg: float = 5.0,
+    seed: int = 0,
+    latent_size: int = 8,
+) -> torch.Tensor:
+    """Latents [B, 4, s, s] (already multiplied by the SD latent scale) for contexts [B, 77, D]."""
+    gen = torch.Generator().manual_seed(seed)
+    timesteps, sigmas = schedule(steps)
+    x = torch.randn(context.shape[0], 4, latent_size, latent_size, generator=gen) * sigmas[0]
+    uncond = empty.expand_as(context)
+    for i, t in enumerate(timesteps):
+        sigma = sigmas[i]
+        x_in = x / (sigma**2 + 1).sqrt()
+        tt = t.expand(x.shape[0])
+        e_cond, e_uncond = eps(x_in, tt, context), eps(x_in, tt, uncond)
+        e = e_uncond + cfg * (e_cond - e_uncond)
+        x = x + e * (sigmas[i + 1] - sigma)  # Euler: d = (x - denoised) / σ = ε
+    return x
