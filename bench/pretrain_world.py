@@ -23,11 +23,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from world.sampler import LATENT_SCALE, sd_sigmas
+from world.sampler import LATENT_SCALE
 from world.scenes import caption, random_scene, render
 from world.text import TextEncoder
 from world.unet import UNet
 from world.vae import WorldVAE
+
+from r2moe_core.training import ddpm_sigmas
 
 LOG = logging.getLogger("r2moe.bench.pretrain")
 DEFAULT_OUT = Path(__file__).resolve().parent / "world" / "weights" / "world_sd15.safetensors"
@@ -78,7 +80,7 @@ def train_unet(latents: torch.Tensor, contexts: torch.Tensor, empty: torch.Tenso
                gen: torch.Generator) -> UNet:
     unet = UNet()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=2e-4)
-    sigmas = sd_sigmas()
+    sigmas = ddpm_sigmas()
     for step in range(steps):
         rows = torch.randint(0, len(latents), (batch,), generator=gen)
         t = torch.randint(0, len(sigmas), (batch,), generator=gen)

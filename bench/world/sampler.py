@@ -12,20 +12,16 @@ from r2moe_core.training import ddpm_sigmas
 LATENT_SCALE = 0.18215
 
 
-def sd_sigmas() -> torch.Tensor:
-    return ddpm_sigmas()
-
-
 def sigma_at(t: torch.Tensor) -> torch.Tensor:
     """σ for fractional timesteps, interpolated in log space as ComfyUI's model_sampling does."""
-    table = sd_sigmas()
+    table = ddpm_sigmas()
     low, high, frac = t.floor().long(), t.ceil().long(), t - t.floor()
     return ((1 - frac) * table[low].log() + frac * table[high].log()).exp()
 
 
 def schedule(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(timesteps, sigmas) from t=999 down to 0 in `steps` even steps, sigmas with a final 0."""
-    t = torch.linspace(len(sd_sigmas()) - 1, 0, steps)
+    t = torch.linspace(len(ddpm_sigmas()) - 1, 0, steps)
     return t, torch.cat([sigma_at(t), torch.zeros(1)])
 
 

@@ -64,11 +64,11 @@ def denoise_error(host, tiny, bank, images, prompt: str) -> float:
         x0 = model.model.process_latent_in(vae.encode(pixels)).float()
         context = encode(patched_clip, prompt)[0][0].repeat(len(x0), 1, 1)
         gen = torch.Generator().manual_seed(11)
-        errors = []
+        predict_noise, errors = training_host.noise_predictor(patched), []
         for sigma in (0.5, 2.0, 6.0):
             noise = torch.randn(x0.shape, generator=gen)
             s = torch.full((len(x0),), sigma)
-            eps = training_host.noise_predictor(patched)(x0 + sigma * noise, s, context)
+            eps = predict_noise(x0 + sigma * noise, s, context)
             errors.append(torch.nn.functional.mse_loss(eps.cpu(), noise).item())
     comfy.model_management.soft_empty_cache()
     return sum(errors) / len(errors)
