@@ -10,8 +10,21 @@ from .errors import BankFormatError, BankMismatchError, InvalidInputError, R2MoE
 from .experts import LoraExpert, StackedExperts, expert_delta
 from .fingerprint import ModelFingerprint, compute_fingerprint, fingerprint_differences
 from .layers import PROJECTIONS, LayerSpec, block_key
+from .layout import (
+    LAYOUT_VERSION,
+    Layout,
+    Region,
+    box_masks,
+    find_tokens,
+    layout_from_json,
+    layout_to_dict,
+    layout_to_json,
+    validate_layout,
+)
 from .log import LOGGER
 from .lora_export import expert_as_lora
+from .planner_llm import LLMPlanner
+from .planners import Planner, RuleBasedPlanner
 from .pruning import PruneReport, new_expert_coefficients, prune_bank, prune_task
 from .routing import (
     gate_input,
@@ -25,6 +38,7 @@ from .version import __version__
 
 __all__ = [
     "FORMAT_VERSION",
+    "LAYOUT_VERSION",
     "LOGGER",
     "PROJECTIONS",
     "BankConfig",
@@ -33,24 +47,34 @@ __all__ = [
     "Concept",
     "ExpertBank",
     "InvalidInputError",
+    "LLMPlanner",
     "LayerSpec",
+    "Layout",
     "LoraExpert",
     "ModelFingerprint",
+    "Planner",
     "ProjectionExperts",
     "PruneReport",
     "R2MoEError",
+    "Region",
+    "RuleBasedPlanner",
     "StackedExperts",
     "__version__",
     "bank_from_bytes",
     "bank_to_bytes",
     "block_key",
+    "box_masks",
     "compute_fingerprint",
     "expert_as_lora",
     "expert_delta",
+    "find_tokens",
     "fingerprint_differences",
     "gate_input",
     "gate_scores",
     "inference_coefficients",
+    "layout_from_json",
+    "layout_to_dict",
+    "layout_to_json",
     "load_bank",
     "mixture_coefficients",
     "new_expert_coefficients",
@@ -59,4 +83,5 @@ __all__ = [
     "save_bank",
     "select_experts",
     "training_coefficients",
+    "validate_layout",
 ]
