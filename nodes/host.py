@@ -43,6 +43,14 @@ def bank_dir() -> str:
     return folder_paths.get_folder_paths(BANK_FOLDER)[0]
 
 
+def planner_cache_dir() -> str:
+    """Where LLM layout answers are cached: a system-user folder (never served over HTTP), else temp."""
+    getter = getattr(folder_paths, "get_system_user_directory", None)
+    if getter is not None:
+        return os.path.join(getter("r2moe"), "planner_cache")
+    return os.path.join(folder_paths.get_temp_directory(), "r2moe_planner_cache")
+
+
 def _unpatched_weight(model: Any, key: str, param: torch.Tensor) -> torch.Tensor:
     # A loaded ModelPatcher keeps LoRA-merged weights in place and the originals in `backup`.
     backup = getattr(model, "backup", {}).get(key)

@@ -26,6 +26,7 @@ from .lora_export import expert_as_lora
 from .planner_llm import LLMPlanner
 from .planners import Planner, RuleBasedPlanner
 from .pruning import PruneReport, new_expert_coefficients, prune_bank, prune_task
+from .regional import RegionalRuntime, RegionMasks, blend_regions, token_grid
 from .routing import (
     gate_input,
     gate_scores,
@@ -57,11 +58,14 @@ __all__ = [
     "PruneReport",
     "R2MoEError",
     "Region",
+    "RegionMasks",
+    "RegionalRuntime",
     "RuleBasedPlanner",
     "StackedExperts",
     "__version__",
     "bank_from_bytes",
     "bank_to_bytes",
+    "blend_regions",
     "block_key",
     "box_masks",
     "compute_fingerprint",
@@ -82,6 +86,7 @@ __all__ = [
     "prune_task",
     "save_bank",
     "select_experts",
+    "token_grid",
     "training_coefficients",
     "validate_layout",
 ]

@@ -41,9 +41,12 @@ class _ContextEntry:
 class BankRuntime:
     """Routing and expert deltas for one bank at one strength, cached per distinct text context."""
 
-    def __init__(self, bank: ExpertBank, strength: float) -> None:
+    def __init__(self, bank: ExpertBank, strength: float, max_cached_contexts: int = _MAX_CACHED_CONTEXTS) -> None:
+        """`max_cached_contexts`: how many text contexts keep their deltas (regional sampling needs one per
+        region on top of the prompt and negative prompt)."""
         self.bank = bank
         self.strength = float(strength)
+        self.max_cached_contexts = max(1, int(max_cached_contexts))
         self._stacked: dict[str, StackedExperts] = {}
         self._alive: dict[str, torch.Tensor] = {}
         self._router: dict[str, torch.Tensor] = {}
@@ -57,7 +60,6 @@ class BankRuntime:
         self._entries: OrderedDict[tuple, _ContextEntry] = OrderedDict()
         self.has_experts = self.strength != 0.0 and any(s.ids for s in self._stacked.values())
         self.delta_computations = 0  # observable, so tests can prove deltas are not recomputed per step
-
 
     def _device_tensors(
         self, name: str, device: torch.device, dtype: torch.dtype
@@ -104,7 +106,7 @@ class BankRuntime:
             return found
         entry = _ContextEntry(context=context, cond_rows=cond_rows, gate_in=gate_input(context))
         self._entries[key] = entry
-        while len(self._entries) > _MAX_CACHED_CONTEXTS:
+        while len(self._entries) > self.max_cached_contexts:
             self._entries.popitem(last=False)
         return entry
 
