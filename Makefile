@@ -8,7 +8,7 @@ PORT ?= 8188
 CKPT ?=
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: env test test-unit test-host test-e2e lint demo serve bench clean
+.PHONY: env test test-unit test-host test-e2e lint demo serve bench bench-lifelong bench-lifelong-quick clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ serve: env
 bench: env
 	$(PY) bench/sampling.py
 	$(PY) bench/training.py
+
+# Lifelong-learning benchmark on the offline world model (README, "Lifelong benchmark"); SEEDS=0 for one seed.
+bench-lifelong: env
+	$(PY) bench/lifelong.py $(if $(SEEDS),--seeds $(SEEDS)) $(if $(CONCEPTS),--concepts "$(CONCEPTS)")
+
+bench-lifelong-quick: env
+	$(PY) bench/lifelong.py --quick --out output/lifelong_quick
 
 clean:
 	rm -rf .host output .pytest_cache .ruff_cache

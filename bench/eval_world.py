@@ -16,28 +16,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
-from safetensors.torch import load_file
+from world.checkpoint import load_world
 from world.evaluators import ATTRIBUTES, labels, to_tensor, train_evaluator
 from world.sampler import LATENT_SCALE, sample
 from world.scenes import caption, random_scene
-from world.text import TextEncoder
-from world.unet import UNet
-from world.vae import WorldVAE
 
 LOG = logging.getLogger("r2moe.bench.eval_world")
-
-
-def load_world(path: Path) -> tuple[UNet, TextEncoder, WorldVAE]:
-    state = {k: v.float() for k, v in load_file(str(path)).items()}
-
-    def part(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-    unet, text, vae = UNet(), TextEncoder(), WorldVAE()
-    unet.load_state_dict(part("model.diffusion_model."))
-    text.load_comfy_state_dict(state)
-    vae.load_state_dict(part("first_stage_model."))
-    return unet.eval(), text.eval(), vae.eval()
 
 
 def main() -> None:

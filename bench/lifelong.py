@@ -1,0 +1,291 @@
+"""Lifelong-learning benchmark on the offline world model: R2MoE against the baselines, side by side.
+
+    python bench/lifelong.py                 # default: 10 world concepts, 3 seeds, every method, photo track
+    python bench/lifelong.py --quick         # 3 concepts, few steps, 1 seed: checks the pipeline in minutes
+    python bench/lifelong.py --concepts bench/world/concepts_30.json --seeds 0   # the long sequence
+
+Writes under --out (default bench/results): lifelong.json (all numbers), lifelong.md (the tables), and PNG plots
+(forgetting per task, parameters per task, the last task's images per method). Deterministic on CPU for a seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import pickle
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
+
+from world.checkpoint import SHIPPED, load_world
+from world.concepts import concept_images, load_concepts
+from world.evaluators import train_evaluator
+from world.methods import METHODS, SIMPLIFICATIONS, Budget
+from world.plots import grid_image, line_plot
+from world.protocol import ConceptData, EvalSettings, MethodRun, World, run_method
+from world.vocab import SIZE
+
+from r2moe_core.concept_data import load_concept_folder, make_captions, square_resize
+
+LOG = logging.getLogger("r2moe.bench.lifelong")
+HERE = Path(__file__).resolve().parent
+DEFAULT_PHOTOS = HERE.parents[1] / "shared" / "data" / "concepts"
+METRICS = ("image_alignment", "text_alignment", "forgetting", "params_added", "bytes_added", "train_s_per_task",
+           "sample_s_per_image")
+
+
+def world_concepts(path: Path, images: int, limit: int | None) -> list[ConceptData]:
+    specs = load_concepts(path)[:limit]
+    out = []
+    for spec in specs:
+        pairs = concept_images(spec, images)
+        out.append(ConceptData(spec.token, spec.class_word, [p[0] for p in pairs], [p[1] for p in pairs]))
+    return out
+
+
+def photo_concepts(folder: Path, limit: int | None) -> list[ConceptData]:
+    """Every sub-folder with images is a concept `<photoN>` of class = folder name, resized to the world's size."""
+    out = []
+    for i, sub in enumerate(sorted(p for p in folder.iterdir() if p.is_dir())[:limit]):
+        images, given = load_concept_folder(sub)
+        token, word = f"<photo{i + 1}>", sub.name.rstrip("0123456789").replace("_", " ").split()[-1]
+        pixels = [(square_resize(im, SIZE).numpy() * 255).round().astype(np.uint8) for im in images]
+        captions = make_captions(len(images), token, word, "photo of a {token} {class}", given)
+        out.append(ConceptData(token, word, pixels, captions))
+    return out
+
+
+def aggregate(runs: list[MethodRun]) -> dict[str, float | list[float]]:
+    """Mean over seeds, plus the spread (sample std) and the per-seed values when there is more than one."""
+    per_seed = [r.summary() for r in runs]
+    out: dict[str, float | list[float]] = {}
+    for metric in METRICS:
+        values = [s[metric] for s in per_seed]
+        out[metric] = float(np.mean(values)) if metric not in ("params_added", "bytes_added") else int(values[0])
+        if len(values) > 1 and metric in ("image_alignment", "text_alignment", "forgetting"):
+            out[f"{metric}_std"] = round(float(np.std(values, ddof=1)), 2)
+            out[f"{metric}_seeds"] = values
+    for metric in ("image_alignment", "text_alignment", "forgetting", "train_s_per_task"):
+        out[metric] = round(float(out[metric]), 2)
+    out["params_per_task"] = runs[0].params
+    out["forgetting_curve"] = [round(float(np.mean([curve(r)[t] for r in runs])), 2) for t in range(len(runs[0].ia))]
+    if runs[0].ta_parts:
+        out["text_alignment_parts"] = {k: round(float(np.mean([r.ta_parts[k] for r in runs])), 2)
+                                       for k in runs[0].ta_parts}
+    return out
+
+
+def curve(run: MethodRun) -> list[float]:
+    """After task t: mean drop of the concepts learned so far from their own-task IA (points)."""
+    own = {c: run.ia[i][c] for i, c in enumerate(run.order)}
+    return [float(np.mean([own[c] - ia[c] for c in list(ia)])) for ia in run.ia]
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(checkpoint: Path, evaluator_state: dict, threads: int) -> None:
+    """Each worker process loads its own world and evaluator once (one thread each: small ops scale badly)."""
+    torch.set_num_threads(threads)
+    from world.evaluators import WorldEvaluator
+
+    evaluator = WorldEvaluator()
+    evaluator.load_state_dict(evaluator_state)
+    state = hashlib.sha256(b"".join(v.numpy().tobytes() for v in evaluator_state.values())).hexdigest()
+    _WORKER.update(world=World(*load_world(checkpoint)), evaluator=evaluator.eval(), photo=None,
+                   checkpoint=checkpoint, evaluator_digest=state)
+
+
+def _features(kind: str):
+    if kind == "photo":
+        if _WORKER["photo"] is None:
+            from world.photo_features import PhotoFeatures
+
+            _WORKER["photo"] = PhotoFeatures()
+        return _WORKER["photo"]
+    evaluator = _WORKER["evaluator"]
+
+    def embed(images: list[np.ndarray]) -> torch.Tensor:
+        from world.evaluators import to_tensor
+
+        with torch.no_grad():
+            return evaluator.embed(to_tensor(images))
+    return embed
+
+
+def _job_key(args: tuple, checkpoint: Path) -> str:
+    """Everything a job's result depends on: reruns with more seeds reuse the finished (method, seed) jobs."""
+    name, seed, kind, concepts, budget, settings = args
+    digest = hashlib.sha256()
+    digest.update(hashlib.sha256(checkpoint.read_bytes()).digest())
+    for c in concepts:
+        digest.update(c.token.encode() + c.class_word.encode() + "|".join(c.captions).encode())
+        for image in c.images:
+            digest.update(image.tobytes())
+    digest.update(repr((name, seed, kind, budget, settings, _WORKER["evaluator_digest"])).encode())
+    return f"{kind}_{name}_{seed}_{digest.hexdigest()[:16]}"
+
+
+def _job(args: tuple) -> MethodRun | dict[str, list[np.ndarray]]:
+    job, cache = args
+    path = cache / f"{_job_key(job, _WORKER['checkpoint'])}.pkl" if cache else None
+    if path is not None and path.is_file():
+        return pickle.loads(path.read_bytes())
+    result = _run_job(job)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(result))
+        tmp.replace(path)
+    return result
+
+
+def _run_job(args: tuple) -> MethodRun | dict[str, list[np.ndarray]]:
+    name, seed, kind, concepts, budget, settings = args
+    features = _features(kind)
+    references = {c.token: features(c.images) for c in concepts}
+    world = _WORKER["world"]
+    if name == "base":
+        return run_base(world, concepts, settings, seed)
+    evaluator = _WORKER["evaluator"] if kind == "world" else None
+    return run_method(name, world, concepts, budget, features, references, settings, seed, evaluator)
+
+
+def run_track(label: str, concepts: list[ConceptData], methods: list[str], seeds: list[int], budget: Budget,
+              settings: EvalSettings, pool, out: Path, cache: Path | None) -> dict:
+    """Every (method, seed) of one track as independent jobs on the worker pool; results in a fixed order."""
+    from world.protocol import image_alignments
+
+    jobs = [(name, seed, label, concepts, budget, settings) for name in ["base", *methods] for seed in seeds]
+    done = pool.map(_job, [(j, cache) for j in jobs], chunksize=1)
+    outputs = dict(zip([(j[0], j[1]) for j in jobs], done, strict=True))
+    features = _features(label)
+    references = {c.token: features(c.images) for c in concepts}
+    result: dict = {"methods": {}, "concepts": [c.token for c in concepts]}
+    base_ia = [float(np.mean(list(image_alignments(features, outputs[("base", s)], references).values())))
+               for s in seeds]
+    result["base_model"] = {"image_alignment": round(float(np.mean(base_ia)), 2)}
+    last_images: dict[str, dict[str, list[np.ndarray]]] = {}
+    for name in methods:
+        runs = [outputs[(name, seed)] for seed in seeds]
+        result["methods"][name] = aggregate(runs)
+        last_images[name] = runs[0].final_images
+        LOG.info("%s %s: %s", label, name, {k: v for k, v in result["methods"][name].items() if k in METRICS})
+    curves = {n: [0.0, *m["forgetting_curve"]] for n, m in result["methods"].items()}
+    line_plot(curves, f"{label}: mean IA drop of the concepts learned so far (points)", "task",
+              out / f"lifelong_{label}_forgetting.png")
+    params = {n: [0, *m["params_per_task"]] for n, m in result["methods"].items()}
+    line_plot(params, f"{label}: parameters added (cumulative)", "task", out / f"lifelong_{label}_params.png")
+    grid_image(last_images, [c.images[0] for c in concepts], [c.token for c in concepts],
+               out / f"lifelong_{label}_grid.png")
+    return result
+
+
+def run_base(world: World, concepts: list[ConceptData], settings: EvalSettings, seed: int
+             ) -> dict[str, list[np.ndarray]]:
+    from world.protocol import generate
+
+    n = settings.images_per_concept
+    images = generate(world, None, [f"photo of a {c.class_word}" for c in concepts for _ in range(n)], seed, settings)
+    return {c.token: images[i * n:(i + 1) * n] for i, c in enumerate(concepts)}
+
+
+def _cell(m: dict, key: str) -> str:
+    return f"{m[key]:.1f}" + (f" ± {m[key + '_std']:.1f}" if f"{key}_std" in m else "")
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for track, data in results["tracks"].items():
+        seeds = results["settings"]["seeds"]
+        spread = " ± std over seeds" if len(seeds) > 1 else ""
+        lines += [f"### {track} track ({len(data['concepts'])} concepts, seeds {seeds}){spread}", "",
+                  "| method | IA ↑ | TA ↑ | forgetting ↓ | params added | bytes added | train s/task | sample s/img |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, m in data["methods"].items():
+            ta = _cell(m, "text_alignment") if m.get("text_alignment_parts") else "–"
+            lines.append(f"| {name} | {_cell(m, 'image_alignment')} | {ta} | {_cell(m, 'forgetting')} | "
+                         f"{m['params_added']:,} | {m['bytes_added'] / 1024:.0f} KB | {m['train_s_per_task']:.1f} | "
+                         f"{m['sample_s_per_image']:.3f} |")
+        lines += ["", f"Base model (class word, nothing learned): IA {data['base_model']['image_alignment']:.1f}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
+    parser.add_argument("--concepts", type=Path, default=HERE / "world" / "concepts_10.json")
+    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS,
+                        help="folder of photo concept folders (the real-photo track runs when it exists)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=Budget.steps, help="training steps per task")
+    parser.add_argument("--images", type=int, default=5, help="reference images per world concept (3-7)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N concepts")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="processes running (method, seed) jobs side by side, one thread each")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="recompute every job (by default finished (method, seed) jobs are kept in OUT/.cache)")
+    parser.add_argument("--quick", action="store_true", help="3 concepts, 10 steps, 1 seed, 2 images each")
+    opts = parser.parse_args()
+    budget, settings = replace(Budget(), steps=opts.steps), EvalSettings()
+    seeds = [int(s) for s in opts.seeds.split(",")]
+    methods = [m.strip() for m in opts.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    eval_images, eval_epochs = 4000, 6
+    if opts.quick:
+        budget, seeds, opts.limit = replace(budget, steps=10), seeds[:1], 3
+        settings = EvalSettings(images_per_concept=2, steps=6, contexts=2)
+        eval_images, eval_epochs = 600, 2
+    started = time.perf_counter()
+    evaluator, report = train_evaluator(train_images=eval_images, epochs=eval_epochs)
+    LOG.info("world evaluator held-out accuracy: %s", {k: round(v, 3) for k, v in report.accuracy.items()})
+    opts.out.mkdir(parents=True, exist_ok=True)
+    name = "lifelong_quick" if opts.quick else "lifelong"
+    results = {
+        "settings": {"seeds": seeds, "budget": budget.__dict__, "eval": settings.__dict__,
+                     "checkpoint": opts.checkpoint.name, "concepts": opts.concepts.name},
+        "evaluator_accuracy": {k: round(v, 3) for k, v in report.accuracy.items()},
+        "simplifications": {m: SIMPLIFICATIONS[m] for m in methods},
+        "tracks": {},
+    }
+
+    cache = None if opts.no_cache else opts.out / ".cache"
+    init = (opts.checkpoint, evaluator.state_dict(), 1 if opts.workers > 1 else torch.get_num_threads())
+    _worker_init(*init)  # the parent scores references and the base model too
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(opts.workers, initializer=_worker_init, initargs=init) as pool:
+        concepts = world_concepts(opts.concepts, opts.images, opts.limit)
+        results["tracks"]["world"] = run_track("world", concepts, methods, seeds, budget, settings, pool, opts.out,
+                                               cache)
+        if opts.photos.is_dir():
+            photos = photo_concepts(opts.photos, opts.limit)
+            results["tracks"]["photo"] = run_track("photo", photos, methods, seeds[:1], budget, settings, pool,
+                                                   opts.out, cache)
+        else:
+            LOG.info("no photo folder at %s: the real-photo track is skipped", opts.photos)
+    results["methods"] = results["tracks"]["world"]["methods"]  # the shape other tools read
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    (opts.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (opts.out / f"{name}.md").write_text(markdown(results) + "\n")
+    LOG.info("%s", markdown(results))
+    LOG.info("written %s and %s in %.0f s", opts.out / f"{name}.json", opts.out / f"{name}.md", results["seconds"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""The lifelong protocol (method.md §7, on the world model): learn concepts one after another in a seeded order;
+after every task, draw every concept learned so far with fixed seeds and prompts and score it.
+
+Image alignment (IA) is the mean cosine between a concept's generated and reference images under a feature
+extractor, in points (x100). Forgetting is, per concept, its IA right after its own task minus its IA after the
+last task, averaged over every concept but the last. Text alignment (TA) asks the world evaluator whether the
+in-context images show the asked background and position, and whether the concept itself is recognised (its
+references are the nearest of all learned concepts').
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from r2moe_core.routing import gate_input
+from r2moe_core.training import ddpm_sigmas, training_step
+
+from .methods import Budget, Method, make_method
+from .sampler import LATENT_SCALE, sample
+from .text import TextEncoder
+from .unet import UNet
+from .vae import WorldVAE
+from .vocab import BACKGROUNDS, POSITIONS
+
+LOG = logging.getLogger("r2moe.bench.lifelong")
+SIGMAS = ddpm_sigmas()
+
+Features = Callable[[list[np.ndarray]], torch.Tensor]  # images -> unit-norm features [N, F]
+
+
+@dataclass(frozen=True)
+class ConceptData:
+    """One task: a trigger token, its class word, reference images (uint8 HxWx3) and their captions."""
+
+    token: str
+    class_word: str
+    images: list[np.ndarray]
+    captions: list[str]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    images_per_concept: int = 3
+    steps: int = 12
+    cfg: float = 5.0
+    contexts: int = 4  # in-context prompts per concept after the last task (world track only)
+
+
+@dataclass
+class World:
+    unet: UNet
+    text: TextEncoder
+    vae: WorldVAE
+
+    def __post_init__(self) -> None:
+        for part in (self.unet, self.text, self.vae):
+            part.requires_grad_(False).eval()
+        with torch.no_grad():
+            self.empty = self.text([""])
+
+    def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad():
+            return self.vae.encode(x) * LATENT_SCALE
+
+    def decode(self, latents: torch.Tensor) -> list[np.ndarray]:
+        with torch.no_grad():
+            images = self.vae.decode(latents / LATENT_SCALE)
+        return list((images.permute(0, 2, 3, 1) * 255).round().byte().numpy())
+
+
+@dataclass
+class MethodRun:
+    """Everything measured for one method in one seeded run."""
+
+    name: str
+    order: list[str]
+    ia: list[dict[str, float]] = field(default_factory=list)  # after task t: concept -> IA (points)
+    train_s: list[float] = field(default_factory=list)
+    params: list[int] = field(default_factory=list)  # cumulative, after each task
+    bytes: list[int] = field(default_factory=list)
+    sample_s_per_image: float = 0.0
+    text_alignment: float = 0.0
+    ta_parts: dict[str, float] = field(default_factory=dict)
+    final_images: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    losses: list[list[float]] = field(default_factory=list)
+
+    @property
+    def image_alignment(self) -> float:
+        return float(np.mean(list(self.ia[-1].values())))
+
+    @property
+    def forgetting(self) -> float:
+        own = {c: self.ia[i][c] for i, c in enumerate(self.order)}
+        drops = [own[c] - self.ia[-1][c] for c in self.order[:-1]]
+        return float(np.mean(drops)) if drops else 0.0
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "image_alignment": round(self.image_alignment, 2),
+            "text_alignment": round(self.text_alignment, 2),
+            "forgetting": round(self.forgetting, 2),
+            "params_added": self.params[-1],
+            "bytes_added": self.bytes[-1],
+            "train_s_per_task": round(float(np.mean(self.train_s)), 2),
+            "sample_s_per_image": round(self.sample_s_per_image, 4),
+        }
+
+
+def _predictor(unet: UNet, delta: Callable) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """x_t = x0 + σε -> ε̂, the ε-prediction convention of `training_step`, on the world UNet."""
+    def predict(x_t: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        t = torch.searchsorted(SIGMAS, sigma.float().contiguous()).clamp_max(len(SIGMAS) - 1).float()
+        x_in = x_t / (sigma.view(-1, 1, 1, 1) ** 2 + 1).sqrt()
+        return unet(x_in, t, context, delta)
+    return predict
+
+
+def train_task(world: World, method: Method, concept: ConceptData, steps: int, seed: int) -> tuple[float, list[float]]:
+    """One task through `r2moe_core.training_step`; returns (seconds, losses)."""
+    table = world.text.text_model.embeddings.token_embedding.weight
+    class_ids = world.text.tokenizer(concept.class_word, add_special_tokens=False)["input_ids"]
+    token_init = table[class_ids].mean(0, keepdim=True)
+    started = time.perf_counter()
+    task = method.begin(concept.token, concept.class_word, token_init)
+    optimizer = task.optimizer()
+    latents = world.encode_images(concept.images)
+    gen = torch.Generator().manual_seed(seed)
+    predict = _predictor(world.unet, task.delta)
+
+    def encode(texts: Sequence[str]) -> torch.Tensor:
+        return world.text(list(texts), method.tokens | {concept.token: task.token})
+
+    losses = [training_step(task, optimizer, predict, encode, latents, concept.captions, SIGMAS, gen).mse
+              for _ in range(steps)]
+    with torch.no_grad():
+        gate_inputs = gate_input(encode(concept.captions))
+    method.end(task, concept.token, concept.class_word, gate_inputs)
+    return time.perf_counter() - started, losses
+
+
+def alone_prompt(concept: ConceptData) -> str:
+    return f"photo of a {concept.token} {concept.class_word}"
+
+
+def context_prompts(concept: ConceptData, count: int, seed: int) -> list[tuple[str, str, str]]:
+    """(prompt, background, position) in world vocabulary, the world's CustomConcept101-style context list."""
+    rng = random.Random(f"{concept.token}:{seed}")
+    combos = [(b, p) for b in BACKGROUNDS for p in POSITIONS]
+    rng.shuffle(combos)
+    places = {"center": "in the middle", "left": "on the left", "right": "on the right", "top": "at the top",
+              "bottom": "at the bottom"}
+    return [(f"photo of a {concept.token} {concept.class_word} {places[p]}, {b} background", b, p)
+            for b, p in combos[:count]]
+
+
+def generate(world: World, method: Method | None, prompts: list[str], seed: int, settings: EvalSettings
+             ) -> list[np.ndarray]:
+    tokens = method.tokens if method is not None else {}
+    with torch.no_grad():
+        context = world.text(prompts, tokens)
+        delta = method.sampling_delta(prompts, context) if method is not None else None
+
+        def eps(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return world.unet(x, t, c, delta if c is context else None)  # the unconditional pass stays base
+
+        latents = sample(eps, context, world.empty, steps=settings.steps, cfg=settings.cfg, seed=seed)
+    return world.decode(latents)
+
+
+def image_alignments(features: Features, generated: dict[str, list[np.ndarray]],
+                     references: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {c: float((features(images) @ references[c].T).mean()) * 100 for c, images in generated.items()}
+
+
+def evaluate_concepts(world: World, method: Method | None, concepts: list[ConceptData], features: Features,
+                      references: dict[str, torch.Tensor], settings: EvalSettings, seed: int
+                      ) -> tuple[dict[str, float], dict[str, list[np.ndarray]], float]:
+    """IA of every concept alone, N images each with fixed seeds; one batch for all concepts."""
+    n = settings.images_per_concept
+    prompts = [alone_prompt(c) for c in concepts for _ in range(n)]
+    started = time.perf_counter()
+    images = generate(world, method, prompts, seed, settings)
+    seconds = (time.perf_counter() - started) / len(prompts)
+    generated = {c.token: images[i * n:(i + 1) * n] for i, c in enumerate(concepts)}
+    return image_alignments(features, generated, references), generated, seconds
+
+
+def text_alignment(world: World, method: Method, concepts: list[ConceptData], evaluator: torch.nn.Module,
+                   features: Features, references: dict[str, torch.Tensor], settings: EvalSettings, seed: int
+                   ) -> dict[str, float]:
+    """Fraction of in-context images showing the asked background, the asked position and the concept."""
+    from .evaluators import ATTRIBUTES, to_tensor
+
+    rows = [(c, *row) for c in concepts for row in context_prompts(c, settings.contexts, seed)]
+    images = generate(world, method, [r[1] for r in rows], seed + 1, settings)
+    with torch.no_grad():
+        predicted = evaluator(to_tensor(images))
+    names = list(references)
+    centroids = torch.nn.functional.normalize(torch.stack([references[t].mean(0) for t in names]), dim=-1)
+    nearest = (features(images) @ centroids.T).argmax(-1)
+    background = [ATTRIBUTES["background"][int(i)] for i in predicted["background"].argmax(-1)]
+    position = [ATTRIBUTES["position"][int(i)] for i in predicted["position"].argmax(-1)]
+    parts = {
+        "background": float(np.mean([background[i] == r[2] for i, r in enumerate(rows)])),
+        "position": float(np.mean([position[i] == r[3] for i, r in enumerate(rows)])),
+        "concept": float(np.mean([names[int(nearest[i])] == r[0].token for i, r in enumerate(rows)])),
+    }
+    return {k: v * 100 for k, v in parts.items()}
+
+
+def run_method(name: str, world: World, concepts: list[ConceptData], budget: Budget, features: Features,
+               references: dict[str, torch.Tensor], settings: EvalSettings, seed: int,
+               evaluator: torch.nn.Module | None = None) -> MethodRun:
+    """The whole sequence for one method: train task t, then score concepts 1..t."""
+    order = list(concepts)
+    random.Random(seed).shuffle(order)
+    torch.manual_seed(seed)
+    method = make_method(name, world.unet, budget, seed)
+    run = MethodRun(name, [c.token for c in order])
+    for t, concept in enumerate(order):
+        seconds, losses = train_task(world, method, concept, budget.steps, seed * 1000 + t)
+        run.train_s.append(seconds)
+        run.losses.append(losses)
+        run.params.append(method.params_added())
+        run.bytes.append(method.bytes_added())
+        ia, generated, per_image = evaluate_concepts(world, method, order[: t + 1], features, references, settings,
+                                                     seed)
+        run.ia.append(ia)
+        LOG.info("%s seed %d task %d/%d (%s): %.0f s, loss %.3f, IA %s", name, seed, t + 1, len(order),
+                 concept.token, seconds, float(np.mean(losses[-20:])), " ".join(f"{v:.1f}" for v in ia.values()))
+    run.sample_s_per_image = per_image
+    run.final_images = generated
+    if evaluator is not None:
+        run.ta_parts = text_alignment(world, method, order, evaluator, features, references, settings, seed)
+        run.text_alignment = float(np.mean(list(run.ta_parts.values())))
+    return run
