@@ -23,9 +23,10 @@ except ImportError:
 
 if ComfyExtension is not None:
     from .nodes import ALL_NODES
-    from .nodes.host import register_model_folder
+    from .nodes.host import register_model_folder, register_sam_folder
 
     register_model_folder()
+    register_sam_folder()
     if os.environ.get("R2MOE_TINY_MODELS") == "1":
         from .nodes import tiny_models
 

@@ -12,8 +12,10 @@ from ..r2moe_core.bank import ExpertBank
 from ..r2moe_core.errors import BankMismatchError, InvalidInputError
 from ..r2moe_core.fingerprint import ModelFingerprint, compute_fingerprint, fingerprint_differences
 from ..r2moe_core.layers import LayerSpec, block_key, describe_layers
+from ..r2moe_core.sam import SAM_EXTENSIONS, expected_files_hint
 
 BANK_FOLDER = "r2moe"
+SAM_FOLDER = "sams"
 
 
 def register_model_folder() -> None:
@@ -23,6 +25,34 @@ def register_model_folder() -> None:
         folder_paths.folder_names_and_paths[BANK_FOLDER] = ([path], {".safetensors"})
     else:
         folder_paths.add_model_folder_path(BANK_FOLDER, path)
+
+
+def register_sam_folder() -> None:
+    """`models/sams` (shared with other packs that use SAM) for Segment Anything checkpoints."""
+    path = os.path.join(folder_paths.models_dir, SAM_FOLDER)
+    if SAM_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[SAM_FOLDER] = ([path], set(SAM_EXTENSIONS))
+        return
+    folder_paths.add_model_folder_path(SAM_FOLDER, path)
+    extensions = folder_paths.folder_names_and_paths[SAM_FOLDER][1]
+    if isinstance(extensions, set):  # another pack registered it: make sure our formats are listed too
+        extensions.update(SAM_EXTENSIONS)
+
+
+def sam_files() -> list[str]:
+    return [f for f in folder_paths.get_filename_list(SAM_FOLDER) if f.endswith(SAM_EXTENSIONS)]
+
+
+def sam_path(name: str) -> str:
+    path = folder_paths.get_full_path(SAM_FOLDER, name) if name else None
+    if path is None or not os.path.isfile(path):
+        folders = folder_paths.get_folder_paths(SAM_FOLDER)
+        listed = ", ".join(sam_files()) or "none"
+        raise InvalidInputError(
+            f"SAM checkpoint '{name}' is not in models/sams (folders: {folders}; files there: {listed}). Copy one of "
+            f"the Segment Anything checkpoints there: {expected_files_hint()}, then refresh the page."
+        )
+    return path
 
 
 def bank_files() -> list[str]:

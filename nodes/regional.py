@@ -9,6 +9,7 @@ run, so region K/V are computed once per run and layer.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import comfy.patcher_extension
@@ -21,7 +22,7 @@ from ..r2moe_core.layers import LayerSpec
 from ..r2moe_core.layout import Layout as LayoutData
 from ..r2moe_core.layout import validate_layout
 from ..r2moe_core.log import LOGGER
-from ..r2moe_core.regional import RegionalRuntime, check_masks, row_spans, token_grid
+from ..r2moe_core.regional import RegionalRuntime, row_spans, token_grid
 from .clip_tokens import clip_with_concepts
 from .host import check_bank_fits, token_dim
 from .patch import _SharedOnClone, _stock_attention
@@ -134,6 +135,50 @@ def layout_for_bank(layout: Any, bank: ExpertBank) -> LayoutData:
         ) from err
 
 
+@dataclass(frozen=True)
+class RegionPrompts:
+    """A checked layout and its encoded prompts: one encoding serves several patches (box masks, then SAM's)."""
+
+    layout: LayoutData
+    background: torch.Tensor
+    regions: tuple[torch.Tensor, ...]
+
+
+def prepare_regions(model: Any, clip: Any, bank: ExpertBank, layout: Any, allow_other_weights: bool) -> RegionPrompts:
+    """Check that bank, model, CLIP and layout fit together, then encode the layout's prompts."""
+    for warning in check_bank_fits(bank, model, allow_other_weights):
+        LOGGER.warning("R2MoE: %s", warning)
+    if bank.concepts and token_dim(clip) != bank.token_dim:
+        raise InvalidInputError(
+            f"The CLIP input has {token_dim(clip)}-wide token embeddings, the bank's concepts {bank.token_dim}; "
+            "connect the CLIP of the checkpoint the bank was made for."
+        )
+    checked = layout_for_bank(layout, bank)
+    if not checked.regions:
+        LOGGER.warning("R2MoE: the layout has no regions; the image follows the background prompt only.")
+    concept_clip = clip_with_concepts(clip, bank)
+    return RegionPrompts(
+        checked,
+        _encode(concept_clip, checked.background),
+        tuple(_encode(concept_clip, region.prompt) for region in checked.regions),
+    )
+
+
+def apply_regions(
+    model: Any,
+    bank: ExpertBank,
+    prompts: RegionPrompts,
+    strength: float,
+    expert_strength: float = 1.0,
+    masks: torch.Tensor | None = None,
+) -> Any:
+    """A clone of `model` whose cross-attention follows the layout (box masks unless `masks` are given)."""
+    runtime = RegionalRuntime(
+        bank, prompts.layout, prompts.background, list(prompts.regions), strength, expert_strength, masks
+    )
+    return install_regional(model, runtime, list(bank.layers))
+
+
 class R2MoERegionalApply(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -164,7 +209,8 @@ class R2MoERegionalApply(io.ComfyNode):
                 io.Mask.Input(
                     "mask",
                     optional=True,
-                    tooltip="One mask per region, in the layout's order: used instead of the boxes.",
+                    tooltip="One mask per region in the layout's order ([regions, height, width], any size; from "
+                    "R2MoE SAM Refine or any pack's mask batch): used instead of the boxes.",
                 ),
                 io.Float.Input(
                     "expert_strength",
@@ -189,28 +235,8 @@ class R2MoERegionalApply(io.ComfyNode):
     def execute(
         cls, model, clip, bank, layout, strength, mask=None, expert_strength=1.0, allow_other_weights=False
     ) -> io.NodeOutput:
-        for warning in check_bank_fits(bank, model, allow_other_weights):
-            LOGGER.warning("R2MoE: %s", warning)
-        if bank.concepts and token_dim(clip) != bank.token_dim:
-            raise InvalidInputError(
-                f"The CLIP input has {token_dim(clip)}-wide token embeddings, the bank's concepts {bank.token_dim}; "
-                "connect the CLIP of the checkpoint the bank was made for."
-            )
-        checked = layout_for_bank(layout, bank)
-        masks = None if mask is None else check_masks(mask, len(checked.regions))
-        if not checked.regions:
-            LOGGER.warning("R2MoE: the layout has no regions; the image follows the background prompt only.")
-        concept_clip = clip_with_concepts(clip, bank)
-        runtime = RegionalRuntime(
-            bank,
-            checked,
-            _encode(concept_clip, checked.background),
-            [_encode(concept_clip, region.prompt) for region in checked.regions],
-            strength,
-            expert_strength,
-            masks,
-        )
-        return io.NodeOutput(install_regional(model, runtime, list(bank.layers)))
+        prompts = prepare_regions(model, clip, bank, layout, allow_other_weights)
+        return io.NodeOutput(apply_regions(model, bank, prompts, strength, expert_strength, mask))  # masks checked
 
 
 REGIONAL_NODES: list[type[io.ComfyNode]] = [R2MoERegionalApply]

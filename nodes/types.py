@@ -4,3 +4,4 @@ from comfy_api.latest import io
 
 Bank = io.Custom("R2MOE_BANK")
 Layout = io.Custom("R2MOE_LAYOUT")
+Sam = io.Custom("R2MOE_SAM")

@@ -93,6 +93,8 @@ def check_masks(masks: torch.Tensor, regions: int) -> torch.Tensor:
         raise InvalidInputError(f"The mask input must be a MASK tensor, got {type(masks).__name__}.")
     if masks.ndim == 2:
         masks = masks[None]
+    if masks.ndim == 4 and masks.shape[1] == 1:  # [R, 1, H, W], as some packs hand MASKs around
+        masks = masks[:, 0]
     if masks.ndim != 3 or masks.shape[-1] == 0 or masks.shape[-2] == 0:
         raise InvalidInputError(f"The mask input must be [masks, height, width], got shape {tuple(masks.shape)}.")
     if masks.shape[0] != regions:
@@ -103,7 +105,11 @@ def check_masks(masks: torch.Tensor, regions: int) -> torch.Tensor:
     masks = masks.detach().float().cpu()
     if not torch.isfinite(masks).all():
         raise InvalidInputError("The mask input contains NaN or infinite values; use masks with values in [0, 1].")
-    return masks.clamp(0.0, 1.0)
+    masks = masks.clamp(0.0, 1.0)
+    empty = [str(i) for i in range(regions) if not masks[i].any()]
+    if empty:
+        LOGGER.warning("R2MoE: the mask of region(s) %s is empty; those regions have no effect.", ", ".join(empty))
+    return masks
 
 
 class RegionMasks:

@@ -1,0 +1,192 @@
+"""R2MoEHierarchicalSampler: HLAG in one node (method.md §6): box masks until step T, SAM masks after.
+
+It is exactly this graph of stock nodes, so either form gives the same latent for the same seed:
+
+    R2MoERegionalApply (boxes) -> KSamplerAdvanced 0..T, leftover noise
+    -> KSamplerAdvanced euler T..T+1, no noise, full denoise (= the x0 estimate at step T) -> VAEDecode
+    -> R2MoESAMRefine -> R2MoERegionalApply (masks) -> KSamplerAdvanced T..end, no noise
+
+The x0 estimate is the denoiser's prediction D(x_T, σ_T) with the box-mask model: one extra model call, the
+freshest estimate there is at step T. switch_at = 1 skips SAM and equals R2MoERegionalApply + KSampler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import torch
+from comfy_api.latest import io
+
+from ..r2moe_core.errors import InvalidInputError
+from ..r2moe_core.layout import box_masks
+from ..r2moe_core.sam_masks import RefineOptions
+from .regional import apply_regions, prepare_regions
+from .sam_nodes import refine_inputs, refine_with_sam
+from .types import Bank, Layout, Sam
+
+CATEGORY = "R2MoE/regional"
+X0_SAMPLER = "euler"  # one Euler step to σ = 0 returns the denoiser's x0 prediction exactly
+
+
+def switch_step(steps: int, switch_at: float) -> int:
+    """Step index T where box masks give way to SAM masks."""
+    if not 0.0 <= switch_at <= 1.0:
+        raise InvalidInputError(f"switch_at must be a fraction of the steps in [0, 1], got {switch_at}.")
+    return min(max(round(steps * switch_at), 0), steps)
+
+
+class StagedProgress:
+    """One progress bar (with latent previews) over both sampling stages, the x0 decode and SAM."""
+
+    def __init__(self, model: Any, total: int) -> None:
+        self.total = total
+        self.bar = comfy.utils.ProgressBar(total)
+        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+
+    def callback(self, offset: int) -> Callable[[int, torch.Tensor, torch.Tensor, int], None]:
+        def on_step(step: int, x0: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
+            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0) if self.previewer else None
+            self.bar.update_absolute(offset + step + 1, self.total, preview)
+
+        return on_step
+
+    def reach(self, value: int) -> None:
+        self.bar.update_absolute(value, self.total)
+
+
+def ksample(
+    model: Any,
+    latent: dict[str, Any],
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: Any,
+    negative: Any,
+    denoise: float,
+    *,
+    add_noise: bool,
+    start: int | None,
+    last: int | None,
+    full_denoise: bool,
+    callback: Any,
+) -> dict[str, Any]:
+    """What KSampler/KSamplerAdvanced do (nodes.common_ksampler), with our own progress callback."""
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    if add_noise:
+        noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    else:
+        noise = torch.zeros(latent_image.size(), dtype=latent_image.dtype, layout=latent_image.layout, device="cpu")
+    samples = comfy.sample.sample(
+        model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+        denoise=denoise, disable_noise=not add_noise, start_step=start, last_step=last,
+        force_full_denoise=full_denoise, noise_mask=latent.get("noise_mask"), callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+    )  # fmt: skip
+    out = latent.copy()
+    out["samples"] = samples
+    return out
+
+
+def decode(vae: Any, samples: torch.Tensor) -> torch.Tensor:
+    """As VAEDecode: [B, H, W, C] images."""
+    images = vae.decode(samples)
+    if images.ndim == 5:
+        images = images.reshape(-1, images.shape[-3], images.shape[-2], images.shape[-1])
+    return images
+
+
+class R2MoEHierarchicalSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="R2MoEHierarchicalSampler",
+            display_name="R2MoE Hierarchical Sampler (HLAG)",
+            category=CATEGORY,
+            description=(
+                "Multi-concept sampling as in the paper: regions follow their boxes until switch_at, then the "
+                "current x0 estimate is decoded, SAM segments each box, and sampling finishes with the SAM masks. "
+                "Same result as two KSamplerAdvanced around R2MoE SAM Refine (see workflows/)."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The checkpoint's MODEL (not yet regional: this node applies it)."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP; it encodes the layout's prompts."),
+                io.Vae.Input("vae", tooltip="Decodes the x0 estimate for SAM."),
+                Bank.Input("bank"),
+                Layout.Input("layout"),
+                Sam.Input("sam"),
+                io.Conditioning.Input("positive", tooltip="Replaced by the layout in the regional attention."),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("latent_image"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("steps", default=30, min=1, max=10000),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input(
+                    "switch_at",
+                    default=0.5,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="Fraction of the steps sampled with box masks before SAM takes over (1 = boxes only).",
+                ),
+                io.Float.Input(
+                    "strength", default=1.0, min=0.0, max=2.0, step=0.05, tooltip="η, as in R2MoE Regional Apply."
+                ),
+                io.Float.Input("expert_strength", default=1.0, min=-2.0, max=2.0, step=0.05, optional=True),
+                *refine_inputs(),
+                io.Boolean.Input("allow_other_weights", default=False, optional=True),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="latent"),
+                io.Mask.Output(display_name="masks", tooltip="The masks used after the switch (boxes if none)."),
+                io.Image.Output(display_name="x0_image", tooltip="The decoded x0 estimate SAM segmented."),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls, model, clip, vae, bank, layout, sam, positive, negative, latent_image, seed, steps, cfg, sampler_name,
+        scheduler, denoise, switch_at, strength, expert_strength=1.0, min_coverage=0.1, clip_to_box=True, dilate=0,
+        allow_other_weights=False,
+    ) -> io.NodeOutput:  # fmt: skip
+        switch = switch_step(steps, switch_at)
+        options = RefineOptions(min_coverage=min_coverage, clip_to_box=clip_to_box, dilate_px=dilate)
+        prompts = prepare_regions(model, clip, bank, layout, allow_other_weights)
+        box_model = apply_regions(model, bank, prompts, strength, expert_strength)
+        common = (seed, steps, cfg, sampler_name, scheduler, positive, negative, denoise)
+        if switch >= steps:  # boxes all the way: exactly R2MoERegionalApply + KSampler
+            progress = StagedProgress(model, steps)
+            out = ksample(box_model, latent_image, *common, add_noise=True, start=None, last=None,
+                          full_denoise=False, callback=progress.callback(0))  # fmt: skip
+            image = decode(vae, out["samples"])
+            masks = box_masks(prompts.layout, int(image.shape[1]), int(image.shape[2]))
+            return io.NodeOutput(out, masks, image)
+
+        progress = StagedProgress(model, steps + 2)
+        current = latent_image
+        if switch > 0:
+            current = ksample(box_model, latent_image, *common, add_noise=True, start=0, last=switch,
+                              full_denoise=False, callback=progress.callback(0))  # fmt: skip
+        x0_common = (seed, steps, cfg, X0_SAMPLER, scheduler, positive, negative, denoise)
+        x0 = ksample(box_model, current, *x0_common, add_noise=switch == 0, start=switch, last=switch + 1,
+                     full_denoise=True, callback=None)  # fmt: skip
+        image = decode(vae, x0["samples"])
+        progress.reach(switch + 1)
+        masks = refine_with_sam(sam, image, prompts.layout, options).masks
+        progress.reach(switch + 2)
+        sam_model = apply_regions(model, bank, prompts, strength, expert_strength, masks)
+        out = ksample(sam_model, current, *common, add_noise=switch == 0, start=switch, last=None,
+                      full_denoise=True, callback=progress.callback(switch + 2))  # fmt: skip
+        return io.NodeOutput(out, masks, image)
+
+
+HIERARCHICAL_NODES: list[type[io.ComfyNode]] = [R2MoEHierarchicalSampler]

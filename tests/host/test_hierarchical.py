@@ -1,0 +1,127 @@
+"""R2MoEHierarchicalSampler equals the stock-node graphs it stands for (same seed, same latent)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from comfy_inprocess import call_node, run_graph
+
+from r2moe_testkit.banks import add_random_concept
+from r2moe_testkit.sam import TINY_SAM_NAME, write_tiny_sam
+from r2moe_testkit.sampling import encode
+from r2moe_testkit.workflows import load_api_workflow
+
+SIZE = 64  # latent 8x8: quick, and the tiny UNet still has four attention grids
+STEPS, CFG, SEED = 4, 5.0, 7
+DOG, CAT = "a <dog1> dog", "a <cat1> cat"
+
+
+@pytest.fixture(scope="module")
+def bank(host, tiny):
+    empty = call_node("R2MoENewBank", model=tiny[0], rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
+    with_dog = add_random_concept(host.core, empty, "dog", "<dog1>", seed=1, scale=0.2)
+    return add_random_concept(host.core, with_dog, "cat", "<cat1>", seed=2, scale=0.2)
+
+
+@pytest.fixture(scope="module")
+def sam(host):
+    import folder_paths
+
+    write_tiny_sam(host.base_dir / "models" / "sams" / TINY_SAM_NAME)
+    folder_paths.filename_list_cache.clear()
+    return call_node("R2MoESAMLoader", sam_name=TINY_SAM_NAME)[0]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny, bank):
+    data = {"width": SIZE, "height": SIZE, "background": "a garden",
+            "regions": [{"prompt": DOG, "box": [0.0, 0.1, 0.5, 1.0]}, {"prompt": CAT, "box": [0.5, 0.2, 1.0, 0.9]}]}
+    layout = call_node("R2MoELayoutFromJSON", layout_json=json.dumps(data))[0]
+    latent = call_node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)[0]
+    return {"layout": layout, "latent": latent, "positive": encode(tiny[1], "a garden"),
+            "negative": encode(tiny[1], "blurry")}  # fmt: skip
+
+
+def hierarchical(tiny, bank, sam, setup, switch_at):
+    model, clip, vae = tiny
+    return call_node(
+        "R2MoEHierarchicalSampler", model=model, clip=clip, vae=vae, bank=bank, layout=setup["layout"], sam=sam,
+        positive=setup["positive"], negative=setup["negative"], latent_image=setup["latent"], seed=SEED,
+        steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal", denoise=1.0, switch_at=switch_at,
+        strength=1.0,
+    )  # fmt: skip
+
+
+def regional(tiny, bank, setup, **kw):
+    return call_node("R2MoERegionalApply", model=tiny[0], clip=tiny[1], bank=bank, layout=setup["layout"],
+                     strength=1.0, **kw)[0]  # fmt: skip
+
+
+def advanced(model, setup, latent, add_noise, sampler, start, end, leftover):
+    return call_node(
+        "KSamplerAdvanced", model=model, add_noise=add_noise, noise_seed=SEED, steps=STEPS, cfg=CFG,
+        sampler_name=sampler, scheduler="normal", positive=setup["positive"], negative=setup["negative"],
+        latent_image=latent, start_at_step=start, end_at_step=end, return_with_leftover_noise=leftover,
+    )[0]  # fmt: skip
+
+
+def assert_same(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    diff = (a - b).abs().max().item()
+    assert diff <= 1e-5 * max(b.abs().max().item(), 1.0), f"{what} differ by {diff}"
+
+
+def test_switch_at_one_is_regional_apply_plus_ksampler(tiny, bank, sam, setup):
+    latent, masks, image = hierarchical(tiny, bank, sam, setup, switch_at=1.0)
+    stock = call_node(
+        "KSampler", model=regional(tiny, bank, setup), seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+        scheduler="normal", positive=setup["positive"], negative=setup["negative"], latent_image=setup["latent"],
+        denoise=1.0,
+    )[0]  # fmt: skip
+    assert_same(latent["samples"], stock["samples"], "latents")
+    assert torch.equal(masks, call_node("R2MoELayoutPreview", layout=setup["layout"])[1])
+    assert image.shape == (1, SIZE, SIZE, 3)
+
+
+def test_mid_switch_equals_two_ksampler_advanced_around_sam_refine(tiny, bank, sam, setup):
+    latent, masks, image = hierarchical(tiny, bank, sam, setup, switch_at=0.5)
+    switch = STEPS // 2
+    box_model = regional(tiny, bank, setup)
+    first = advanced(box_model, setup, setup["latent"], "enable", "euler", 0, switch, "enable")
+    x0 = advanced(box_model, setup, first, "disable", "euler", switch, switch + 1, "disable")
+    x0_image = call_node("VAEDecode", samples=x0, vae=tiny[2])[0]
+    sam_masks = call_node("R2MoESAMRefine", image=x0_image, layout=setup["layout"], sam=sam)[0]
+    final = advanced(regional(tiny, bank, setup, mask=sam_masks), setup, first, "disable", "euler", switch, 10000,
+                     "disable")  # fmt: skip
+    assert_same(image, x0_image, "x0 images")
+    assert torch.equal(masks, sam_masks)
+    assert_same(latent["samples"], final["samples"], "latents")
+    # The comparison only means something if SAM changed the masks and the masks changed the result.
+    boxes = call_node("R2MoELayoutPreview", layout=setup["layout"])[1]
+    assert not torch.equal(masks, boxes)
+    boxes_only = hierarchical(tiny, bank, sam, setup, switch_at=1.0)[0]["samples"]
+    assert (latent["samples"] - boxes_only).abs().max().item() > 1e-3
+
+
+def test_shipped_workflows_give_the_same_image(host, sam):
+    def run(name: str, prefix: str) -> np.ndarray:
+        graph = load_api_workflow(name)
+        for node in graph.values():
+            if node["class_type"] == "EmptyLatentImage":
+                node["inputs"].update(width=SIZE, height=SIZE)
+            if node["class_type"] == "SaveImage":
+                node["inputs"]["filename_prefix"] = prefix
+        result = run_graph(graph, prompt_id=prefix)
+        assert result.success, result.messages
+        from PIL import Image
+
+        (saved,) = [entry for out in result.outputs.values() for entry in out.get("images", [])
+                    if entry["type"] == "output"]  # fmt: skip
+        return np.asarray(Image.open(host.base_dir / "output" / saved["subfolder"] / saved["filename"]))
+
+    one_node = run("api_regional_hierarchical.json", "hlag_one_node")
+    two_stage = run("api_regional_two_stage.json", "hlag_two_stage")
+    assert one_node.shape == (SIZE, SIZE, 3)
+    assert np.array_equal(one_node, two_stage)
