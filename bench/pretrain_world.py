@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from world.sampler import LATENT_SCALE
 from world.scenes import caption, random_scene, render
-from world.text import TextEncoder
+from world.text import TextEncoder, random_text_encoder
 from world.unet import UNet
 from world.vae import WorldVAE
 
@@ -34,22 +34,6 @@ from r2moe_core.training import ddpm_sigmas
 
 LOG = logging.getLogger("r2moe.bench.pretrain")
 DEFAULT_OUT = Path(__file__).resolve().parent / "world" / "weights" / "world_sd15.safetensors"
-
-
-def init_text_encoder(seed: int) -> TextEncoder:
-    """Fixed random CLIP-L weights: N(0, 0.02) matrices, unit layer norms, zero biases."""
-    encoder = TextEncoder()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in encoder.modules():
-            for name, param in module.named_parameters(recurse=False):
-                if isinstance(module, torch.nn.LayerNorm):
-                    param.fill_(1.0 if name == "weight" else 0.0)
-                elif param.ndim >= 2:
-                    param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
-                else:
-                    param.zero_()
-    return encoder.requires_grad_(False).eval()
 
 
 def scene_pool(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
@@ -141,15 +125,16 @@ def train_unet(latents: torch.Tensor, contexts: torch.Tensor, empty: torch.Tenso
 
 
 def save_checkpoint(path: Path, unet: UNet, text: TextEncoder, vae: WorldVAE, seed: int) -> None:
+    """The UNet and VAE only: the text encoder is random from the seed and rebuilt on load (its 49408-word token
+    table alone would be 76 MB in fp16). `world.checkpoint.assemble` writes the full ComfyUI checkpoint."""
     from safetensors.torch import save_file
 
     tensors = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
-    tensors |= {f"cond_stage_model.transformer.{k}": v for k, v in text.state_dict().items()}
     tensors |= {f"first_stage_model.{k}": v for k, v in vae.state_dict().items()}
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"r2moe_world": f"seed={seed}"})
+    save_file(tensors, str(tmp), metadata={"r2moe_world": f"seed={seed}", "r2moe_world_text_seed": str(seed)})
     tmp.replace(path)
 
 
@@ -178,7 +163,7 @@ def main() -> None:
     started = time.perf_counter()
     images, captions = scene_pool(opts.images, opts.seed)
     vae = train_vae(images, opts.vae_steps, opts.vae_batch, gen)
-    text = init_text_encoder(opts.seed)
+    text = random_text_encoder(opts.seed)
     with torch.no_grad():
         latents = torch.cat([vae.encode(images[i : i + 256]) for i in range(0, len(images), 256)]) * LATENT_SCALE
         contexts = torch.cat([text(captions[i : i + 256]) for i in range(0, len(captions), 256)])

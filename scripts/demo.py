@@ -1,9 +1,11 @@
 """`make demo`: a headless ComfyUI with the pack learns two concepts and generates both, through the HTTP API.
 
-Without --ckpt it uses the built-in tiny SD1.5-layout model (random weights: the images are noise, the point is
-that the whole graph runs, end to end) at 128 px with short, fast training; with --ckpt path/to/sd15.safetensors
-it uses that checkpoint with the reference settings (800 steps at 512 px: hours on a CPU, minutes on a GPU).
-Concept photos come from --images dir1,dir2 (each with an optional caption.txt), else from sets drawn here.
+Without --ckpt it uses the built-in world model (bench/world: an SD1.x-layout UNet, CLIP-L and TAESD pretrained
+on a procedural 64 px world of shapes, shipped in the repo) and two of the world's concepts, with short training;
+--ckpt tiny uses the random-weight tiny model instead (noise images: only checks that the graph runs); with
+--ckpt path/to/sd15.safetensors it uses that checkpoint with the reference settings (800 steps at 512 px: hours on
+a CPU, minutes on a GPU). Concept photos come from --images dir1,dir2 (each with an optional caption.txt), else
+from sets drawn here.
 """
 
 from __future__ import annotations
@@ -21,27 +23,66 @@ from demo_concepts import draw_concept_sets
 LOG = logging.getLogger("r2moe.demo")
 WORKFLOW = REPO / "workflows" / "api_train_two_concepts.json"
 TINY = "r2moe_tiny_sd15.safetensors"
+WORLD = REPO / "bench" / "world" / "weights" / "world_sd15.safetensors"
+WORLD_NAME = "r2moe_world_sd15.safetensors"
 
 
-def prepare_checkpoint(ckpt: Path | None) -> tuple[str, bool]:
-    """Put the checkpoint into the host's models/checkpoints; return its name and whether it is the tiny one."""
+DESCRIBE = {"world": "built-in world model, SD1.x layout pretrained on a procedural 64 px world",
+            "tiny": "built-in tiny SD1.5-layout model, random weights", "user": "yours"}
+
+
+def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
+    """Put the checkpoint into the host's models/checkpoints; return its name and kind (world, tiny or user)."""
     folder = HOST_ROOT / "models" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     if ckpt is None:
+        target = folder / WORLD_NAME
+        if not target.is_file() or target.stat().st_mtime < WORLD.stat().st_mtime:
+            import sys
+
+            sys.path.insert(0, str(REPO / "bench"))
+            from world.checkpoint import assemble
+
+            assemble(WORLD, target)  # the shipped UNet + VAE plus the text encoder rebuilt from its seed
+        return WORLD_NAME, "world"
+    if str(ckpt) == "tiny":
         ensure_tiny_checkpoint(folder / TINY)
-        return TINY, True
+        return TINY, "tiny"
     ckpt = ckpt.expanduser().resolve()
     if not ckpt.is_file():
         raise SystemExit(f"CKPT={ckpt} does not exist; give the path of an SD1.5 .safetensors checkpoint.")
     target = folder / ckpt.name
     if not target.exists():
         target.symlink_to(ckpt)
-    return ckpt.name, False
+    return ckpt.name, "user"
 
 
-def concept_sets(images: str, output: Path) -> list[tuple[str, Path, str]]:
+def world_concept_sets(root: Path) -> list[tuple[str, Path, str]]:
+    """The first two concepts of the world's default set, as photo folders with caption.txt."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from PIL import Image
+    from world.concepts import concept_images, load_concepts
+
+    out = []
+    for spec in load_concepts(REPO / "bench" / "world" / "concepts_10.json")[:2]:
+        folder = root / spec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        captions = []
+        for i, (pixels, caption) in enumerate(concept_images(spec, 5)):
+            Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+            captions.append(caption.replace(spec.token, "<new1>"))
+        (folder / "caption.txt").write_text("\n".join(captions) + "\n")
+        out.append((spec.name, folder, spec.class_word))
+    return out
+
+
+def concept_sets(images: str, output: Path, kind: str) -> list[tuple[str, Path, str]]:
     """(name, folder, class word) for the two concepts: the user's folders, or drawn ones."""
     folders = [Path(p.strip()).expanduser() for p in images.split(",") if p.strip()]
+    if not folders and kind == "world":
+        return world_concept_sets(output / "demo_concepts")
     if not folders:
         drawn = draw_concept_sets(output / "demo_concepts")
         return [(name, folder, cls) for name, (folder, cls) in drawn.items()]
@@ -59,34 +100,43 @@ def concept_sets(images: str, output: Path) -> list[tuple[str, Path, str]]:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ckpt", type=Path, default=None, help="an SD1.5 checkpoint; default: the tiny model")
+    parser.add_argument("--ckpt", type=Path, default=None,
+                        help="an SD1.5 checkpoint, or 'tiny'; default: the built-in world model")
     parser.add_argument("--images", default="", help="two concept photo folders, comma-separated")
-    parser.add_argument("--steps", type=int, default=0, help="training steps per concept (default: 120 tiny, 800)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="training steps per concept (default: 150 world, 120 tiny, 800 yours)")
     parser.add_argument("--output", type=Path, default=REPO / "output")
     parser.add_argument("--host", type=Path, default=HOST_ROOT, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     opts.output.mkdir(parents=True, exist_ok=True)
-    ckpt_name, tiny = prepare_checkpoint(opts.ckpt)
+    ckpt_name, kind = prepare_checkpoint(opts.ckpt)
+    tiny = kind != "user"
 
     graph = json.loads(WORKFLOW.read_text())
     graph["1"]["inputs"]["ckpt_name"] = ckpt_name
-    concepts = concept_sets(opts.images, opts.output)
+    concepts = concept_sets(opts.images, opts.output, kind)
+    places = ("on the left, grass background", "on the right, snow background") if kind == "world" else (
+        "on the grass", "by the sea")
     for (name, folder, class_word), train_id, prompt_id, where in zip(
-        concepts, ("3", "4"), ("7", "8"), ("on the grass", "by the sea"), strict=True
+        concepts, ("3", "4"), ("7", "8"), places, strict=True
     ):
         token = f"<{re.sub(r'[^0-9a-z]', '', name.lower())[:12] or 'concept'}1>"
         graph[train_id]["inputs"].update(concept_name=name, trigger_token=token, class_word=class_word,
                                          folder=str(folder))
         graph[prompt_id]["inputs"]["text"] = f"photo of a {token} {class_word} {where}"
-        if tiny:
+        if kind == "world":
+            graph[train_id]["inputs"].update(steps=opts.steps or 150, resolution=64, lr_experts=2e-3,
+                                             lr_router=2e-3, lr_token=5e-3, preview_every=25)
+        elif tiny:
             graph[train_id]["inputs"].update(steps=opts.steps or 120, resolution=128, lr_experts=5e-3,
                                              lr_router=5e-3, lr_token=5e-3, preview_every=20)
         elif opts.steps:
             graph[train_id]["inputs"]["steps"] = opts.steps
     if tiny:
-        graph["10"]["inputs"].update(width=128, height=128)
+        size = 64 if kind == "world" else 128
+        graph["10"]["inputs"].update(width=size, height=size, batch_size=4 if kind == "world" else 1)
         for sampler in ("11", "12"):
-            graph[sampler]["inputs"]["steps"] = 8
+            graph[sampler]["inputs"]["steps"] = 20 if kind == "world" else 8
 
     log_path = opts.output / "r2moe_demo_server.log"
     started = time.monotonic()
@@ -111,7 +161,7 @@ def main() -> None:
     report.write_text(
         "# R2MoE demo run\n\n"
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-        f"- checkpoint: {ckpt_name} ({'built-in tiny SD1.5-layout model, random weights' if tiny else 'yours'})\n"
+        f"- checkpoint: {ckpt_name} ({DESCRIBE[kind]})\n"
         f"- device: {'GPU' if server.gpu else 'CPU'}; server start {boot_s:.1f} s, workflow {run_s:.1f} s\n"
         f"- R2MoE nodes listed by /object_info: {', '.join(ours)}\n"
         f"- workflow: {WORKFLOW.relative_to(REPO)}\n"

@@ -1,23 +1,52 @@
-"""Loading a world checkpoint (ComfyUI key layout, fp16) into the plain-PyTorch parts."""
+"""World checkpoints: the shipped file holds the UNet and VAE (fp16, ComfyUI key layout); the text encoder is
+random from a seed stored in the metadata and rebuilt here, rounded to fp16 as ComfyUI would load it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from .text import TextEncoder
+from .text import TextEncoder, random_text_encoder
 from .unet import UNet
 from .vae import WorldVAE
 
 SHIPPED = Path(__file__).resolve().parent / "weights" / "world_sd15.safetensors"
+TEXT_PREFIX = "cond_stage_model.transformer."
+
+
+def _text_seed(path: Path) -> int | None:
+    with safe_open(str(path), "pt") as handle:
+        seed = (handle.metadata() or {}).get("r2moe_world_text_seed")
+    return None if seed is None else int(seed)
+
+
+def full_state(path: Path = SHIPPED) -> dict[str, torch.Tensor]:
+    """Every tensor of the full checkpoint (fp16), the text encoder rebuilt from its seed when not stored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"world checkpoint {path} not found; `python bench/pretrain_world.py` writes it.")
+    state = load_file(str(path))
+    seed = _text_seed(path)
+    if seed is not None and not any(k.startswith("cond_stage_model.") for k in state):
+        text = random_text_encoder(seed)
+        state |= {TEXT_PREFIX + k: v.to(torch.float16).contiguous() for k, v in text.state_dict().items()}
+    return state
+
+
+def assemble(path: Path, out: Path) -> Path:
+    """Write the full checkpoint the stock CheckpointLoaderSimple reads (atomically)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(full_state(path), str(tmp), metadata={"r2moe_world_source": Path(path).name})
+    tmp.replace(out)
+    return out
 
 
 def load_world(path: Path = SHIPPED) -> tuple[UNet, TextEncoder, WorldVAE]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"world checkpoint {path} not found; `python bench/pretrain_world.py` writes it.")
-    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    state = {k: v.float() for k, v in full_state(path).items()}
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -111,3 +111,22 @@ class TextEncoder(torch.nn.Module):
         for layer in self.text_model.encoder.layers:
             h = layer(h)
         return self.text_model.final_layer_norm(h)
+
+
+def random_text_encoder(seed: int) -> TextEncoder:
+    """The world's fixed text encoder: N(0, 0.02) matrices, unit layer norms, zero biases, drawn from the seed.
+
+    Deterministic on every machine (CPU generator), so checkpoints ship without it and rebuild it on load.
+    """
+    encoder = TextEncoder()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in encoder.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if isinstance(module, torch.nn.LayerNorm):
+                    param.fill_(1.0 if name == "weight" else 0.0)
+                elif param.ndim >= 2:
+                    param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+                else:
+                    param.zero_()
+    return encoder.requires_grad_(False).eval()

@@ -1,19 +1,26 @@
 """An SD1.x-layout UNet in plain PyTorch, state-dict compatible with ComfyUI's (`diffusion_model.*` keys).
 
 The benchmark trains and samples without ComfyUI; the weights it produces load through the stock checkpoint
-loaders. Cross-attention K/V can take a `delta(projection_name, context)` hook, which is how experts attach.
+loaders. Cross-attention K/V can take a `delta(projection_name, context)` hook, which is how experts attach, and the
+cross-attention itself a `regional` hook (multi-concept regional attention, see `Regional`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - the usual alias
 
 Delta = Callable[[str, torch.Tensor], torch.Tensor | None]
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# regional(name, q, to_k, to_v, attention, grid=(h, w)) -> attention output [B, tokens, inner] (before to_out).
+# It owns the layer's K/V for the rows it is given (the host passes it for conditional passes only), so a
+# regional sampler can attend each region's own prompt and blend them, as ComfyUI's attn2_replace patches do.
+Regional = Callable[..., torch.Tensor]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -52,17 +59,24 @@ class CrossAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
         self.name = ""  # set by the UNet: the module path, for delta hooks
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, delta: Delta | None = None) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Multi-head attention on projected q [B, n, inner], k/v [B, m, inner] -> [B, n, inner]."""
+        b, n, _ = q.shape
+        q, k, v = (t.view(b, -1, self.heads, t.shape[-1] // self.heads).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2).reshape(b, n, -1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, delta: Delta | None = None,
+                regional: Regional | None = None) -> torch.Tensor:
+        if regional is not None and context is not None:
+            return self.to_out(regional(self.name, self.to_q(x), self.to_k, self.to_v, self.attend))
         ctx = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(ctx), self.to_v(ctx)
         if delta is not None and context is not None:
             dk, dv = delta(f"{self.name}.to_k", context), delta(f"{self.name}.to_v", context)
             k = k if dk is None else k + dk
             v = v if dv is None else v + dv
-        b, n, _ = q.shape
-        q, k, v = (t.view(b, -1, self.heads, t.shape[-1] // self.heads).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+        return self.to_out(self.attend(q, k, v))
 
 
 class GEGLU(nn.Module):
@@ -92,9 +106,10 @@ class BasicTransformerBlock(nn.Module):
         self.attn2 = CrossAttention(dim, context_dim, heads, dim_head)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, delta: Delta | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, delta: Delta | None,
+                regional: Regional | None = None) -> torch.Tensor:
         x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context, delta) + x
+        x = self.attn2(self.norm2(x), context, delta, regional) + x
         return self.ff(self.norm3(x)) + x
 
 
@@ -107,11 +122,13 @@ class SpatialTransformer(nn.Module):
         self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner, heads, dim_head, context_dim)])
         self.proj_out = nn.Conv2d(inner, channels, 1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, delta: Delta | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, delta: Delta | None,
+                regional: Regional | None = None) -> torch.Tensor:
         b, _, h, w = x.shape
         y = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
+        hook = None if regional is None else partial(regional, grid=(h, w))  # the layer's token grid
         for block in self.transformer_blocks:
-            y = block(y, context, delta)
+            y = block(y, context, delta, hook)
         return self.proj_out(y.transpose(1, 2).reshape(b, -1, h, w)) + x
 
 
@@ -138,12 +155,12 @@ class Upsample(nn.Module):
 class Step(nn.Sequential):
     """One UNet block (ComfyUI's TimestepEmbedSequential): routes emb/context to the layers that take them."""
 
-    def forward(self, x, emb, context, delta=None, size=None):  # type: ignore[override]
+    def forward(self, x, emb, context, delta=None, size=None, regional=None):  # type: ignore[override]
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context, delta)
+                x = layer(x, context, delta, regional)
             elif isinstance(layer, Upsample):
                 x = layer(x, size)
             else:
@@ -194,14 +211,15 @@ class UNet(nn.Module):
                 module.name = name
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                delta: Delta | None = None) -> torch.Tensor:
+                delta: Delta | None = None, regional: Regional | None = None) -> torch.Tensor:
+        """`regional`, when given, replaces every cross-attention of this call (see `Regional`)."""
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         skips, h = [], x
         for block in self.input_blocks:
-            h = block(h, emb, context, delta)
+            h = block(h, emb, context, delta, regional=regional)
             skips.append(h)
-        h = self.middle_block(h, emb, context, delta)
+        h = self.middle_block(h, emb, context, delta, regional=regional)
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
-            h = block(h, emb, context, delta, skips[-1].shape[-2:] if skips else None)
+            h = block(h, emb, context, delta, skips[-1].shape[-2:] if skips else None, regional)
         return self.out(h)

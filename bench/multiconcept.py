@@ -1,0 +1,139 @@
+"""Multi-concept benchmark on the offline world model: omission and leakage with and without regional attention.
+
+    python bench/multiconcept.py                      # 4 concepts of concepts_10.json, lifelong budget, 3 seeds
+    python bench/multiconcept.py --quick              # 2 concepts, few steps: checks the pipeline in minutes
+    python bench/multiconcept.py --checkpoint /tmp/world/quick.safetensors --out /tmp/mc
+
+Variants, metrics and the SAM stand-in are described in bench/world/multiconcept.py. Writes under --out
+(default bench/results): multiconcept.json, multiconcept.md and multiconcept_grid.png (the first seed's images);
+quick mode writes multiconcept_quick.* so it never overwrites a full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
+
+from world.checkpoint import SHIPPED, load_world
+from world.concepts import concept_images, load_concepts
+from world.evaluators import to_tensor, train_evaluator
+from world.methods import Budget
+from world.multiconcept import MultiSettings, run_multiconcept
+from world.protocol import ConceptData, World
+
+LOG = logging.getLogger("r2moe.bench.multiconcept")
+HERE = Path(__file__).resolve().parent
+
+
+def grid(images: dict[str, list[np.ndarray]], path: Path, columns: int = 8) -> None:
+    """One row per variant: its first images (pairs, then triples), same seeds and prompts in every row."""
+    size, label = 64, 90
+    shown = {name: row[:columns] for name, row in images.items()}
+    width = label + size * max(len(row) for row in shown.values())
+    canvas = Image.new("RGB", (width, size * len(shown)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, row) in enumerate(shown.items()):
+        draw.text((4, i * size + size // 2 - 6), name, fill="black")
+        for j, image in enumerate(row):
+            canvas.paste(Image.fromarray(image), (label + j * size, i * size))
+    canvas.save(path)
+
+
+def markdown(results: dict) -> str:
+    s, acc, timing = results["settings"], results["recogniser_accuracy"], results["timing"]
+    exact, swapped = acc["drawn_compositions"]["exact"], acc["drawn_compositions"]["swapped"]
+    lines = [f"### Multi-concept track ({len(s['concepts'])} concepts, {s['images']} seeds per prompt, "
+             f"{s['steps']} steps, η = {s['strength']})", "",
+             "| variant | omission ↓ | leakage ↓ | omission 2 / 3 concepts | leakage 2 / 3 concepts | images |",
+             "|---|---|---|---|---|---|"]
+    for name, m in results["variants"].items():
+        lines.append(f"| {name} | {m['omission']:.2f} | {m['leakage']:.2f} | {m['pairs']['omission']:.2f} / "
+                     f"{m['triples']['omission']:.2f} | {m['pairs']['leakage']:.2f} / {m['triples']['leakage']:.2f} | "
+                     f"{m['images']} |")
+    lines += ["", f"Recogniser held-out accuracy (balanced over concepts and 'none'): {acc['balanced']:.2f}; per class "
+              + ", ".join(f"{k} {v:.2f}" for k, v in acc["per_class"].items())
+              + f"; concept vs concept {acc['concept_vs_concept']:.2f}. On drawn compositions (each concept in its "
+              f"box / rotated one box on): omission {exact['omission']:.2f} / {swapped['omission']:.2f}, leakage "
+              f"{exact['leakage']:.2f} / {swapped['leakage']:.2f}.", "",
+              f"Sampling time per image ({timing['device']}, {timing['steps']} steps, median of {timing['rounds']}):",
+              "", "| regions | bank_only s | boxes s | ratio |", "|---|---|---|---|"]
+    for key in ("2_regions", "3_regions"):
+        t = timing[key]
+        lines.append(f"| {key[0]} | {t['bank_only_s_per_image']:.3f} | {t['boxes_s_per_image']:.3f} | "
+                     f"{t['ratio']:.2f}x |")
+    lines += ["", f"boxes_sam: {s['sam_substitution']}"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
+    parser.add_argument("--concepts", type=Path, default=HERE / "world" / "concepts_10.json")
+    parser.add_argument("--count", type=int, default=4, help="learn the first N concepts of the file (2 or more)")
+    parser.add_argument("--steps", type=int, default=Budget.steps, help="training steps per concept")
+    parser.add_argument("--references", type=int, default=5, help="reference images per concept (3-7)")
+    parser.add_argument("--images", type=int, default=MultiSettings.images, help="seeds (images) per prompt")
+    parser.add_argument("--sample-steps", type=int, default=MultiSettings.steps)
+    parser.add_argument("--strength", type=float, default=MultiSettings.strength, help="regional strength η")
+    parser.add_argument("--sam-at", type=float, default=MultiSettings.sam_at,
+                        help="fraction of the steps after which boxes_sam switches to refined masks")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--quick", action="store_true", help="2 concepts, 10 training steps, 2 seeds, 6 steps")
+    opts = parser.parse_args()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    budget = replace(Budget(), steps=opts.steps)
+    settings = MultiSettings(images=opts.images, steps=opts.sample_steps, strength=opts.strength, sam_at=opts.sam_at,
+                             seed=opts.seed)
+    eval_images, eval_epochs = 4000, 6
+    if opts.quick:
+        opts.count, budget = 2, replace(budget, steps=10)
+        settings = replace(settings, images=2, steps=6, crops_per_box=4, timing_rounds=3)
+        eval_images, eval_epochs = 600, 2
+    if opts.count < 2:
+        parser.error("--count must be at least 2")
+    started = time.perf_counter()
+    world = World(*load_world(opts.checkpoint))
+    evaluator, report = train_evaluator(train_images=eval_images, epochs=eval_epochs)
+    LOG.info("world evaluator held-out accuracy: %s", {k: round(v, 3) for k, v in report.accuracy.items()})
+
+    def features(images: list[np.ndarray]) -> torch.Tensor:
+        with torch.no_grad():
+            return evaluator.embed(to_tensor(images))
+
+    specs = load_concepts(opts.concepts)[:opts.count]
+    concepts = []
+    for spec in specs:
+        pairs = concept_images(spec, opts.references)
+        concepts.append(ConceptData(spec.token, spec.class_word, [p[0] for p in pairs], [p[1] for p in pairs]))
+    results, images = run_multiconcept(world, specs, concepts, features, budget, settings)
+    results["settings"] |= {"checkpoint": opts.checkpoint.name, "concept_file": opts.concepts.name,
+                            "quick": opts.quick}
+    results["evaluator_accuracy"] = {k: round(v, 3) for k, v in report.accuracy.items()}
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    name = "multiconcept_quick" if opts.quick else "multiconcept"
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (opts.out / f"{name}.md").write_text(markdown(results) + "\n")
+    grid(images, opts.out / f"{name}_grid.png")
+    LOG.info("%s", markdown(results))
+    LOG.info("written %s in %.0f s", opts.out / f"{name}.json", results["seconds"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Regional (HLAG, method.md §6) sampling on the world UNet, reusing the pack's own regional code.
+
+The blend, the per-grid masks and the region K/V with their expert mixtures come from
+`r2moe_core.regional.RegionalRuntime`, the object the ComfyUI patch drives; this module only plays the host: it
+hands the UNet's `regional` hook the conditional rows (one runtime per batch row, since every row has its own
+layout), samples with Euler + CFG like `sampler.sample`, and can switch masks at a step from the decoded x0
+estimate (the SAM step). No SAM weights exist offline, so the switch uses `colour_segmenter`, a deterministic
+stand-in, through `r2moe_core.sam_masks.refine_masks` (the pack's rule for empty masks, dilation and clipping).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from r2moe_core.layers import LayerSpec
+from r2moe_core.regional import RegionalRuntime
+from r2moe_core.sam_masks import PixelBox, Segment
+
+from .sampler import schedule
+from .unet import Attention
+
+LOG = logging.getLogger("r2moe.bench.multiconcept")
+
+Eps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_in, t) -> ε̂
+Switch = tuple[int, Callable[[torch.Tensor], None]]  # (step index, callback(x0 estimate))
+SEGMENTER = "colour-difference segmenter on the decoded x0 estimate (stand-in for SAM, which has no offline weights)"
+BORDER_PX = 2  # width of the box's inner ring whose median colour is taken as the local background
+COLOUR_FLOOR = 40.0  # RGB distance (0-255 scale) a pixel must exceed, plus twice the ring's own spread
+
+
+class RowRegions:
+    """The world UNet's `regional` hook for a batch: row i attends as `runtimes[i]` says (its own layout)."""
+
+    def __init__(self, layers: Sequence[LayerSpec], runtimes: Sequence[RegionalRuntime]) -> None:
+        self.layers = {layer.name: layer for layer in layers}
+        self.runtimes = list(runtimes)
+
+    def __call__(self, name: str, q: torch.Tensor, to_k: torch.nn.Module, to_v: torch.nn.Module,
+                 attention: Attention, grid: tuple[int, int]) -> torch.Tensor:
+        if q.shape[0] != len(self.runtimes):
+            raise ValueError(f"{q.shape[0]} conditional rows for {len(self.runtimes)} regional runtimes")
+        layer = self.layers[name]
+        return torch.cat([runtime.attend(q[i:i + 1], grid, layer, to_k, to_v, q.dtype, attention)
+                          for i, runtime in enumerate(self.runtimes)])
+
+
+def switch_step(steps: int, fraction: float) -> int:
+    """Index of the step whose x0 estimate refines the masks: they apply after round(fraction * steps) steps."""
+    return min(max(round(fraction * steps), 1), steps - 1) - 1
+
+
+@torch.no_grad()
+def euler_cfg(cond: Eps, uncond: Eps, batch: int, steps: int, cfg: float, seed: int, latent_size: int = 8,
+              switch: Switch | None = None) -> torch.Tensor:
+    """`sampler.sample`'s arithmetic (same noise for a seed and batch), with a callback on one step's x0."""
+    gen = torch.Generator().manual_seed(seed)
+    timesteps, sigmas = schedule(steps)
+    x = torch.randn(batch, 4, latent_size, latent_size, generator=gen) * sigmas[0]
+    for i, t in enumerate(timesteps):
+        sigma = sigmas[i]
+        x_in = x / (sigma**2 + 1).sqrt()
+        tt = t.expand(batch)
+        e_cond, e_uncond = cond(x_in, tt), uncond(x_in, tt)
+        e = e_uncond + cfg * (e_cond - e_uncond)
+        if switch is not None and i == switch[0]:
+            switch[1](x - sigma * e)  # ε-prediction: x_t = x0 + σε
+        x = x + e * (sigmas[i + 1] - sigma)
+    return x
+
+
+def colour_segmenter(image: np.ndarray) -> Segment:
+    """SAM stand-in for one image: for a box, the pixels inside it whose colour differs from the box's border.
+
+    The median colour of the box's inner 2-px ring is taken as the local background (the world's backgrounds are
+    flat); a pixel is foreground when its RGB distance to it exceeds 40 plus twice the ring's median spread.
+    """
+    pixels = torch.from_numpy(np.array(image, dtype=np.float32))
+    height, width = pixels.shape[:2]
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+
+    def segment(box: PixelBox) -> torch.Tensor:
+        x0, y0, x1, y1 = box
+        inside = (xs + 0.5 >= x0) & (xs + 0.5 < x1) & (ys + 0.5 >= y0) & (ys + 0.5 < y1)
+        if not inside.any():
+            return torch.zeros(height, width)
+        left, right = int(xs[inside].min()), int(xs[inside].max())
+        top, bottom = int(ys[inside].min()), int(ys[inside].max())
+        ring = inside & ((xs < left + BORDER_PX) | (xs > right - BORDER_PX) | (ys < top + BORDER_PX)
+                         | (ys > bottom - BORDER_PX))
+        border = pixels[ring]
+        colour = border.median(0).values
+        spread = float((border - colour).norm(dim=-1).median())
+        distance = (pixels - colour).norm(dim=-1)
+        return ((distance > COLOUR_FLOOR + 2 * spread) & inside).float()
+
+    return segment

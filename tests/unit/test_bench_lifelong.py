@@ -1,0 +1,71 @@
+"""The lifelong benchmark's quick mode end to end on the shipped world model, plus its methods' invariants."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from world.checkpoint import SHIPPED, load_world
+from world.methods import METHODS, Budget, make_method, world_layers
+from world.protocol import ConceptData, World, train_task
+
+REPO = Path(__file__).resolve().parents[2]
+KEYS = ("image_alignment", "text_alignment", "forgetting", "params_added", "bytes_added", "train_s_per_task")
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("lifelong")
+    subprocess.run([sys.executable, str(REPO / "bench" / "lifelong.py"), "--quick", "--out", str(out)], check=True,
+                   timeout=900)
+    return json.loads((out / "lifelong_quick.json").read_text()), out
+
+
+def test_quick_mode_writes_every_method_in_the_shared_shape(quick_results) -> None:
+    results, out = quick_results
+    assert set(results["methods"]) == set(METHODS)
+    for name, numbers in results["methods"].items():
+        for key in KEYS:
+            assert isinstance(numbers[key], (int, float)) and numbers[key] == numbers[key], (name, key)
+    for plot in ("forgetting", "params", "grid"):
+        assert (out / f"lifelong_world_{plot}.png").stat().st_size > 1000
+    assert "| r2moe |" in (out / "lifelong_quick.md").read_text()
+    assert all(0.0 < v <= 1.0 for v in results["evaluator_accuracy"].values())
+
+
+def test_quick_mode_measures_what_the_methods_are(quick_results) -> None:
+    methods = quick_results[0]["methods"]
+    # one LoRA per concept never touches an earlier concept: with fixed sampling seeds it cannot forget (only float
+    # noise from the batch growing); sequential fine-tuning of the same weights does move old concepts
+    assert abs(methods["lora_per_concept"]["forgetting"]) < 0.05
+    assert methods["lora_sequential"]["forgetting"] != 0.0
+    # pruning only removes: the pruned bank is never larger, and both grow per concept unlike sequential LoRA
+    assert methods["r2moe"]["params_added"] <= methods["r2moe_no_prune"]["params_added"]
+    per_task = methods["lora_sequential"]["params_per_task"]
+    assert per_task[-1] - per_task[0] == 2 * 768  # only the two new trigger vectors
+    assert methods["custom_diffusion"]["params_added"] > methods["lora_per_concept"]["params_added"]
+
+
+def test_every_method_learns_through_the_same_loop_and_keeps_the_base_frozen() -> None:
+    world = World(*load_world(SHIPPED))
+    before = {k: v.clone() for k, v in world.unet.state_dict().items()}
+    from world.concepts import concept_images, load_concepts
+
+    spec = load_concepts(REPO / "bench" / "world" / "concepts_10.json")[0]
+    pairs = concept_images(spec, 3)
+    concept = ConceptData(spec.token, spec.class_word, [p[0] for p in pairs], [p[1] for p in pairs])
+    for name in METHODS:
+        method = make_method(name, world.unet, Budget(steps=3, batch_size=1))
+        train_task(world, method, concept, 3, seed=0)
+        assert concept.token in method.tokens and method.params_added() > 0, name
+        context = world.text(["photo of a " + spec.token], method.tokens)
+        delta = method.sampling_delta(["photo of a " + spec.token], context)
+        assert delta is not None, name
+        moved = [delta(p, context) for layer in world_layers(world.unet) for p in layer.projection_names()]
+        assert any(d is not None and d.abs().sum() > 0 for d in moved), name  # it learned something
+    after = world.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
