@@ -1,8 +1,9 @@
 """`make demo`: a headless ComfyUI with the pack learns two concepts and generates both, through the HTTP API.
 
-Without --ckpt it uses the built-in world model (bench/world: an SD1.x-layout UNet, CLIP-L and TAESD pretrained
-on a procedural 64 px world of shapes, shipped in the repo) and two of the world's concepts, with short training;
---ckpt tiny uses the random-weight tiny model instead (noise images: only checks that the graph runs); with
+Without --ckpt it uses the built-in tiny SD1.5-layout model (random weights: the images are noise, the point is
+that the whole graph runs, end to end) at 128 px with short training; --ckpt world uses the pretrained world
+model (bench/world: SD1.x-layout UNet, CLIP-L and TAESD trained on a procedural 64 px world of shapes, shipped in
+the repo) with two of the world's concepts; with
 --ckpt path/to/sd15.safetensors it uses that checkpoint with the reference settings (800 steps at 512 px: hours on
 a CPU, minutes on a GPU). Concept photos come from --images dir1,dir2 (each with an optional caption.txt), else
 from sets drawn here.
@@ -35,7 +36,10 @@ def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
     """Put the checkpoint into the host's models/checkpoints; return its name and kind (world, tiny or user)."""
     folder = HOST_ROOT / "models" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    if ckpt is None:
+    if ckpt is None or str(ckpt) == "tiny":
+        ensure_tiny_checkpoint(folder / TINY)
+        return TINY, "tiny"
+    if str(ckpt) == "world":
         target = folder / WORLD_NAME
         if not target.is_file() or target.stat().st_mtime < WORLD.stat().st_mtime:
             import sys
@@ -45,9 +49,6 @@ def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
 
             assemble(WORLD, target)  # the shipped UNet + VAE plus the text encoder rebuilt from its seed
         return WORLD_NAME, "world"
-    if str(ckpt) == "tiny":
-        ensure_tiny_checkpoint(folder / TINY)
-        return TINY, "tiny"
     ckpt = ckpt.expanduser().resolve()
     if not ckpt.is_file():
         raise SystemExit(f"CKPT={ckpt} does not exist; give the path of an SD1.5 .safetensors checkpoint.")
@@ -101,7 +102,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ckpt", type=Path, default=None,
-                        help="an SD1.5 checkpoint, or 'tiny'; default: the built-in world model")
+                        help="an SD1.5 checkpoint, or 'world' for the pretrained world model; default: the tiny model")
     parser.add_argument("--images", default="", help="two concept photo folders, comma-separated")
     parser.add_argument("--steps", type=int, default=0,
                         help="training steps per concept (default: 150 world, 120 tiny, 800 yours)")
