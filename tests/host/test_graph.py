@@ -1,11 +1,14 @@
-"""The shipped example workflow through ComfyUI's own validator and executor, in process."""
+"""The shipped example workflows (and the demo's two-concept graph) through ComfyUI's own validator and executor."""
 
 from __future__ import annotations
 
 import os
 
-from comfy_inprocess import run_graph
+import pytest
+from comfy_inprocess import call_node, run_graph
 
+from r2moe_testkit.banks import add_random_concept
+from r2moe_testkit.sam import TINY_SAM_NAME, write_tiny_sam
 from r2moe_testkit.workflows import load_api_workflow, with_steps
 
 
@@ -19,3 +22,29 @@ def test_example_workflow_executes_and_writes_images(host):
     assert os.path.getsize(path) > 0
     assert "R2MoE bank: 0 concept(s)" in result.outputs["10"]["text"][0]
     assert os.path.isfile(os.path.join(folder_paths.get_folder_paths("r2moe")[0], "demo_bank.safetensors"))
+
+
+@pytest.mark.parametrize("sam_name", [None, TINY_SAM_NAME], ids=["boxes", "sam"])
+def test_demo_two_concept_workflow_writes_the_image_and_its_layout(host, tiny, sam_name):
+    """`make demo`'s last step (scripts/demo.py): planner -> regional patch -> sampler, plus the layout preview."""
+    import folder_paths
+    from demo import regional_graph
+    from PIL import Image
+
+    empty = call_node("R2MoENewBank", model=tiny[0], rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
+    bank = add_random_concept(host.core, empty, "mug", "<mug1>", seed=1)
+    call_node("R2MoESaveBank", bank=add_random_concept(host.core, bank, "ball", "<ball1>", seed=2), name="demo_two")
+    if sam_name is not None:
+        write_tiny_sam(host.base_dir / "models" / "sams" / sam_name)
+    folder_paths.filename_list_cache.clear()
+    prompt = "photo of a <mug1> mug on the left and a <ball1> ball on the right, by the sea"
+    graph = regional_graph(host.checkpoint.name, "demo_two.safetensors", prompt, size=64, steps=2, sam_name=sam_name)
+    assert ("R2MoEHierarchicalSampler" in {n["class_type"] for n in graph.values()}) == (sam_name is not None)
+    result = run_graph(graph, prompt_id=f"demo-regional-{sam_name}")
+    assert result.success, result.messages
+    for node, prefix in (("10", "r2moe_demo_regional"), ("12", "r2moe_demo_layout")):
+        image = result.outputs[node]["images"][0]
+        assert image["filename"].startswith(prefix)
+        path = os.path.join(folder_paths.get_output_directory(), image["subfolder"], image["filename"])
+        with Image.open(path) as picture:
+            assert picture.size == (64, 64)
