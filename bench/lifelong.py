@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
 from world.checkpoint import SHIPPED, load_world
-from world.concepts import concept_images, load_concepts
+from world.concepts import load_concepts
 from world.evaluators import train_evaluator
 from world.methods import METHODS, SIMPLIFICATIONS, Budget
 from world.plots import grid_image, line_plot
@@ -46,12 +46,7 @@ METRICS = ("image_alignment", "text_alignment", "forgetting", "params_added", "b
 
 
 def world_concepts(path: Path, images: int, limit: int | None) -> list[ConceptData]:
-    specs = load_concepts(path)[:limit]
-    out = []
-    for spec in specs:
-        pairs = concept_images(spec, images)
-        out.append(ConceptData(spec.token, spec.class_word, [p[0] for p in pairs], [p[1] for p in pairs]))
-    return out
+    return [ConceptData.from_spec(spec, images) for spec in load_concepts(path)[:limit]]
 
 
 def photo_concepts(folder: Path, limit: int | None) -> list[ConceptData]:
@@ -275,7 +270,7 @@ def main() -> None:
                                                cache)
         if opts.photos.is_dir():
             photos = photo_concepts(opts.photos, opts.limit)
-            results["tracks"]["photo"] = run_track("photo", photos, methods, seeds[:1], budget, settings, pool,
+            results["tracks"]["photo"] = run_track("photo", photos, methods, seeds, budget, settings, pool,
                                                    opts.out, cache)
         else:
             LOG.info("no photo folder at %s: the real-photo track is skipped", opts.photos)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
 from world.checkpoint import SHIPPED, load_world
-from world.concepts import concept_images, load_concepts
+from world.concepts import load_concepts
 from world.evaluators import to_tensor, train_evaluator
 from world.methods import Budget
 from world.multiconcept import MultiSettings, run_multiconcept
@@ -117,10 +117,7 @@ def main() -> None:
             return evaluator.embed(to_tensor(images))
 
     specs = load_concepts(opts.concepts)[:opts.count]
-    concepts = []
-    for spec in specs:
-        pairs = concept_images(spec, opts.references)
-        concepts.append(ConceptData(spec.token, spec.class_word, [p[0] for p in pairs], [p[1] for p in pairs]))
+    concepts = [ConceptData.from_spec(spec, opts.references) for spec in specs]
     results, images = run_multiconcept(world, specs, concepts, features, budget, settings)
     results["settings"] |= {"checkpoint": opts.checkpoint.name, "concept_file": opts.concepts.name,
                             "quick": opts.quick}

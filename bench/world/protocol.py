@@ -22,6 +22,7 @@ import torch
 from r2moe_core.routing import gate_input
 from r2moe_core.training import ddpm_sigmas, training_step
 
+from .concepts import ConceptSpec, concept_images
 from .methods import Budget, Method, make_method
 from .sampler import LATENT_SCALE, sample
 from .text import TextEncoder
@@ -43,6 +44,12 @@ class ConceptData:
     class_word: str
     images: list[np.ndarray]
     captions: list[str]
+
+    @classmethod
+    def from_spec(cls, spec: ConceptSpec, count: int) -> ConceptData:
+        """A generator-defined world concept with `count` reference scenes."""
+        pairs = concept_images(spec, count)
+        return cls(spec.token, spec.class_word, [p[0] for p in pairs], [p[1] for p in pairs])
 
 
 @dataclass(frozen=True)

@@ -53,11 +53,10 @@ def test_quick_mode_measures_what_the_methods_are(quick_results) -> None:
 def test_every_method_learns_through_the_same_loop_and_keeps_the_base_frozen() -> None:
     world = World(*load_world(SHIPPED))
     before = {k: v.clone() for k, v in world.unet.state_dict().items()}
-    from world.concepts import concept_images, load_concepts
+    from world.concepts import load_concepts
 
     spec = load_concepts(REPO / "bench" / "world" / "concepts_10.json")[0]
-    pairs = concept_images(spec, 3)
-    concept = ConceptData(spec.token, spec.class_word, [p[0] for p in pairs], [p[1] for p in pairs])
+    concept = ConceptData.from_spec(spec, 3)
     for name in METHODS:
         method = make_method(name, world.unet, Budget(steps=3, batch_size=1))
         train_task(world, method, concept, 3, seed=0)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from world.concepts import concept_images, load_concepts
+from world.concepts import load_concepts
 from world.hlag import RowRegions, colour_segmenter, euler_cfg
 from world.methods import Budget, make_method
 from world.multiconcept import VARIANTS, scene_sets
@@ -31,11 +31,7 @@ CONCEPTS = REPO / "bench" / "world" / "concepts_10.json"
 
 
 def _concepts(count: int) -> list[ConceptData]:
-    out = []
-    for spec in load_concepts(CONCEPTS)[:count]:
-        pairs = concept_images(spec, 3)
-        out.append(ConceptData(spec.token, spec.class_word, [p[0] for p in pairs], [p[1] for p in pairs]))
-    return out
+    return [ConceptData.from_spec(spec, 3) for spec in load_concepts(CONCEPTS)[:count]]
 
 
 @pytest.fixture(scope="module")
