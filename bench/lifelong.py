@@ -1,7 +1,7 @@
 """Lifelong-learning benchmark on the offline world model: R2MoE against the baselines, side by side.
 
     python bench/lifelong.py                 # the committed run: 10 world concepts, every method on seed 0, the
-                                             # four methods the goals compare also on seeds 1 and 2; photo track
+                                             # four methods the goals compare also on seeds 1 and 2 (both tracks)
     python bench/lifelong.py --seeds 0,1,2   # every method on 3 seeds (about 3x the CPU time)
     python bench/lifelong.py --quick         # 3 concepts, few steps, 1 seed: checks the pipeline in minutes
     python bench/lifelong.py --concepts bench/world/concepts_30.json --spread-seeds ""   # the long sequence
@@ -238,11 +238,11 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", default="0", help="seeds every method runs on")
     parser.add_argument("--spread-seeds", default="1,2",
-                        help="more seeds on the world track for --spread-methods only (the 3-seed spread of the "
+                        help="more seeds on both tracks for --spread-methods only (the 3-seed spread of the "
                              "comparisons the goals name, at a third of the cost of every method on every seed)")
     parser.add_argument("--spread-methods", default="r2moe,lora_sequential,c_lora,lora_per_concept")
     parser.add_argument("--photo-seeds", default=None,
-                        help="seeds of the real-photo track (default: the same as --seeds)")
+                        help="seeds every method runs on in the real-photo track (default: the same as --seeds)")
     parser.add_argument("--steps", type=int, default=Budget.steps, help="training steps per task")
     parser.add_argument("--images", type=int, default=5, help="reference images per world concept (3-7)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N concepts")
@@ -269,7 +269,10 @@ def main() -> None:
         settings = EvalSettings(images_per_concept=2, steps=6, contexts=2)
         eval_images, eval_epochs = 600, 2
     started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums depend on the thread count: one thread gives the committed evaluator
     evaluator, report = train_evaluator(train_images=eval_images, epochs=eval_epochs)
+    torch.set_num_threads(threads)
     LOG.info("world evaluator held-out accuracy: %s", {k: round(v, 3) for k, v in report.accuracy.items()})
     opts.out.mkdir(parents=True, exist_ok=True)
     name = "lifelong_quick" if opts.quick else "lifelong"
@@ -293,7 +296,7 @@ def main() -> None:
         if opts.photos.is_dir():
             photos = photo_concepts(opts.photos, opts.limit)
             results["tracks"]["photo"] = run_track("photo", photos, methods, photo_seeds, budget, settings, pool,
-                                                   opts.out, cache)
+                                                   opts.out, cache, extra)
         else:
             LOG.info("no photo folder at %s: the real-photo track is skipped", opts.photos)
     results["methods"] = results["tracks"]["world"]["methods"]  # the shape other tools read
