@@ -47,7 +47,8 @@ bench: env
 	$(PY) bench/sampling.py
 	$(PY) bench/training.py
 
-# Lifelong-learning benchmark on the offline world model (README, "Lifelong benchmark"); SEEDS=0 for one seed.
+# Lifelong-learning benchmark on the offline world model (README, "Lifelong benchmark"). Default: the committed run
+# (every method on seed 0, the four compared methods also on seeds 1 and 2); SEEDS=0,1,2 runs every method on 3 seeds.
 bench-lifelong: env
 	$(PY) bench/lifelong.py $(if $(SEEDS),--seeds $(SEEDS)) $(if $(CONCEPTS),--concepts "$(CONCEPTS)")
 
