@@ -3,7 +3,7 @@
 The blend, the per-grid masks and the region K/V with their expert mixtures come from
 `r2moe_core.regional.RegionalRuntime`, the object the ComfyUI patch drives; this module only plays the host: it
 hands the UNet's `regional` hook the conditional rows (one runtime per batch row, since every row has its own
-layout), samples with Euler + CFG like `sampler.sample`, and can switch masks at a step from the decoded x0
+layout); `sampler.euler_cfg` samples and can switch masks at a step from the decoded x0
 estimate (the SAM step). No SAM weights exist offline, so the switch uses `colour_segmenter`, a deterministic
 stand-in, through `r2moe_core.sam_masks.refine_masks` (the pack's rule for empty masks, dilation and clipping).
 """
@@ -11,7 +11,7 @@ stand-in, through `r2moe_core.sam_masks.refine_masks` (the pack's rule for empty
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -20,13 +20,10 @@ from r2moe_core.layers import LayerSpec
 from r2moe_core.regional import RegionalRuntime
 from r2moe_core.sam_masks import PixelBox, Segment
 
-from .sampler import schedule
 from .unet import Attention
 
 LOG = logging.getLogger("r2moe.bench.multiconcept")
 
-Eps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_in, t) -> ε̂
-Switch = tuple[int, Callable[[torch.Tensor], None]]  # (step index, callback(x0 estimate))
 SEGMENTER = "colour-difference segmenter on the decoded x0 estimate (stand-in for SAM, which has no offline weights)"
 BORDER_PX = 2  # width of the box's inner ring whose median colour is taken as the local background
 COLOUR_FLOOR = 40.0  # RGB distance (0-255 scale) a pixel must exceed, plus twice the ring's own spread
@@ -51,25 +48,6 @@ class RowRegions:
 def switch_step(steps: int, fraction: float) -> int:
     """Index of the step whose x0 estimate refines the masks: they apply after round(fraction * steps) steps."""
     return min(max(round(fraction * steps), 1), steps - 1) - 1
-
-
-@torch.no_grad()
-def euler_cfg(cond: Eps, uncond: Eps, batch: int, steps: int, cfg: float, seed: int, latent_size: int = 8,
-              switch: Switch | None = None) -> torch.Tensor:
-    """`sampler.sample`'s arithmetic (same noise for a seed and batch), with a callback on one step's x0."""
-    gen = torch.Generator().manual_seed(seed)
-    timesteps, sigmas = schedule(steps)
-    x = torch.randn(batch, 4, latent_size, latent_size, generator=gen) * sigmas[0]
-    for i, t in enumerate(timesteps):
-        sigma = sigmas[i]
-        x_in = x / (sigma**2 + 1).sqrt()
-        tt = t.expand(batch)
-        e_cond, e_uncond = cond(x_in, tt), uncond(x_in, tt)
-        e = e_uncond + cfg * (e_cond - e_uncond)
-        if switch is not None and i == switch[0]:
-            switch[1](x - sigma * e)  # ε-prediction: x_t = x0 + σε
-        x = x + e * (sigmas[i + 1] - sigma)
-    return x
 
 
 def colour_segmenter(image: np.ndarray) -> Segment:

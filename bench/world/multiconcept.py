@@ -39,10 +39,11 @@ from r2moe_core.regional import RegionalRuntime
 from r2moe_core.sam_masks import RefineOptions, refine_masks
 
 from .concepts import ConceptSpec
-from .hlag import SEGMENTER, Eps, RowRegions, Switch, colour_segmenter, euler_cfg, switch_step
+from .hlag import SEGMENTER, RowRegions, colour_segmenter, switch_step
 from .methods import Budget, LoraPerConceptMethod, R2MoEMethod, make_method
 from .protocol import ConceptData, World, train_task
 from .recogniser import Features, Recogniser, build_recogniser, crop, draw_many
+from .sampler import Eps, Switch, euler_cfg
 from .scenes import place
 from .unet import Delta
 from .vocab import BACKGROUNDS, SIZE

@@ -25,7 +25,30 @@ def schedule(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     return t, torch.cat([sigma_at(t), torch.zeros(1)])
 
 
+Eps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_in, t) -> ε̂
+Switch = tuple[int, Callable[[torch.Tensor], None]]  # (step index, callback(x0 estimate))
+
+
 @torch.no_grad()
+def euler_cfg(cond: Eps, uncond: Eps, batch: int, steps: int, cfg: float, seed: int, latent_size: int = 8,
+              switch: Switch | None = None) -> torch.Tensor:
+    """Latents [batch, 4, s, s] (already multiplied by the SD latent scale); `switch` sees one step's x0 estimate
+    (the regional sampler refines its masks there)."""
+    gen = torch.Generator().manual_seed(seed)
+    timesteps, sigmas = schedule(steps)
+    x = torch.randn(batch, 4, latent_size, latent_size, generator=gen) * sigmas[0]
+    for i, t in enumerate(timesteps):
+        sigma = sigmas[i]
+        x_in = x / (sigma**2 + 1).sqrt()
+        tt = t.expand(batch)
+        e_cond, e_uncond = cond(x_in, tt), uncond(x_in, tt)
+        e = e_uncond + cfg * (e_cond - e_uncond)
+        if switch is not None and i == switch[0]:
+            switch[1](x - sigma * e)  # ε-prediction: x_t = x0 + σε
+        x = x + e * (sigmas[i + 1] - sigma)  # Euler: d = (x - denoised) / σ = ε
+    return x
+
+
 def sample(
     eps: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     context: torch.Tensor,
@@ -36,15 +59,6 @@ def sample(
     latent_size: int = 8,
 ) -> torch.Tensor:
     """Latents [B, 4, s, s] (already multiplied by the SD latent scale) for contexts [B, 77, D]."""
-    gen = torch.Generator().manual_seed(seed)
-    timesteps, sigmas = schedule(steps)
-    x = torch.randn(context.shape[0], 4, latent_size, latent_size, generator=gen) * sigmas[0]
     uncond = empty.expand_as(context)
-    for i, t in enumerate(timesteps):
-        sigma = sigmas[i]
-        x_in = x / (sigma**2 + 1).sqrt()
-        tt = t.expand(x.shape[0])
-        e_cond, e_uncond = eps(x_in, tt, context), eps(x_in, tt, uncond)
-        e = e_uncond + cfg * (e_cond - e_uncond)
-        x = x + e * (sigmas[i + 1] - sigma)  # Euler: d = (x - denoised) / σ = ε
-    return x
+    return euler_cfg(lambda x, t: eps(x, t, context), lambda x, t: eps(x, t, uncond), context.shape[0], steps, cfg,
+                     seed, latent_size)

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from world.concepts import load_concepts
-from world.hlag import RowRegions, colour_segmenter, euler_cfg
+from world.hlag import RowRegions, colour_segmenter
 from world.methods import Budget, make_method
 from world.multiconcept import VARIANTS, scene_sets
 from world.protocol import ConceptData, World, train_task
 from world.recogniser import draw
-from world.sampler import sample
+from world.sampler import euler_cfg, sample
 from world.text import TextEncoder
 from world.unet import UNet
 from world.vae import WorldVAE
