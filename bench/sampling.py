@@ -40,18 +40,6 @@ REGION_COUNTS = (2, 3)
 SIZE = 256
 
 
-def region_label(count: int) -> str:
-    return f"regional {count} regions"
-
-
-def goal_for(label: str) -> float:
-    """The ratio a variant must stay under: the bank's 1.03x, or 1 + 0.12 per region for the regional patch."""
-    for count in REGION_COUNTS:
-        if label == region_label(count):
-            return round(1.0 + REGION_GOAL * count, 6)
-    return BANK_GOAL
-
-
 def side_by_side_layout(core: ModuleType, tokens: list[str]) -> Any:
     """A validated layout with one box per token, side by side across the canvas (the planner's column layout)."""
     count, margin = len(tokens), 0.02
@@ -110,8 +98,10 @@ def bench_model(host, name: str, model, clip, steps: int, rounds: int, regional:
     prompt, negative = "a photo of <c1> on the beach", "blurry"
     # label -> (MODEL to sample, CLIP that encodes the prompts)
     variants = {"stock": (model, clip)}
+    goals: dict[str, float] = {}  # label -> the ratio to stock it must stay under
     for label, b in banks.items():
         variants[label] = call_node("R2MoEApplyBank", model=model, clip=clip, bank=b, strength=1.0)
+        goals[label] = BANK_GOAL
     if regional:
         # Three concepts, one per region; the regional MODEL replaces the positive prompt by the layout's, so its
         # KSampler gets the same conditioning as the stock run (the negative stays the stock one).
@@ -124,7 +114,8 @@ def bench_model(host, name: str, model, clip, steps: int, rounds: int, regional:
             patched = call_node(
                 "R2MoERegionalApply", model=model, clip=clip, bank=three, layout=layout, strength=1.0
             )[0]
-            variants[region_label(count)] = (patched, clip)
+            variants[f"regional {count} regions"] = (patched, clip)
+            goals[f"regional {count} regions"] = round(1.0 + REGION_GOAL * count, 6)
     conds = {
         label: tuple(call_node("CLIPTextEncode", clip=c, text=t)[0] for t in (prompt, negative))
         for label, (_, c) in variants.items()
@@ -138,10 +129,9 @@ def bench_model(host, name: str, model, clip, steps: int, rounds: int, regional:
             times[label].append(timed_sample(m, *conds[label], latent, steps))
     medians = {label: statistics.median(t) for label, t in times.items()}
     minima = {label: min(t) for label, t in times.items()}
-    patched_labels = [label for label in variants if label != "stock"]
+    patched_labels = list(goals)
     ratios = {label: minima[label] / minima["stock"] for label in patched_labels}
     med = {label: medians[label] / medians["stock"] for label in patched_labels}
-    goals = {label: goal_for(label) for label in patched_labels}
     result = {
         "model": name,
         "steps": steps,

@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import re
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,6 +42,13 @@ DESCRIBE = {"world": "built-in world model, SD1.x layout pretrained on a procedu
             "tiny": "built-in tiny SD1.5-layout model, random weights", "user": "yours"}
 
 
+def _bench_on_path() -> None:
+    """The world model's code lives in bench/ (plain PyTorch), imported only when the world model is used."""
+    bench = str(REPO / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+
+
 def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
     """Put the checkpoint into the host's models/checkpoints; return its name and kind (world, tiny or user)."""
     folder = HOST_ROOT / "models" / "checkpoints"
@@ -51,9 +59,7 @@ def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
     if str(ckpt) == "world":
         target = folder / WORLD_NAME
         if not target.is_file() or target.stat().st_mtime < WORLD.stat().st_mtime:
-            import sys
-
-            sys.path.insert(0, str(REPO / "bench"))
+            _bench_on_path()
             from world.checkpoint import assemble
 
             assemble(WORLD, target)  # the shipped UNet + VAE plus the text encoder rebuilt from its seed
@@ -69,9 +75,7 @@ def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
 
 def world_concept_sets(root: Path) -> list[tuple[str, Path, str]]:
     """The first two concepts of the world's default set, as photo folders with caption.txt."""
-    import sys
-
-    sys.path.insert(0, str(REPO / "bench"))
+    _bench_on_path()
     from PIL import Image
     from world.concepts import concept_images, load_concepts
 
@@ -177,7 +181,7 @@ def main() -> None:
     opts = parser.parse_args()
     opts.output.mkdir(parents=True, exist_ok=True)
     ckpt_name, kind = prepare_checkpoint(opts.ckpt)
-    tiny = kind != "user"
+    built_in = kind != "user"  # the tiny or the world model: small canvas, short sampling, 2-layer CLIP
 
     graph = json.loads(WORKFLOW.read_text())
     graph["1"]["inputs"]["ckpt_name"] = ckpt_name
@@ -196,13 +200,13 @@ def main() -> None:
         if kind == "world":
             graph[train_id]["inputs"].update(steps=opts.steps or 150, resolution=64, lr_experts=2e-3,
                                              lr_router=2e-3, lr_token=5e-3, preview_every=25)
-        elif tiny:
+        elif built_in:
             graph[train_id]["inputs"].update(steps=opts.steps or 120, resolution=128, lr_experts=5e-3,
                                              lr_router=5e-3, lr_token=5e-3, preview_every=20)
         elif opts.steps:
             graph[train_id]["inputs"]["steps"] = opts.steps
     size, sample_steps = {"world": (64, 20), "tiny": (128, 8)}.get(kind, (512, 25))
-    if tiny:
+    if built_in:
         graph["10"]["inputs"].update(width=size, height=size, batch_size=4 if kind == "world" else 1)
         for sampler in ("11", "12"):
             graph[sampler]["inputs"]["steps"] = sample_steps
@@ -212,7 +216,7 @@ def main() -> None:
 
     log_path = opts.output / "r2moe_demo_server.log"
     started = time.monotonic()
-    with ComfyServer(output_dir=opts.output, log_path=log_path, tiny_models=tiny) as server:
+    with ComfyServer(output_dir=opts.output, log_path=log_path, tiny_models=built_in) as server:
         boot_s = time.monotonic() - started
         info = server.get("/object_info")
         ours = sorted(n for n in info if n.startswith("R2MoE"))
