@@ -41,7 +41,8 @@ def main() -> None:
     scenes = [random_scene(rng) for _ in range(opts.prompts)]
     with torch.no_grad():
         context, empty = text([caption(s) for s in scenes]), text([""])
-        latents = sample(lambda x, t, c: unet(x, t, c), context, empty, steps=opts.steps, cfg=opts.cfg)
+        with unet.fixed_contexts():
+            latents = sample(lambda x, t, c: unet(x, t, c), context, empty, steps=opts.steps, cfg=opts.cfg)
         images = (vae.decode(latents / LATENT_SCALE).permute(0, 2, 3, 1) * 255).round().byte().numpy()
         predicted = evaluator(to_tensor(list(images)))
     truth = [labels(s) for s in scenes]

@@ -7,8 +7,9 @@ ComfyUI's key layout, loadable by the stock CheckpointLoaderSimple (with R2MOE_T
     python bench/pretrain_world.py                      # the full run that produces the shipped weights
     python bench/pretrain_world.py --quick --out X      # seconds: checks the pipeline end to end
 
-The defaults reproduce the shipped weights. `--text-init 2`, `--high-noise` and `--init-from` are for experiments
-on the world model's weak spots (world/text.py and `train_unet` say what was measured).
+The defaults reproduce the shipped weights (54 min on 2 CPU threads). `--text-init 1 --loss eps --channels 32
+--threads 1` is the first world, which drew backgrounds at chance; `--high-noise` and `--init-from` are for
+experiments (README, "the world model", says what was measured).
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ from world.vae import WorldVAE
 from r2moe_core.training import ddpm_sigmas
 
 LOG = logging.getLogger("r2moe.bench.pretrain")
+# 64 channels at the first level, not 32: ComfyUI's UNet ends in GroupNorm(32 groups), and with one channel per
+# group the last norm erases each channel's mean and scale over the 8x8 latent, which is exactly what a background
+# colour is and what ε at t=999 needs. A 32-channel world drew backgrounds at chance (15.6 %) with final latents
+# at 1.9x the data's spread; 64 channels at the same step count came out at 1.15x (see README, world model).
+WORLD_UNETS = {64: {"model_channels": 64, "channel_mult": (1, 1, 2, 2)},  # the shipped world
+               32: {"model_channels": 32, "channel_mult": (1, 2, 4, 4)}}  # the first world (and the tiny model)
 DEFAULT_OUT = Path(__file__).resolve().parent / "world" / "weights" / "world_sd15.safetensors"
 
 
@@ -102,15 +109,16 @@ def train_vae(images: torch.Tensor, steps: int, batch: int, gen: torch.Generator
 
 
 def train_unet(latents: torch.Tensor, contexts: torch.Tensor, empty: torch.Tensor, steps: int, batch: int,
-               gen: torch.Generator, lr: float = 5e-4, high_noise: float = 0.0, unet: UNet | None = None) -> UNet:
-    """ε-prediction MSE with uniform t, plus a `high_noise` share of each batch at t >= 750.
+               gen: torch.Generator, lr: float = 5e-4, high_noise: float = 0.0, unet: UNet | None = None,
+               loss_weight: str = "v", channels: int = 64) -> UNet:
+    """ε-prediction with uniform t, weighted as the v-prediction loss (`loss_weight="v"`), plus an optional
+    `high_noise` share of each batch at t >= 750.
 
-    Why one would want it: at σ_max = 14.6 an ε error e becomes an x0 error 14.6·e, and Euler sampling never
-    undoes it. The shipped world (uniform t, 2400 steps) has ε MSE 0.022 at t = 999, so its first x0 estimate has
-    2x the data's spread and samples stay over-dispersed (latent std 1.9 against 1.06 for real scenes). An 800-step
-    continuation with a 0.2 share and text init 2 (`--init-from`) did not change that (x0 std 2.1 at σ_max).
+    Why the weighting: at σ_max = 14.6 an ε error e becomes an x0 error 14.6·e, and Euler sampling never undoes
+    it, while plain ε MSE prices an x0 error d at σ as (d/σ)². The first world (32 channels, plain ε MSE, 2400
+    steps) ended at ε MSE 0.022 at t = 999; the shipped world (64 channels, v weighting, 2400 steps) at 0.0021.
     """
-    unet = (unet or UNet()).train().requires_grad_(True)
+    unet = (unet or UNet(**WORLD_UNETS[channels])).train().requires_grad_(True)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
     # short warm-up, then cosine decay to a tenth: a CPU budget of a few thousand steps needs a high rate early
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -127,14 +135,33 @@ def train_unet(latents: torch.Tensor, contexts: torch.Tensor, empty: torch.Tenso
         drop = torch.rand(batch, generator=gen) < 0.1  # caption dropout: the model also learns the empty prompt
         context = torch.where(drop[:, None, None], empty, contexts[rows])
         x_in = (latents[rows] + sigma * noise) / (sigma**2 + 1).sqrt()
-        loss = torch.nn.functional.mse_loss(unet(x_in, t.float(), context), noise)
+        error = (unet(x_in, t.float(), context) - noise).square()
+        if loss_weight == "v":  # ε error / ᾱ = the v-prediction loss: an x0 error weighs the same at every σ
+            weight = sigma**2 + 1
+            loss = (weight * error).mean() / weight.mean()
+        else:
+            loss = error.mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if step % max(steps // 10, 1) == 0:
-            LOG.info("unet step %d/%d: loss %.4f", step, steps, loss.item())
+        if step % max(steps // 10, 1) == 0 or step == steps - 1:
+            LOG.info("unet step %d/%d: loss %.4f, ε MSE at t=999 %.4f", step, steps, loss.item(),
+                     eps_error_at_max_noise(unet, latents[:64], contexts[:64]))
     return unet.eval()
+
+
+@torch.no_grad()
+def eps_error_at_max_noise(unet: UNet, latents: torch.Tensor, contexts: torch.Tensor) -> float:
+    """ε MSE at t=999: σ_max = 14.6 multiplies it into the first x0 estimate, so samples live or die by it."""
+    was_training = unet.training
+    unet.eval()
+    sigma = ddpm_sigmas()[-1]
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+    x_in = (latents + sigma * noise) / (sigma**2 + 1).sqrt()
+    error = (unet(x_in, torch.full((len(latents),), 999.0), contexts) - noise).square().mean().item()
+    unet.train(was_training)
+    return error
 
 
 def save_checkpoint(path: Path, unet: UNet, text: TextEncoder, vae: WorldVAE, seed: int, text_init: int) -> None:
@@ -163,11 +190,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=48, help="UNet batch")
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=6e-4, help="UNet peak learning rate")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; the shipped weights used 1 (float sums depend on the thread count, and "
-                             "one thread does not collapse when the CPU is shared)")
-    parser.add_argument("--text-init", type=int, default=1, choices=TEXT_INITS,
-                        help="text encoder init (world/text.py); 1 is the shipped world's")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads; the shipped weights used 2 (float sums depend on the thread count, so "
+                             "another count gives slightly different weights)")
+    parser.add_argument("--text-init", type=int, default=2, choices=TEXT_INITS,
+                        help="text encoder init (world/text.py); 2 is the shipped world's")
+    parser.add_argument("--channels", type=int, default=64, choices=sorted(WORLD_UNETS),
+                        help="UNet width at the first level: 64 (shipped) or 32 (the first world)")
+    parser.add_argument("--loss", default="v", choices=("v", "eps"),
+                        help="UNet loss weighting: v (ε error / ᾱ, the shipped world's) or plain ε MSE")
     parser.add_argument("--high-noise", type=float, default=0.0,
                         help="extra share of each UNet batch drawn from t >= 750 (0 = uniform t)")
     parser.add_argument("--init-from", type=Path, default=None,
@@ -198,7 +229,7 @@ def main() -> None:
         contexts = torch.cat([text(captions[i : i + 256]) for i in range(0, len(captions), 256)])
         empty = text([""])
     unet = train_unet(latents, contexts, empty, opts.unet_steps, opts.batch, gen, opts.lr, opts.high_noise,
-                      start_unet)
+                      start_unet, opts.loss, opts.channels)
     save_checkpoint(opts.out, unet, text, vae, opts.seed, opts.text_init)
     LOG.info("world model written to %s in %.0f s", opts.out, time.perf_counter() - started)
 

@@ -67,9 +67,17 @@ class TinySD15(comfy.supported_models.SD15):
         return comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, TinyClipL)
 
 
+class WorldSD15(TinySD15):
+    """The benchmark's pretrained world model (bench/world): 64 channels at the first level, so that its last
+    GroupNorm(32) sees two channels per group (with one, it erases the per-channel mean a background colour is)."""
+
+    unet_config = {**TinySD15.unet_config, "model_channels": 64}  # noqa: RUF012 - read by the host as is
+
+
 def register() -> None:
-    if not any(getattr(m, "__name__", "") == "TinySD15" for m in comfy.supported_models.models):
-        comfy.supported_models.models.insert(0, TinySD15)
+    for model in (TinySD15, WorldSD15):
+        if not any(getattr(m, "__name__", "") == model.__name__ for m in comfy.supported_models.models):
+            comfy.supported_models.models.insert(0, model)
 
 
 def _init_random(module: torch.nn.Module, generator: torch.Generator, fan_in_scaled: bool = False) -> None:

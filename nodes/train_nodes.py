@@ -44,6 +44,9 @@ def _report(outcome, name: str, token: str, steps: int) -> str:
         return ", ".join(f"{short_layer_name(p.rsplit('.', 1)[0])}.{p[-1]}" for p in projections) or "none"
 
     kept, removed = names(prune.kept), names(prune.removed)
+    advice = prune.advice()
+    if advice:
+        LOGGER.warning("R2MoE training '%s': %s", name, advice)
     return "\n".join([
         f"learned '{name}' as {token} (task {outcome.bank.num_tasks}) in {outcome.seconds:.1f} s, {steps} steps",
         f"loss: first {outcome.losses[0]:.4f}, mean of the last 50 steps {sum(tail) / len(tail):.4f}",
@@ -51,6 +54,7 @@ def _report(outcome, name: str, token: str, steps: int) -> str:
         f"kept (layer + k/v): {kept}",
         f"removed: {removed}",
         f"bank grew by {outcome.added_bytes / 1024:.1f} KB of expert weights",
+        *([f"warning: {advice}"] if advice else []),
     ])
 
 

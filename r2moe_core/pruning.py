@@ -7,6 +7,7 @@ store nothing, which is where most of R2MoE's parameter savings come from.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +15,8 @@ import torch
 from .bank import ExpertBank
 from .errors import InvalidInputError
 from .routing import training_coefficients
+
+OVERPRUNED_SHARE = 0.75  # above this share of removed slots, the trainer warns
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,35 @@ class PruneReport:
             f"task {self.task} ({self.concept}): τ={self.threshold:g}, removed {len(self.removed)} of {total} "
             f"expert slots, kept {len(self.kept)}, saved {self.bytes_saved / 1024:.1f} KB"
         )
+
+    def removed_share(self) -> float:
+        total = len(self.removed) + len(self.kept)
+        return len(self.removed) / total if total else 0.0
+
+    def advice(self, max_share: float = OVERPRUNED_SHARE) -> str | None:
+        """A warning when pruning took most of the new expert, or None.
+
+        Short runs leave the gate near uniform over {aux, new, top-k old}, so the new expert's coefficient sits
+        near 1/(k+2), under the default τ=0.4, and the concept then lives almost only in its token (measured in
+        the lifelong benchmark: 50 steps per concept lost the whole expert from the third concept on).
+        """
+        share = self.removed_share()
+        if share <= max_share:
+            return None
+        return (
+            f"pruning removed {share:.0%} of the new expert (median gate weight {self.median_coefficient():.2f} "
+            f"against τ={self.threshold:g}): the concept is carried mostly by its token. If it looks weak, train "
+            f"for more steps (the paper uses 800) or with a higher router learning rate, or lower prune_threshold to "
+            f"{self.suggested_threshold():g}, which keeps the expert in at least half of the layers."
+        )
+
+    def median_coefficient(self) -> float:
+        values = sorted(self.coefficients.values())
+        return values[len(values) // 2] if values else 0.0
+
+    def suggested_threshold(self) -> float:
+        """A τ just under the median coefficient (rounded down to 0.01), so at least half the slots stay."""
+        return max(math.floor(self.median_coefficient() * 0.98 * 100) / 100, 0.0)
 
 
 def new_expert_coefficients(

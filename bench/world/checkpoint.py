@@ -53,8 +53,7 @@ def load_world(path: Path = SHIPPED) -> tuple[UNet, TextEncoder, WorldVAE]:
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
-    unet, text, vae = UNet(), TextEncoder(), WorldVAE()
-    unet.load_state_dict(part("model.diffusion_model."))
+    unet, text, vae = UNet.from_state_dict(part("model.diffusion_model.")), TextEncoder(), WorldVAE()
     text.load_comfy_state_dict(state)
     vae.load_state_dict(part("first_stage_model."))
     return unet.eval(), text.eval(), vae.eval()

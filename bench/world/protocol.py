@@ -178,7 +178,8 @@ def generate(world: World, method: Method | None, prompts: list[str], seed: int,
         def eps(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             return world.unet(x, t, c, delta if c is context else None)  # the unconditional pass stays base
 
-        latents = sample(eps, context, world.empty, steps=settings.steps, cfg=settings.cfg, seed=seed)
+        with world.unet.fixed_contexts():
+            latents = sample(eps, context, world.empty, steps=settings.steps, cfg=settings.cfg, seed=seed)
     return world.decode(latents)
 
 

@@ -8,7 +8,8 @@ cross-attention itself a `regional` hook (multi-concept regional attention, see 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -58,6 +59,7 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
         self.name = ""  # set by the UNet: the module path, for delta hooks
+        self.kv_cache: dict | None = None  # set by `UNet.fixed_contexts` while sampling
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Multi-head attention on projected q [B, n, inner], k/v [B, m, inner] -> [B, n, inner]."""
@@ -70,13 +72,22 @@ class CrossAttention(nn.Module):
                 regional: Regional | None = None) -> torch.Tensor:
         if regional is not None and context is not None:
             return self.to_out(regional(self.name, self.to_q(x), self.to_k, self.to_v, self.attend))
-        ctx = x if context is None else context
-        q, k, v = self.to_q(x), self.to_k(ctx), self.to_v(ctx)
-        if delta is not None and context is not None:
+        if context is None:
+            return self.to_out(self.attend(self.to_q(x), self.to_k(x), self.to_v(x)))
+        return self.to_out(self.attend(self.to_q(x), *self.context_kv(context, delta)))
+
+    def context_kv(self, context: torch.Tensor, delta: Delta | None) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (context.data_ptr(), tuple(context.shape), context.stride(), id(delta))
+        if self.kv_cache is not None and key in self.kv_cache:
+            return self.kv_cache[key][2:]
+        k, v = self.to_k(context), self.to_v(context)
+        if delta is not None:
             dk, dv = delta(f"{self.name}.to_k", context), delta(f"{self.name}.to_v", context)
             k = k if dk is None else k + dk
             v = v if dv is None else v + dv
-        return self.to_out(self.attend(q, k, v))
+        if self.kv_cache is not None:  # holding context and delta keeps their ids and memory from being reused
+            self.kv_cache[key] = (context, delta, k, v)
+        return k, v
 
 
 class GEGLU(nn.Module):
@@ -209,6 +220,35 @@ class UNet(nn.Module):
         for name, module in self.named_modules():
             if isinstance(module, CrossAttention):
                 module.name = name
+
+    @contextmanager
+    def fixed_contexts(self) -> Iterator[None]:
+        """Compute each cross-attention's K/V once per context inside the block, not once per sampling step.
+
+        K/V read only the 77-token context (and an expert delta, which reads only the context too), and on the
+        8x8 world latents they are most of a UNet call, so sampling runs several times faster with identical
+        numbers. Only under no_grad, for contexts and deltas that stay unchanged inside the block.
+        """
+        layers = [m for m in self.modules() if isinstance(m, CrossAttention)]
+        for layer in layers:
+            layer.kv_cache = {}
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.kv_cache = None
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> UNet:
+        """A UNet shaped like the weights (`diffusion_model.` keys stripped), read from the tensor shapes as
+        ComfyUI's model detection does, so world checkpoints of either width load."""
+        model_channels = state["input_blocks.0.0.weight"].shape[0]
+        widths = [state[f"input_blocks.{i}.0.out_layers.3.weight"].shape[0] for i in range(1, 64)
+                  if f"input_blocks.{i}.0.out_layers.3.weight" in state]
+        mult = tuple(w // model_channels for w in widths[::2])  # num_res_blocks = 2 per level
+        unet = cls(model_channels=model_channels, channel_mult=mult)
+        unet.load_state_dict(state)
+        return unet
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 delta: Delta | None = None, regional: Regional | None = None) -> torch.Tensor:

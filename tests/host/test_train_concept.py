@@ -116,7 +116,8 @@ def test_pruning_thresholds(tiny, after_dog):
     all_pruned = train(tiny, dog_bank, "cat", "<cat1>", "cat", pictures(2), steps=5, prune_threshold=1.0)
     none_pruned = train(tiny, dog_bank, "cat", "<cat1>", "cat", pictures(2), steps=5, prune_threshold=0.0)
     assert all_pruned[0].concept_by_name("cat").kept == () and "removed 32 of 32" in all_pruned[2]
-    assert len(none_pruned[0].concept_by_name("cat").kept) == 32
+    assert "warning: pruning removed 100% of the new expert" in all_pruned[2], "the user is told and given a τ"
+    assert len(none_pruned[0].concept_by_name("cat").kept) == 32 and "warning" not in none_pruned[2]
     assert all_pruned[0].expert_bytes() == dog_bank.expert_bytes()
 
 

@@ -36,9 +36,9 @@ def test_quick_pretraining_loads_through_checkpoint_loader_simple(host, tmp_path
         ours = text([prompt])
     assert torch.allclose(encode(clip, prompt)[0][0].float(), ours, atol=1e-2)
 
-    unet = UNet()
-    unet.load_state_dict({k[len("model.diffusion_model."):]: v for k, v in saved.items()
-                          if k.startswith("model.diffusion_model.")})
+    unet = UNet.from_state_dict({k[len("model.diffusion_model."):]: v for k, v in saved.items()
+                                 if k.startswith("model.diffusion_model.")})
+    assert unet.model_channels == 64, "the pretraining script builds the 64-channel world"
     x, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500.0])
     with torch.no_grad():
         theirs = model.model.diffusion_model(x.to(model.model.get_dtype()), t, context=ours.to(model.model.get_dtype()))

@@ -43,3 +43,19 @@ def test_reprune_whole_bank_reports_each_concept(bank):
     assert "removed 6 of 6" in reports[0].summary()
     with pytest.raises(core.InvalidInputError, match=r"\[0, 1\]"):
         core.prune_task(bank, task=1, threshold=1.5)
+
+
+def test_overpruning_warns_with_a_threshold_that_keeps_half_the_expert(bank):
+    _, report = core.prune_task(bank, task=2, threshold=1.0)
+    advice = report.advice()
+    assert advice is not None and "removed 100%" in advice and "steps" in advice
+    suggested = report.suggested_threshold()
+    assert f"prune_threshold to {suggested:g}" in advice
+    _, again = core.prune_task(bank, task=2, threshold=suggested)
+    assert len(again.kept) >= len(report.removed) / 2, "the suggested τ must keep at least half the slots"
+    assert again.advice() is None
+
+
+def test_light_pruning_gives_no_warning(bank):
+    _, report = core.prune_task(bank, task=2, threshold=0.0)
+    assert report.removed_share() == 0.0 and report.advice() is None
