@@ -8,7 +8,7 @@ PORT ?= 8188
 CKPT ?=
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: env test test-unit test-host test-e2e lint demo serve bench bench-lifelong bench-lifelong-quick clean
+.PHONY: env test test-unit test-host test-bench test-e2e lint demo serve bench bench-lifelong bench-lifelong-quick clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +33,13 @@ test-host: env
 test-e2e: env
 	$(VENV)/bin/pytest -q tests/e2e
 
-# Every tier, in order: plain-PyTorch core, in-process ComfyUI, real server over HTTP.
+# The benchmark world and the benchmark scripts' quick modes (bench/ is never imported by the pack).
+test-bench: env
+	$(VENV)/bin/pytest -q tests/bench
+
+# Every tier, in order: plain-PyTorch core, in-process ComfyUI, real server over HTTP, benchmark world.
 test: lint
-	$(VENV)/bin/pytest -q tests/unit tests/host tests/e2e
+	$(VENV)/bin/pytest -q tests/unit tests/host tests/e2e tests/bench
 
 demo: env
 	$(PY) scripts/demo.py $(if $(CKPT),--ckpt "$(CKPT)") $(if $(IMAGES),--images "$(IMAGES)") $(if $(STEPS),--steps $(STEPS))

@@ -6,7 +6,6 @@ Exported through ComfyUI's V3 `comfy_entrypoint`; this module deliberately defin
 
 from __future__ import annotations
 
-import os
 import sys
 
 from .r2moe_core.log import LOGGER
@@ -23,15 +22,10 @@ except ImportError:
 
 if ComfyExtension is not None:
     from .nodes import ALL_NODES
-    from .nodes.host import register_model_folder, register_sam_folder
+    from .nodes.model_folders import register_model_folder, register_sam_folder
 
     register_model_folder()
     register_sam_folder()
-    if os.environ.get("R2MOE_TINY_MODELS") == "1":
-        from .nodes import tiny_models
-
-        tiny_models.register()
-        LOGGER.info("R2MoE: tiny SD1.5-layout test models enabled (R2MOE_TINY_MODELS=1)")
 
     class R2MoEExtension(ComfyExtension):
         async def get_node_list(self) -> list[type[io.ComfyNode]]:

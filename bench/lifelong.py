@@ -38,7 +38,7 @@ from world.plots import grid_image, line_plot
 from world.protocol import ConceptData, EvalSettings, MethodRun, World, run_method
 from world.vocab import SIZE
 
-from r2moe_core.concept_data import load_concept_folder, make_captions, square_resize
+from r2moe_core.train.concept_photos import load_concept_folder, make_captions, square_resize
 
 LOG = logging.getLogger("r2moe.bench.lifelong")
 HERE = Path(__file__).resolve().parent

@@ -28,13 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from world.sampler import LATENT_SCALE
+from world.sampler import LATENT_SCALE, ddpm_sigmas
 from world.scenes import caption, random_scene, render
 from world.text import TEXT_INITS, TextEncoder, random_text_encoder
 from world.unet import UNet
 from world.vae import WorldVAE
-
-from r2moe_core.training import ddpm_sigmas
 
 LOG = logging.getLogger("r2moe.bench.pretrain")
 # 64 channels at the first level, not 32: ComfyUI's UNet ends in GroupNorm(32 groups), and with one channel per

@@ -2,7 +2,7 @@
 
 Variants: an applied bank with 1 and with 20 concepts (`R2MoEApplyBank`, goal <= 1.03x), and the regional patch
 (`R2MoERegionalApply`) with 2 and 3 regions, boxes side by side, each region one concept of a 3-concept bank
-(goal: at most 1 + 0.12 per region, i.e. <= 1.24x and <= 1.36x; issue 5). Same seed, steps, cfg and sampler for
+(goal: at most 1 + 0.12 per region, i.e. <= 1.24x and <= 1.36x). Same seed, steps, cfg and sampler for
 all of them.
 
 Runs ComfyUI in process, on the tiny SD1.5-layout model and on a full-size SD1.5-shaped UNet with random weights
@@ -35,7 +35,7 @@ from r2moe_testkit.banks import add_random_concept  # noqa: E402
 
 LOG = logging.getLogger("r2moe.bench")
 BANK_GOAL = 1.03  # an applied bank: within noise of the stock sampler
-REGION_GOAL = 0.12  # regional patch: at most 1 + 0.12 per region (issue 5)
+REGION_GOAL = 0.12  # regional patch: at most 1 + 0.12 per region
 REGION_COUNTS = (2, 3)
 SIZE = 256
 
@@ -65,7 +65,7 @@ def full_size_model(host, gpu: bool):
     config = comfy.supported_models.SD15(unet)
     config.set_inference_dtype(torch.float16 if gpu else torch.float32, None)
     base = config.get_model({}, "", device=torch.device("cpu"))
-    host.tiny_models._init_random(base.diffusion_model, torch.Generator().manual_seed(0))
+    host.tiny_models.init_random(base.diffusion_model, torch.Generator().manual_seed(0))
     return comfy.model_patcher.ModelPatcher(
         base,
         load_device=comfy.model_management.get_torch_device(),

@@ -3,7 +3,7 @@
 from .bank_nodes import BANK_NODES
 from .hierarchical import HIERARCHICAL_NODES
 from .layout_nodes import LAYOUT_NODES
-from .regional import REGIONAL_NODES
+from .regional_nodes import REGIONAL_NODES
 from .sam_nodes import SAM_NODES
 from .train_nodes import TRAIN_NODES
 

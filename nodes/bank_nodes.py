@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 from comfy_api.latest import io, ui
 
-from ..r2moe_core.bank import ExpertBank
-from ..r2moe_core.bank_io import load_bank, save_bank
-from ..r2moe_core.config import BankConfig
+from ..r2moe_core.bank.bank_file import load_bank, save_bank
+from ..r2moe_core.bank.compatibility import bank_file_name
+from ..r2moe_core.bank.config import BankConfig
+from ..r2moe_core.bank.expert_bank import ExpertBank
+from ..r2moe_core.bank.report import bank_report, expert_map
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
-from ..r2moe_core.pruning import prune_bank
-from ..r2moe_core.summary import bank_report, expert_map
-from .clip_tokens import clip_with_concepts
-from .host import bank_dir, bank_files, bank_path, check_bank_fits, model_fingerprint, token_dim
-from .patch import install_bank
+from ..r2moe_core.moe.pruning import prune_bank
+from .bank_patch import apply_bank
+from .model_folders import bank_dir, bank_files, bank_path
+from .model_inspection import model_fingerprint
 from .types import Bank
 
 CATEGORY = "R2MoE"
-_SAFE_NAME = re.compile(r"^[\w\-. ]+$")
 
 
 class R2MoENewBank(io.ComfyNode):
@@ -103,12 +102,7 @@ class R2MoESaveBank(io.ComfyNode):
 
     @classmethod
     def execute(cls, bank, name) -> io.NodeOutput:
-        name = name.strip().removesuffix(".safetensors")
-        if not name or not _SAFE_NAME.match(name) or name.startswith("."):
-            raise InvalidInputError(
-                f"Bank name '{name}' is not a plain file name; use letters, digits, spaces, '-', '_' or '.'."
-            )
-        path = str(save_bank(bank, os.path.join(bank_dir(), name + ".safetensors")))
+        path = str(save_bank(bank, os.path.join(bank_dir(), bank_file_name(name))))
         LOGGER.info("R2MoE: saved bank with %d concept(s) to %s", len(bank.concepts), path)
         return io.NodeOutput(path, ui=ui.PreviewText(f"saved {path}"))
 
@@ -142,16 +136,7 @@ class R2MoEApplyBank(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, bank, strength, allow_other_weights=False) -> io.NodeOutput:
-        for warning in check_bank_fits(bank, model, allow_other_weights):
-            LOGGER.warning("R2MoE: %s", warning)
-        width = token_dim(clip)
-        if bank.concepts and width != bank.token_dim:
-            raise InvalidInputError(
-                f"The CLIP input has {width}-wide token embeddings, the bank's concepts {bank.token_dim}; connect "
-                "the CLIP of the checkpoint the bank was made for."
-            )
-        patched_model, _ = install_bank(model, bank, strength)
-        return io.NodeOutput(patched_model, clip_with_concepts(clip, bank))
+        return io.NodeOutput(*apply_bank(model, clip, bank, strength, allow_other_weights))
 
 
 class R2MoEBankInfo(io.ComfyNode):

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from ..r2moe_core.bank import ExpertBank
+from ..r2moe_core.bank.expert_bank import ExpertBank
+from ..r2moe_core.bank.trigger_tokens import RESERVED_PREFIX, embedding_name, lookup_embedding, substitute_triggers
 from ..r2moe_core.log import LOGGER
-from ..r2moe_core.tokens import RESERVED_PREFIX, embedding_name, lookup_embedding, substitute_triggers
 
 
 def _inner_tokenizers(tokenizer: Any) -> list[tuple[str, Any]]:
@@ -27,7 +27,7 @@ def _inner_tokenizers(tokenizer: Any) -> list[tuple[str, Any]]:
     return found
 
 
-def _with_bank_lookup(inner: Any, embeddings: dict[str, torch.Tensor]) -> Any:
+def with_bank_lookup(inner: Any, embeddings: dict[str, torch.Tensor]) -> Any:
     """A copy of one SDTokenizer whose embedding lookup answers the bank's reserved names first."""
     clone = copy.copy(inner)
     if clone.embedding_directory is None:  # the host only looks up embeddings when it has a directory
@@ -63,7 +63,7 @@ class ConceptTokenizer:
         if self.embeddings and not inner:
             LOGGER.warning("R2MoE: this CLIP's tokenizer has no embedding support; trigger tokens stay plain text.")
         for attr, value in inner:
-            setattr(self._patched, attr, _with_bank_lookup(value, by_name))
+            setattr(self._patched, attr, with_bank_lookup(value, by_name))
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs: Any) -> Any:
         text, _found = substitute_triggers(text, list(self.embeddings))

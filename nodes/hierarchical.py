@@ -1,4 +1,4 @@
-"""R2MoEHierarchicalSampler: HLAG in one node (method.md §6): box masks until step T, SAM masks after.
+"""R2MoEHierarchicalSampler: two-stage regional sampling in one node: box masks until step T, SAM masks after.
 
 It is exactly this graph of stock nodes, so either form gives the same latent for the same seed:
 
@@ -22,10 +22,10 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
+from ..r2moe_core.compose.layout import box_masks
+from ..r2moe_core.compose.mask_refinement import RefineOptions
 from ..r2moe_core.errors import InvalidInputError
-from ..r2moe_core.layout import box_masks
-from ..r2moe_core.sam_masks import RefineOptions
-from .regional import apply_regions, prepare_regions
+from .regional_patch import apply_regions, prepare_regions
 from .sam_nodes import refine_inputs, refine_with_sam
 from .types import Bank, Layout, Sam
 

@@ -6,25 +6,21 @@ of an environment variable and reads the key from there.
 
 from __future__ import annotations
 
-import os
-import re
-
 import numpy as np
 import torch
 from comfy_api.latest import io
 
+from ..r2moe_core.compose.layout import CANVAS_MULTIPLE, MAX_CANVAS, layout_from_json, layout_to_json, validate_layout
+from ..r2moe_core.compose.layout_preview import draw_layout, layout_masks
+from ..r2moe_core.compose.llm_planner import LLMPlanner, check_key_env_name
+from ..r2moe_core.compose.rule_planner import RuleBasedPlanner
 from ..r2moe_core.errors import InvalidInputError
-from ..r2moe_core.layout import CANVAS_MULTIPLE, MAX_CANVAS, layout_from_json, layout_to_json, validate_layout
-from ..r2moe_core.layout_preview import draw_layout, layout_masks
-from ..r2moe_core.planner_llm import LLMPlanner
-from ..r2moe_core.planners import RuleBasedPlanner
-from .host import planner_cache_dir
+from .model_folders import planner_cache_dir
 from .types import Bank, Layout
 
 CATEGORY = "R2MoE/regional"
 PLANNERS = ("rule-based", "llm")
 DEFAULT_BASE_URL = "http://127.0.0.1:11434/v1"  # Ollama's OpenAI-compatible endpoint
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _EXAMPLE = """{
   "version": 1, "width": 512, "height": 512, "background": "a beach at sunset",
   "regions": [
@@ -32,21 +28,6 @@ _EXAMPLE = """{
     {"prompt": "a <cat1> cat", "box": [0.52, 0.1, 0.96, 0.95]}
   ]
 }"""
-
-
-def check_key_env_name(name: str) -> str:
-    """The variable name, or an error that never repeats the value (it may be a pasted key)."""
-    name = name.strip()
-    if not name:
-        return name  # no key: fine for local servers
-    looks_like_name = _ENV_NAME.match(name) and (name.upper() == name or name in os.environ)
-    if not looks_like_name:
-        raise InvalidInputError(
-            "api_key_env must be the NAME of an environment variable that holds the key (e.g. OPENAI_API_KEY), "
-            "not the key itself: widget values are saved into the workflow file. Clear the field, set the variable "
-            "before starting ComfyUI, and enter its name here (empty for servers that need no key)."
-        )
-    return name
 
 
 class R2MoELayoutPlanner(io.ComfyNode):

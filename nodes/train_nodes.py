@@ -8,12 +8,14 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from ..r2moe_core.concept_data import load_concept_folder, make_captions, square_resize
+from ..r2moe_core.bank.report import short_layer_name
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
-from ..r2moe_core.summary import loss_curve, short_layer_name
-from ..r2moe_core.training import OPTIMIZERS, TrainSettings
-from .host import check_bank_fits, token_dim
+from ..r2moe_core.train.concept_photos import load_concept_folder, make_captions, square_resize
+from ..r2moe_core.train.loss_plot import loss_curve
+from ..r2moe_core.train.request import DEFAULT_CAPTION_TEMPLATE, ConceptRequest
+from ..r2moe_core.train.trainer import OPTIMIZERS
+from .model_inspection import check_bank_serves
 from .training_host import train_concept
 from .types import Bank
 
@@ -85,7 +87,7 @@ class R2MoETrainConcept(io.ComfyNode):
                     tooltip="Or a folder of photos, with an optional caption.txt (one caption per image, sorted).",
                 ),
                 io.String.Input(
-                    "caption_template", default="photo of a {token} {class}", optional=True,
+                    "caption_template", default=DEFAULT_CAPTION_TEMPLATE, optional=True,
                     tooltip="Caption used without caption.txt; {token} and {class} are filled in.",
                 ),
                 io.Int.Input("steps", default=800, min=1, max=100000, tooltip="Optimizer steps (reference: 800)."),
@@ -128,52 +130,33 @@ class R2MoETrainConcept(io.ComfyNode):
         )
 
     @classmethod
-    def execute(
-        cls, model, clip, vae, bank, concept_name, trigger_token, class_word, steps, batch_size, resolution,
-        lr_experts, lr_router, lr_token, distill_lambda, distill_mode, prune_threshold, seed, optimizer,
-        images=None, folder="", caption_template="photo of a {token} {class}", replace_existing=False,
-        preview_every=50, new_expert_margin=0.0, gradient_checkpointing=True,
-    ) -> io.NodeOutput:
-        name, token, class_word = concept_name.strip(), trigger_token.strip(), class_word.strip()
-        existing = bank.concept_by_name(name)
-        if existing is not None and not replace_existing:
-            raise InvalidInputError(
-                f"The bank already knows a concept named '{name}'. Pick another name, or enable replace_existing."
-            )
-        owner = bank.concept_by_token(token)
-        if owner is not None and owner.name != name:
-            raise InvalidInputError(f"Trigger token '{token}' already belongs to '{owner.name}'; choose a new one.")
-        check_bank_fits(bank, model)
-        if token_dim(clip) != bank.token_dim:
-            raise InvalidInputError("This CLIP does not match the bank's text encoder width; use the SD1.x CLIP.")
-        frames, given = _images(images, folder or "", resolution)
-        captions = make_captions(len(frames), token, class_word, caption_template or "photo of a {token} {class}",
-                                 given)
+    def execute(cls, model, clip, vae, bank, images=None, **options) -> io.NodeOutput:
+        request = ConceptRequest.from_options(options)
+        bank.check_new_concept(request.name, request.token, request.replace_existing)
+        check_bank_serves(bank, model, clip, new_concept=True)
+        frames, given = _images(images, request.folder, request.resolution)
+        captions = make_captions(len(frames), request.token, request.class_word, request.caption_template, given)
         pixels = torch.stack(frames)
         latents = model.model.process_latent_in(vae.encode(pixels)).float()
-        settings = TrainSettings(
-            steps=steps, batch_size=batch_size, lr_experts=lr_experts, lr_router=lr_router, lr_token=lr_token,
-            distill_lambda=distill_lambda, distill_mode=distill_mode, optimizer=optimizer, seed=seed,
-            new_expert_margin=new_expert_margin,
-        )
+        steps = request.settings.steps
         bar = comfy.utils.ProgressBar(steps)
 
         def on_step(step: int, loss: float, losses: list[float]) -> None:
             if not math.isfinite(loss):
                 return
             preview = None
-            if preview_every and (step % preview_every == 0 or step == steps):
+            if request.preview_every and (step % request.preview_every == 0 or step == steps):
                 from PIL import Image
 
                 curve = (loss_curve(losses) * 255).astype("uint8")
                 preview = ("JPEG", Image.fromarray(curve), 512)
-                LOGGER.info("R2MoE training '%s': step %d/%d, loss %.4f", name, step, steps, loss)
+                LOGGER.info("R2MoE training '%s': step %d/%d, loss %.4f", request.name, step, steps, loss)
             bar.update_absolute(step, steps, preview)
 
-        work_bank = bank.without_concept(name) if existing is not None else bank
-        outcome = train_concept(model, clip, work_bank, latents, captions, name, token, class_word, settings,
-                                prune_threshold, on_step, checkpointing=gradient_checkpointing)
-        report = _report(outcome, name, token, steps)
+        existing = bank.concept_by_name(request.name)
+        work_bank = bank.without_concept(request.name) if existing is not None else bank
+        outcome = train_concept(model, clip, work_bank, latents, captions, request, on_step)
+        report = _report(outcome, request.name, request.token, steps)
         curve = torch.from_numpy(loss_curve(outcome.losses))[None]
         return io.NodeOutput(outcome.bank, curve, report, ui=ui.PreviewText(report))
 

@@ -1,4 +1,4 @@
-"""Running the core training loop on a ComfyUI MODEL/CLIP/VAE (host-notes §3).
+"""Running the core training loop on a ComfyUI MODEL/CLIP/VAE.
 
 Traps handled here: the executor runs every node under torch.inference_mode() and builds models there, so their
 weights are inference tensors that autograd cannot save; we train under inference_mode(False) on clones whose
@@ -19,14 +19,15 @@ import comfy.model_management
 import comfy.patcher_extension
 import torch
 
-from ..r2moe_core.bank import ExpertBank
+from ..r2moe_core.bank.expert_bank import ExpertBank
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
-from ..r2moe_core.pruning import PruneReport, prune_task
-from ..r2moe_core.routing import gate_input
-from ..r2moe_core.training import ExpertTrainer, TrainingRuntime, TrainSettings, training_step
+from ..r2moe_core.moe.pruning import PruneReport, prune_task
+from ..r2moe_core.moe.routing import gate_input
+from ..r2moe_core.train.request import ConceptRequest
+from ..r2moe_core.train.trainer import ExpertTrainer, TrainingRuntime, training_step
+from .bank_patch import install_runtime
 from .clip_tokens import ConceptTokenizer
-from .patch import install_runtime
 
 
 def _clone_tensor(weight: torch.Tensor) -> torch.Tensor:
@@ -38,7 +39,7 @@ def gradient_checkpointing(unet: torch.nn.Module, enabled: bool = True) -> Itera
     """Recompute ResBlocks and SpatialTransformers in the backward pass instead of keeping their activations.
 
     Each call gets its own shallow copy of transformer_options: the UNet mutates that dict as it goes (block,
-    block_index), and a recomputation reading the mutated one would run another layer's patch (host-notes §3.2).
+    block_index), and a recomputation reading the mutated one would run another layer's patch.
     The forwards are instance attributes on the shared modules only for the duration of training.
     """
     from comfy.ldm.modules.attention import SpatialTransformer
@@ -133,16 +134,13 @@ def train_concept(
     bank: ExpertBank,
     latents: torch.Tensor,
     captions: Sequence[str],
-    name: str,
-    token: str,
-    class_word: str,
-    settings: TrainSettings,
-    prune_threshold: float,
+    request: ConceptRequest,
     on_step: Callable[[int, float, list[float]], None] | None = None,
-    checkpointing: bool = True,
 ) -> TrainOutcome:
     """Learn one concept; the input bank, model and CLIP are left untouched whatever happens."""
     started = time.perf_counter()
+    name, token, class_word, settings = request.name, request.token, request.class_word, request.settings
+    checkpointing, prune_threshold = request.gradient_checkpointing, request.prune_threshold
     with torch.inference_mode(False):  # parameters made under the executor's inference mode cannot train
         trainer = ExpertTrainer(bank, class_word_embedding(clip, class_word), settings)
     unet = install_runtime(trainable_view(model), TrainingRuntime(trainer), bank.layers)

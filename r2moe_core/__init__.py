@@ -1,16 +1,33 @@
 """R2MoE core: plain PyTorch, no ComfyUI imports, usable from any script.
 
-Expert bank model and file format, MoE routing and expert math, model fingerprints, trigger-token handling.
+Four stages, one subpackage each; a stage imports only the stages listed before it (and `errors`, `log`,
+`version`), so there are no import cycles:
+
+- `bank`: what is kept between concepts. The bank model (concepts, per-projection experts, config), the
+  cross-attention layers it adapts, the model fingerprint, the file format with atomic writes, the
+  compatibility checks run before a bank is used, trigger tokens in prompt text, LoRA export, the text and
+  picture report.
+- `moe`: the mixture at sampling time. Routing (gate scores, top-k, selective activation), the per-run cache
+  of expert deltas, layer-wise pruning.
+- `train`: learning one concept. The trainer and its settings, the request a node builds from its widgets,
+  concept photo loading, the loss-curve plot.
+- `compose`: several concepts in one image. Layouts, the rule and LLM planners, regional attention, SAM
+  loading and mask refinement, the layout preview.
+
+The names below are the stable import surface (`from r2moe_core import ExpertBank`).
 """
 
-from .bank import FORMAT_VERSION, Concept, ExpertBank, ProjectionExperts
-from .bank_io import bank_from_bytes, bank_to_bytes, load_bank, save_bank
-from .config import BankConfig
-from .errors import BankFormatError, BankMismatchError, InvalidInputError, R2MoEError
-from .experts import LoraExpert, StackedExperts, expert_delta
-from .fingerprint import ModelFingerprint, compute_fingerprint, fingerprint_differences
-from .layers import PROJECTIONS, LayerSpec, block_key
-from .layout import (
+from .bank.attention_targets import PROJECTIONS, LayerSpec, block_key
+from .bank.bank_file import bank_from_bytes, bank_to_bytes, load_bank, save_bank
+from .bank.compatibility import bank_file_name, check_bank_fits, check_token_width
+from .bank.config import BankConfig
+from .bank.expert_bank import FORMAT_VERSION, Concept, ExpertBank, ProjectionExperts
+from .bank.experts import AUX_EXPERT, LoraExpert, StackedExperts, expert_delta
+from .bank.fingerprint import ModelFingerprint, compute_fingerprint, fingerprint_differences
+from .bank.lora_export import expert_as_lora
+from .bank.report import bank_report, expert_map
+from .bank.trigger_tokens import embedding_name, substitute_triggers, trigger_pattern
+from .compose.layout import (
     LAYOUT_VERSION,
     Layout,
     Region,
@@ -21,13 +38,15 @@ from .layout import (
     layout_to_json,
     validate_layout,
 )
+from .compose.llm_planner import LLMPlanner, check_key_env_name
+from .compose.planner import Planner
+from .compose.regional_attention import RegionalRuntime, RegionMasks, blend_regions, token_grid
+from .compose.rule_planner import RuleBasedPlanner
+from .errors import BankFormatError, BankMismatchError, InvalidInputError, R2MoEError
 from .log import LOGGER
-from .lora_export import expert_as_lora
-from .planner_llm import LLMPlanner
-from .planners import Planner, RuleBasedPlanner
-from .pruning import PruneReport, new_expert_coefficients, prune_bank, prune_task
-from .regional import RegionalRuntime, RegionMasks, blend_regions, token_grid
-from .routing import (
+from .moe.delta_cache import BankRuntime
+from .moe.pruning import PruneReport, new_expert_coefficients, prune_bank, prune_task
+from .moe.routing import (
     gate_input,
     gate_scores,
     inference_coefficients,
@@ -35,9 +54,14 @@ from .routing import (
     select_experts,
     training_coefficients,
 )
+from .train.concept_photos import load_concept_folder, make_captions, square_resize
+from .train.loss_plot import loss_curve
+from .train.request import ConceptRequest
+from .train.trainer import ExpertTrainer, TrainSettings, training_step
 from .version import __version__
 
 __all__ = [
+    "AUX_EXPERT",
     "FORMAT_VERSION",
     "LAYOUT_VERSION",
     "LOGGER",
@@ -45,8 +69,11 @@ __all__ = [
     "BankConfig",
     "BankFormatError",
     "BankMismatchError",
+    "BankRuntime",
     "Concept",
+    "ConceptRequest",
     "ExpertBank",
+    "ExpertTrainer",
     "InvalidInputError",
     "LLMPlanner",
     "LayerSpec",
@@ -62,15 +89,23 @@ __all__ = [
     "RegionalRuntime",
     "RuleBasedPlanner",
     "StackedExperts",
+    "TrainSettings",
     "__version__",
+    "bank_file_name",
     "bank_from_bytes",
+    "bank_report",
     "bank_to_bytes",
     "blend_regions",
     "block_key",
     "box_masks",
+    "check_bank_fits",
+    "check_key_env_name",
+    "check_token_width",
     "compute_fingerprint",
+    "embedding_name",
     "expert_as_lora",
     "expert_delta",
+    "expert_map",
     "find_tokens",
     "fingerprint_differences",
     "gate_input",
@@ -80,13 +115,20 @@ __all__ = [
     "layout_to_dict",
     "layout_to_json",
     "load_bank",
+    "load_concept_folder",
+    "loss_curve",
+    "make_captions",
     "mixture_coefficients",
     "new_expert_coefficients",
     "prune_bank",
     "prune_task",
     "save_bank",
     "select_experts",
+    "square_resize",
+    "substitute_triggers",
     "token_grid",
     "training_coefficients",
+    "training_step",
+    "trigger_pattern",
     "validate_layout",
 ]

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
-from comfy_server import tiny_checkpoint_current, tiny_tag
+from comfy_server import DEV_MODELS, TINY_BUILDER, tiny_checkpoint_current, tiny_tag
 
 REPO = Path(__file__).resolve().parent.parent
 HOST_ROOT = REPO / ".host" / "ComfyUI"
@@ -29,12 +30,27 @@ def require_host() -> Path:
     return HOST_ROOT
 
 
+def link_dev_nodes(custom_nodes: Path) -> None:
+    """The pack as a user installs it (custom_nodes/r2moe) and, beside it, the development-only model node."""
+    for name, target in (("r2moe", REPO), ("r2moe_dev_models", DEV_MODELS)):
+        link = custom_nodes / name
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+
+
+def load_tiny_models() -> ModuleType:
+    """The tiny-model builder as a plain module (the custom node loads its own copy under ComfyUI's name)."""
+    spec = importlib.util.spec_from_file_location("r2moe_tiny_models", TINY_BUILDER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_base_dir(base: Path, checkpoint: Path | None = None) -> Path:
     """A ComfyUI base directory with only this pack in custom_nodes and the given checkpoint linked in."""
     (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
-    link = base / "custom_nodes" / "r2moe"
-    if not link.exists():
-        link.symlink_to(REPO, target_is_directory=True)
+    link_dev_nodes(base / "custom_nodes")
     for folder in ("checkpoints", "r2moe", "sams", "loras", "embeddings"):
         (base / "models" / folder).mkdir(parents=True, exist_ok=True)
     for folder in ("input", "output", "temp", "user"):
@@ -95,9 +111,10 @@ def boot(base_dir: Path, gpu: bool = False) -> SimpleNamespace:
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     pack = _find_pack()
+    tiny_models = load_tiny_models()
     checkpoint = CACHE / TINY_CKPT_NAME
     if not tiny_checkpoint_current(checkpoint):
-        sys.modules[pack.__name__ + ".nodes.tiny_models"].write_tiny_checkpoint(str(checkpoint), seed=0, tag=tiny_tag())
+        tiny_models.write_tiny_checkpoint(str(checkpoint), seed=0, tag=tiny_tag())
     make_base_dir(base_dir, checkpoint)
     import folder_paths
 
@@ -107,7 +124,7 @@ def boot(base_dir: Path, gpu: bool = False) -> SimpleNamespace:
         execution=execution,
         pack=pack,
         core=sys.modules[pack.__name__ + ".r2moe_core"],
-        tiny_models=sys.modules[pack.__name__ + ".nodes.tiny_models"],
+        tiny_models=tiny_models,
         base_dir=base_dir,
         checkpoint=checkpoint,
     )

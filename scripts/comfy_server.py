@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 HOST_ROOT = REPO / ".host" / "ComfyUI"
 
 
-TINY_BUILDER = REPO / "nodes" / "tiny_models.py"
+DEV_MODELS = REPO / "scripts" / "dev_models"  # development custom node: the tiny and world checkpoints
+TINY_BUILDER = DEV_MODELS / "tiny_models.py"
 
 
 def tiny_tag() -> str:

@@ -53,10 +53,11 @@ def install(dest: Path) -> Path:
         if root.exists():
             shutil.rmtree(root)
         shutil.move(str(tree), root)
-    link = root / "custom_nodes" / "r2moe"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    os.symlink(REPO, link, target_is_directory=True)
+    for name, target in (("r2moe", REPO), ("r2moe_dev_models", REPO / "scripts" / "dev_models")):
+        link = root / "custom_nodes" / name  # the pack, and beside it the development-only model node
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(target, link, target_is_directory=True)
     for folder in ("checkpoints", "r2moe", "sams"):
         (root / "models" / folder).mkdir(parents=True, exist_ok=True)
     LOG.info("ComfyUI 0.3.75 installed at %s with the pack linked as custom_nodes/r2moe", root)

@@ -27,7 +27,8 @@ def main() -> None:
     from comfy.cli_args import args
 
     args.cpu = True
-    spec = importlib.util.spec_from_file_location("r2moe_tiny_models", REPO / "nodes" / "tiny_models.py")
+    builder = REPO / "scripts" / "dev_models" / "tiny_models.py"
+    spec = importlib.util.spec_from_file_location("r2moe_tiny_models", builder)
     tiny = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tiny)
     path = tiny.write_tiny_checkpoint(str(opts.out), seed=opts.seed, tag=opts.tag)

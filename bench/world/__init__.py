@@ -1,7 +1,8 @@
-"""A tiny procedural text-to-image world for the offline lifelong-learning benchmark (issue 4).
+"""A tiny procedural text-to-image world for the offline lifelong-learning benchmark.
 
-Plain Python/NumPy/PIL: scenes of shapes with colours, textures, positions and counts on named backgrounds,
-their captions, and concepts (new shapes the base world never shows) defined by JSON generator parameters.
+Scenes of shapes with colours, textures, positions and counts on named backgrounds and their captions, drawn
+with NumPy/PIL; concepts (new shapes the base world never shows) defined by JSON generator parameters; and, in
+PyTorch, the world's text encoder, VAE and UNet in ComfyUI's SD1.x layout, its sampler and its evaluators.
 """
 
 from .concepts import ConceptSpec, concept_images, load_concepts

@@ -17,7 +17,7 @@ SHIPPED = Path(__file__).resolve().parent / "weights" / "world_sd15.safetensors"
 TEXT_PREFIX = "cond_stage_model.transformer."
 
 
-def _text_recipe(path: Path) -> tuple[int, int] | None:
+def text_recipe(path: Path) -> tuple[int, int] | None:
     """(seed, init) of the text encoder a checkpoint was trained with; checkpoints without an init key are v1."""
     with safe_open(str(path), "pt") as handle:
         meta = handle.metadata() or {}
@@ -31,7 +31,7 @@ def full_state(path: Path = SHIPPED) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"world checkpoint {path} not found; `python bench/pretrain_world.py` writes it.")
     state = load_file(str(path))
-    recipe = _text_recipe(path)
+    recipe = text_recipe(path)
     if recipe is not None and not any(k.startswith("cond_stage_model.") for k in state):
         text = random_text_encoder(*recipe)
         state |= {TEXT_PREFIX + k: v.to(torch.float16).contiguous() for k, v in text.state_dict().items()}

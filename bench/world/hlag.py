@@ -1,11 +1,12 @@
-"""Regional (HLAG, method.md §6) sampling on the world UNet, reusing the pack's own regional code.
+"""Regional (HLAG: hierarchical layout-aware generation) sampling on the world UNet, with the pack's own code.
 
 The blend, the per-grid masks and the region K/V with their expert mixtures come from
-`r2moe_core.regional.RegionalRuntime`, the object the ComfyUI patch drives; this module only plays the host: it
-hands the UNet's `regional` hook the conditional rows (one runtime per batch row, since every row has its own
-layout); `sampler.euler_cfg` samples and can switch masks at a step from the decoded x0
+`r2moe_core.compose.regional_attention.RegionalRuntime`, the object the ComfyUI patch drives; this module only
+plays the host: it hands the UNet's `regional` hook the conditional rows (one runtime per batch row, since every
+row has its own layout); `sampler.euler_cfg` samples and can switch masks at a step from the decoded x0
 estimate (the SAM step). No SAM weights exist offline, so the switch uses `colour_segmenter`, a deterministic
-stand-in, through `r2moe_core.sam_masks.refine_masks` (the pack's rule for empty masks, dilation and clipping).
+stand-in, through `r2moe_core.compose.mask_refinement.refine_masks` (the pack's rule for empty masks, dilation
+and clipping).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from r2moe_core.layers import LayerSpec
-from r2moe_core.regional import RegionalRuntime
-from r2moe_core.sam_masks import PixelBox, Segment
+from r2moe_core.bank.attention_targets import LayerSpec
+from r2moe_core.compose.mask_refinement import PixelBox, Segment
+from r2moe_core.compose.regional_attention import RegionalRuntime
 
 from .unet import Attention
 

@@ -17,8 +17,9 @@ import torch
 from safetensors.torch import save as st_save
 
 import r2moe_core as core
-from r2moe_core.runtime import BankRuntime
-from r2moe_core.training import ExpertTrainer, TrainSettings
+from r2moe_core.bank.bank_file import bank_to_tensors
+from r2moe_core.moe.delta_cache import BankRuntime
+from r2moe_core.train.trainer import ExpertTrainer, TrainSettings
 
 from .unet import CrossAttention, Delta, UNet
 
@@ -226,7 +227,7 @@ class R2MoEMethod(Method):
         return lambda name, ctx: runtime.delta(entry, name)
 
     def stored(self) -> dict[str, torch.Tensor]:
-        tensors, _ = core.bank_io.bank_to_tensors(self.bank)
+        tensors, _ = bank_to_tensors(self.bank)
         return {k: v for k, v in tensors.items() if not k.startswith("fingerprint.")}
 
     def bytes_added(self) -> int:

@@ -1,4 +1,4 @@
-"""Multi-concept track (issue 5): several learned concepts in one image, with and without regional attention.
+"""Multi-concept track: several learned concepts in one image, with and without regional attention.
 
 K concepts are learned once, in order, with R2MoE and with one LoRA per concept (`protocol.train_task`, the
 lifelong budget). Prompts place two (left/right halves) or three (left/center/right thirds) of them, e.g.
@@ -6,14 +6,14 @@ lifelong budget). Prompts place two (left/right halves) or three (left/center/ri
 
 Variants:
 - `bank_only`: the R2MoE bank on the whole prompt (one gate for all concepts), no regions.
-- `boxes`: regional attention (HLAG) through `r2moe_core.regional.RegionalRuntime`: the background prompt (the
-  scene words, `grass background`) with base weights, each region prompt (that concept's clause with its place and
-  the scene words, i.e. the caption it was learned with) with its own expert mixture, blended with box masks at
-  strength η.
+- `boxes`: regional attention (HLAG) through `r2moe_core.compose.regional_attention.RegionalRuntime`: the
+  background prompt (the scene words, `grass background`) with base weights, each region prompt (that concept's
+  clause with its place and the scene words, i.e. the caption it was learned with) with its own expert mixture,
+  blended with box masks at strength η.
 - `boxes_sam`: as `boxes`, but after round(T·steps) steps the masks switch to refined ones from the decoded x0
   estimate. SUBSTITUTION: there are no SAM weights offline, so a deterministic colour segmenter stands in for SAM
   (`hlag.colour_segmenter`: box pixels whose colour differs from the box's border colour, dilated, clipped to the
-  box; nearly empty masks keep the box, by `r2moe_core.sam_masks.refine_masks`). Every report says so.
+  box; nearly empty masks keep the box, by `r2moe_core.compose.mask_refinement.refine_masks`). Every report says so.
 - `lora_stack`: every LoRA of the prompt's concepts applied at once to the whole prompt (how users stack LoRAs).
 
 Omission: fraction of placements (image, region, its concept) where the region does not show its concept.
@@ -33,10 +33,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from r2moe_core.layout import Layout, Region, validate_layout
+from r2moe_core.compose.layout import Layout, Region, validate_layout
+from r2moe_core.compose.mask_refinement import RefineOptions, refine_masks
+from r2moe_core.compose.regional_attention import RegionalRuntime
 from r2moe_core.log import LOGGER as CORE_LOGGER
-from r2moe_core.regional import RegionalRuntime
-from r2moe_core.sam_masks import RefineOptions, refine_masks
 
 from .concepts import ConceptSpec
 from .hlag import SEGMENTER, RowRegions, colour_segmenter, switch_step
@@ -344,7 +344,8 @@ def run_multiconcept(world: World, specs: Sequence[ConceptSpec], concepts: Seque
                                 "the box's 2-px inner border exceeds 40 + 2x that border's median spread, dilated by "
                                 f"{settings.sam_dilate_px} px and clipped to the box; a mask covering less than "
                                 f"{settings.sam_min_coverage:.0%} of its box keeps the box "
-                                "(r2moe_core.sam_masks.refine_masks). Not SAM: no SAM weights exist offline.",
+                                "(r2moe_core.compose.mask_refinement.refine_masks). Not SAM: no SAM weights exist "
+                                "offline.",
         },
         "recogniser_accuracy": accuracy,
         "timing": time_regions(world, learned, sets, settings),

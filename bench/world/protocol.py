@@ -1,4 +1,4 @@
-"""The lifelong protocol (method.md §7, on the world model): learn concepts one after another in a seeded order;
+"""The lifelong protocol (the paper's, on the world model): learn concepts one after another in a seeded order;
 after every task, draw every concept learned so far with fixed seeds and prompts and score it.
 
 Image alignment (IA) is the mean cosine between a concept's generated and reference images under a feature
@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from r2moe_core.routing import gate_input
-from r2moe_core.training import ddpm_sigmas, training_step
+from r2moe_core.moe.routing import gate_input
+from r2moe_core.train.trainer import training_step
 
 from .concepts import ConceptSpec, concept_images
 from .methods import Budget, Method, make_method
-from .sampler import LATENT_SCALE, sample
+from .sampler import LATENT_SCALE, ddpm_sigmas, sample
 from .text import TextEncoder
 from .unet import UNet
 from .vae import WorldVAE

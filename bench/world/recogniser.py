@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from r2moe_core.layout import Layout, Region, box_masks
+from r2moe_core.compose.layout import Layout, Region, box_masks
 
 from .concepts import ConceptSpec
 from .scenes import SUPERSAMPLE, WorldObject, draw_object

@@ -7,9 +7,14 @@ from collections.abc import Callable
 
 import torch
 
-from r2moe_core.training import ddpm_sigmas
-
 LATENT_SCALE = 0.18215
+
+
+def ddpm_sigmas(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """σ_t = sqrt((1-ᾱ_t)/ᾱ_t) of the SD1.x schedule (betas linear in sqrt space, as in latent diffusion)."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt().float()
 
 
 def sigma_at(t: torch.Tensor) -> torch.Tensor:

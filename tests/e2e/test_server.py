@@ -8,12 +8,8 @@ import pytest
 from comfy_inprocess import CACHE, TINY_CKPT_NAME, make_base_dir, require_host
 from comfy_server import ComfyServer, ensure_tiny_checkpoint
 
+from r2moe_testkit.pack_nodes import pack_node_ids
 from r2moe_testkit.workflows import load_api_workflow, with_steps
-
-NODE_IDS = [
-    "R2MoENewBank", "R2MoELoadBank", "R2MoESaveBank", "R2MoEApplyBank", "R2MoEBankInfo", "R2MoEPruneBank",
-    "R2MoETrainConcept",
-]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +27,10 @@ def server(tmp_path_factory):
 
 def test_object_info_lists_every_node(server):
     info = server.get("/object_info")
-    missing = [n for n in NODE_IDS if n not in info]
-    assert not missing, f"nodes missing from /object_info (pack failed to import?): {missing}"
+    ids = pack_node_ids()
+    missing = sorted(ids - set(info))
+    assert len(ids) >= 14 and not missing, f"nodes missing from /object_info (pack failed to import?): {missing}"
+    assert {info[i]["python_module"] for i in ids} == {"custom_nodes.r2moe"}
     assert info["R2MoEApplyBank"]["output"] == ["MODEL", "CLIP"]
     assert info["R2MoENewBank"]["output"] == ["R2MOE_BANK"]
 

@@ -60,8 +60,8 @@ class NewerHostTokenizer:
 
 def test_lookup_follows_the_hosts_return_shape(host):
     clip_tokens = __import__(host.pack.__name__ + ".nodes.clip_tokens", fromlist=["x"])
-    name = host.core.tokens.embedding_name("<a1>")
-    hooked = clip_tokens._with_bank_lookup(NewerHostTokenizer(), {name: torch.ones(1, 4)})
+    name = host.core.embedding_name("<a1>")
+    hooked = clip_tokens.with_bank_lookup(NewerHostTokenizer(), {name: torch.ones(1, 4)})
     vectors, got_name, leftover = hooked._try_get_embedding(f"{name} dog")
     assert got_name == name and leftover == "dog" and torch.equal(vectors, torch.ones(1, 4))
     assert hooked._try_get_embedding("user_embedding") == (None, "user_embedding", "")

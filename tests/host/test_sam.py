@@ -78,7 +78,7 @@ def test_plain_pth_loads_with_weights_only(sams_dir):
 def test_official_variants_are_recognised_from_shapes():
     from segment_anything import sam_model_registry
 
-    from r2moe_core.sam import infer_config, variant_of
+    from r2moe_core.compose.sam_loader import infer_config, variant_of
 
     for variant in ("vit_b", "vit_l", "vit_h"):
         with torch.device("meta"):
@@ -145,6 +145,6 @@ def test_a_file_that_is_not_sam_is_refused_clearly(host, sams_dir):
 
 
 def test_regional_apply_takes_masks_shaped_like_other_packs_do():
-    from r2moe_core.regional import check_masks
+    from r2moe_core.compose.regional_attention import check_masks
 
     assert check_masks(torch.ones(2, 1, 8, 8, dtype=torch.bool), 2).shape == (2, 8, 8)

@@ -60,7 +60,7 @@ def denoise_error(host, tiny, bank, images, prompt: str) -> float:
     training_host = __import__(host.pack.__name__ + ".nodes.training_host", fromlist=["x"])
     patched, patched_clip = call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=1.0)
     with torch.inference_mode():
-        pixels = torch.stack([host.core.concept_data.square_resize(i, 64) for i in images])
+        pixels = torch.stack([host.core.square_resize(i, 64) for i in images])
         x0 = model.model.process_latent_in(vae.encode(pixels)).float()
         context = encode(patched_clip, prompt)[0][0].repeat(len(x0), 1, 1)
         gen = torch.Generator().manual_seed(11)
@@ -158,8 +158,8 @@ def test_cancel_leaves_the_saved_bank_byte_identical(host, tiny, after_dog, monk
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"concept_name": "dog"}, "already knows a concept named 'dog'"),
-        ({"trigger_token": "<dog1>", "concept_name": "dog2"}, "already belongs to 'dog'"),
+        ({"concept_name": "dog"}, "already has a concept named 'dog'.*replace_existing"),
+        ({"trigger_token": "<dog1>", "concept_name": "dog2"}, "already used by concept 'dog'"),
         ({"images": None}, "No training images"),
         ({"folder": "/nonexistent/photos", "images": None}, "not found"),
         ({"trigger_token": "two words"}, "one word"),

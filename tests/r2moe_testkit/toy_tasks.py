@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from world.sampler import ddpm_sigmas
 
 import r2moe_core as core
-from r2moe_core.runtime import BankRuntime
-from r2moe_core.training import ExpertTrainer, TrainSettings, ddpm_sigmas, training_step
+from r2moe_core.moe.delta_cache import BankRuntime
+from r2moe_core.train.trainer import ExpertTrainer, TrainSettings, training_step
 
 from .small import small_layers
 from .toy import ToyDenoiser, ToyTextEncoder

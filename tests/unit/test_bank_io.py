@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 import r2moe_core as core
-from r2moe_core import atomic
+from r2moe_core.bank import atomic_write as atomic
 from r2moe_testkit.banks import add_random_concept
 
 

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import r2moe_core as core
-from r2moe_core.concept_data import load_concept_folder, make_captions, square_resize
+from r2moe_core.train.concept_photos import load_concept_folder, make_captions, square_resize
 
 
 def test_any_size_becomes_a_centered_square():

@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from r2moe_core.errors import InvalidInputError
-from r2moe_core.layout import (
+from r2moe_core.compose.layout import (
     Layout,
     Region,
     box_masks,
@@ -16,6 +15,7 @@ from r2moe_core.layout import (
     layout_to_json,
     validate_layout,
 )
+from r2moe_core.errors import InvalidInputError
 
 KNOWN = {"<dog1>", "<cat1>", "sks"}
 

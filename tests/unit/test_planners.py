@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from r2moe_core.compose.layout import layout_to_json
+from r2moe_core.compose.llm_planner import LLMPlanner
+from r2moe_core.compose.rule_planner import RuleBasedPlanner
 from r2moe_core.errors import InvalidInputError
-from r2moe_core.layout import layout_to_json
-from r2moe_core.planner_llm import LLMPlanner
-from r2moe_core.planners import RuleBasedPlanner
 
 KNOWN = ["<dog1>", "<cat1>", "<toy1>", "sks"]
 SECRET = "sk-test-SECRET-0123456789"

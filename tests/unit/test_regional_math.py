@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from r2moe_core.compose.layout import layout_from_json
+from r2moe_core.compose.regional_attention import (
+    RegionMasks,
+    blend_regions,
+    check_masks,
+    resize_masks,
+    row_spans,
+    token_grid,
+)
 from r2moe_core.errors import InvalidInputError
-from r2moe_core.layout import layout_from_json
-from r2moe_core.regional import RegionMasks, blend_regions, check_masks, resize_masks, row_spans, token_grid
 
 LAYOUT = layout_from_json(
     {

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 import r2moe_core as core
-from r2moe_core.runtime import BankRuntime
+from r2moe_core.moe.delta_cache import BankRuntime
 from r2moe_testkit.banks import add_random_concept
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from r2moe_core.tokens import embedding_name, lookup_embedding, substitute_triggers
+from r2moe_core.bank.trigger_tokens import embedding_name, lookup_embedding, substitute_triggers
 
 
 def test_trigger_becomes_host_embedding_syntax_as_a_whole_word():

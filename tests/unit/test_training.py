@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import r2moe_core as core
-from r2moe_core.training import ExpertTrainer, TrainSettings
+from r2moe_core.train.trainer import ExpertTrainer, TrainSettings
 from r2moe_testkit.toy_tasks import ToyWorld, eval_loss, learn, prediction
 
 DOG, CAT = "photo of <dog1> dog", "photo of <cat1> cat"
@@ -93,7 +93,7 @@ def test_fully_pruned_concept_costs_only_its_record(world, after_dog):
 
 
 def test_non_finite_loss_is_a_clear_error(world):
-    from r2moe_core.training import training_step
+    from r2moe_core.train.trainer import training_step
 
     trainer = ExpertTrainer(world.bank, world.encoder.word("dog")[None], TrainSettings(steps=1))
     latents = torch.full((2, 4, 4, 4), float("nan"))

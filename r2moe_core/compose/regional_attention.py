@@ -1,0 +1,259 @@
+"""Regional cross-attention for multi-concept images (the paper's HLAG, hierarchical layout-aware generation).
+
+In every cross-attention layer the conditional rows' output becomes
+
+    out = out_b + Σ_i η_i · M_i ⊙ (o_i − out_b)
+
+where `out_b` attends to the background prompt with the base K/V and `o_i` to region i's prompt with K/V that
+carry that region's own expert mixture (its gate sees the region prompt). A layer's token grid is smaller than
+the image, so masks are made for each grid size once; region K/V are made once per layer per sampling run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch.nn import functional
+
+from ..bank.attention_targets import LayerSpec
+from ..bank.expert_bank import ExpertBank
+from ..errors import InvalidInputError
+from ..log import LOGGER
+from ..moe.delta_cache import BankRuntime
+from .layout import Layout, box_masks
+
+ASPECT_TOLERANCE = 0.02  # relative aspect-ratio difference between layout and image before we warn
+
+Projection = Callable[[torch.Tensor], torch.Tensor]
+
+
+def token_grid(
+    tokens: int, activations_shape: Sequence[int] | None = None, original_shape: Sequence[int] | None = None
+) -> tuple[int, int]:
+    """(height, width) of the token grid a layer attends over.
+
+    The host reports the layer's activation shape [B, C, h, w]; without it (older hosts), the latent's shape and
+    the token count give the downsampling factor, as in other regional-prompting packs.
+    """
+    if activations_shape is not None and len(activations_shape) >= 2:
+        h, w = int(activations_shape[-2]), int(activations_shape[-1])
+        if h * w == tokens:
+            return h, w
+    if original_shape is not None and len(original_shape) >= 2:
+        height, width = int(original_shape[-2]), int(original_shape[-1])
+        for factor in (1, 2, 4, 8, 16, 32, 64):
+            h, w = math.ceil(height / factor), math.ceil(width / factor)
+            if h * w == tokens:
+                return h, w
+    raise InvalidInputError(
+        f"Cannot place {tokens} attention tokens on a grid (activations {activations_shape}, latent "
+        f"{original_shape}); regional attention supports SD1.x-layout UNets only."
+    )
+
+
+def row_spans(batch: int, cond_or_uncond: Sequence[int] | None) -> list[tuple[int, int, bool]]:
+    """Consecutive (start, end, is_conditional) row ranges of a batch laid out in equal chunks per cond kind.
+
+    Without a layout every row counts as conditional (0 = cond, 1 = uncond, as in the host).
+    """
+    if not cond_or_uncond:
+        return [(0, batch, True)]
+    chunk = max(batch // len(cond_or_uncond), 1)
+    spans: list[tuple[int, int, bool]] = []
+    for index, kind in enumerate(cond_or_uncond):
+        start = min(index * chunk, batch)
+        end = batch if index == len(cond_or_uncond) - 1 else min(start + chunk, batch)
+        if start >= end:
+            continue
+        cond = kind == 0
+        if spans and spans[-1][2] == cond and spans[-1][1] == start:
+            spans[-1] = (spans[-1][0], end, cond)
+        else:
+            spans.append((start, end, cond))
+    return spans
+
+
+def resize_masks(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[R, H, W] -> [R, height, width]: area averaging when shrinking (a cell's value is its covered fraction),
+    bilinear when growing."""
+    if masks.shape[-2:] == (height, width):
+        return masks.clone()
+    shrinking = height <= masks.shape[-2] and width <= masks.shape[-1]
+    mode = "area" if shrinking else "bilinear"
+    extra = {} if shrinking else {"align_corners": False}
+    resized = functional.interpolate(masks[:, None].float(), size=(height, width), mode=mode, **extra)
+    return resized[:, 0].clamp(0.0, 1.0)
+
+
+def check_masks(masks: torch.Tensor, regions: int) -> torch.Tensor:
+    """Validate user masks (one per region, [R, H, W] or [H, W] for one region); returns float32 on the CPU."""
+    if not isinstance(masks, torch.Tensor):
+        raise InvalidInputError(f"The mask input must be a MASK tensor, got {type(masks).__name__}.")
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.ndim == 4 and masks.shape[1] == 1:  # [R, 1, H, W], as some packs hand MASKs around
+        masks = masks[:, 0]
+    if masks.ndim != 3 or masks.shape[-1] == 0 or masks.shape[-2] == 0:
+        raise InvalidInputError(f"The mask input must be [masks, height, width], got shape {tuple(masks.shape)}.")
+    if masks.shape[0] != regions:
+        raise InvalidInputError(
+            f"The mask input holds {masks.shape[0]} mask(s) but the layout has {regions} region(s); give exactly one "
+            "mask per region, in the layout's region order, or disconnect the mask to use the layout's boxes."
+        )
+    masks = masks.detach().float().cpu()
+    if not torch.isfinite(masks).all():
+        raise InvalidInputError("The mask input contains NaN or infinite values; use masks with values in [0, 1].")
+    masks = masks.clamp(0.0, 1.0)
+    empty = [str(i) for i in range(regions) if not masks[i].any()]
+    if empty:
+        LOGGER.warning("R2MoE: the mask of region(s) %s is empty; those regions have no effect.", ", ".join(empty))
+    return masks
+
+
+class RegionMasks:
+    """Per-region weights η_i · M_i on a layer's token grid, made once per (h, w, device, dtype)."""
+
+    def __init__(self, layout: Layout, strength: float, masks: torch.Tensor | None = None) -> None:
+        self.layout = layout
+        self.strengths = [float(strength if r.strength is None else r.strength) for r in layout.regions]
+        self.masks = None if masks is None else check_masks(masks, len(layout.regions))
+        self._cache: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
+        self.resizes = 0  # observable: tests prove masks are not rebuilt per layer or step
+
+    @property
+    def sizes(self) -> set[tuple[int, int]]:
+        """Grid sizes masks were made for."""
+        return {(h, w) for h, w, _, _ in self._cache}
+
+    def weights(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """[R, 1, height * width, 1], ready to broadcast over attention outputs [B, tokens, channels]."""
+        key = (height, width, torch.device(device), dtype)
+        found = self._cache.get(key)
+        if found is None:
+            if self.masks is None:
+                grid = box_masks(self.layout, height, width)  # exact boxes at this resolution, none lost
+            else:
+                grid = resize_masks(self.masks, height, width)
+            scale = torch.tensor(self.strengths, dtype=torch.float32).view(-1, 1, 1)
+            weights = (grid * scale).reshape(len(self.strengths), 1, height * width, 1)
+            found = self._cache[key] = weights.to(device=device, dtype=dtype)
+            self.resizes += 1
+        return found
+
+
+def blend_regions(base: torch.Tensor, outputs: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """out = base + Σ_i w_i ⊙ (o_i − base); `outputs` may be a generator, so only one o_i is alive at a time."""
+    out = base.clone()
+    count = 0
+    for index, output in enumerate(outputs):
+        if index >= weights.shape[0]:
+            raise InvalidInputError(f"blend_regions got more outputs than the {weights.shape[0]} region weights")
+        out.add_(weights[index] * (output - base))
+        count += 1
+    if count != weights.shape[0]:
+        raise InvalidInputError(f"blend_regions got {count} outputs for {weights.shape[0]} region weights")
+    return out
+
+
+def _rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    return tensor if tensor.shape[0] == rows else tensor.repeat(rows, 1, 1)
+
+
+class RegionalRuntime:
+    """Text contexts, masks and cached K/V for one regional setup; shared by all cross-attention layers."""
+
+    def __init__(
+        self,
+        bank: ExpertBank,
+        layout: Layout,
+        background: torch.Tensor,
+        regions: Sequence[torch.Tensor],
+        strength: float,
+        expert_strength: float = 1.0,
+        masks: torch.Tensor | None = None,
+    ) -> None:
+        if len(regions) != len(layout.regions):
+            raise InvalidInputError(f"{len(regions)} region contexts for {len(layout.regions)} layout regions")
+        for name, ctx in (("background", background), *((f"region {i}", c) for i, c in enumerate(regions))):
+            if ctx.ndim != 3 or ctx.shape[0] != 1:
+                raise InvalidInputError(f"the {name} text context must be [1, tokens, dim], got {tuple(ctx.shape)}")
+        self.layout = layout
+        self.contexts = [background.detach(), *(c.detach() for c in regions)]
+        self.masks = RegionMasks(layout, strength, masks)
+        # One cached entry per region on each device it runs on, plus room for a second device or dtype.
+        self.experts = BankRuntime(bank, expert_strength, max_cached_contexts=2 * max(len(regions), 1))
+        self._on_device: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        self._kv: dict[tuple[str, torch.device, torch.dtype], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._warned_aspect = False
+        self.kv_computations = 0  # observable: one per layer per sampling run
+
+    def reset(self) -> None:
+        """A new sampling run: the model's weights may have been re-patched since, so K/V are made afresh."""
+        self._kv.clear()
+        self._on_device.clear()
+
+    def _contexts(self, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+        key = (torch.device(device), dtype)
+        if key not in self._on_device:
+            self._on_device[key] = [c.to(device=device, dtype=dtype) for c in self.contexts]
+        return self._on_device[key]
+
+    def keys_values(
+        self, layer: LayerSpec, to_k: Projection, to_v: Projection, device: torch.device, dtype: torch.dtype
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(K_b, V_b), (K_1, V_1), ...]: the background with base weights, each region with its experts."""
+        key = (layer.name, torch.device(device), dtype)
+        found = self._kv.get(key)
+        if found is not None:
+            return found
+        contexts = self._contexts(device, dtype)
+        k_name, v_name = layer.projection_names()
+        pairs = [(to_k(contexts[0]), to_v(contexts[0]))]
+        for index, ctx in enumerate(contexts[1:]):
+            k, v = to_k(ctx), to_v(ctx)
+            if self.experts.has_experts:
+                entry = self.experts.entry_for(ctx, None, (f"r2moe_region_{index}",))
+                dk, dv = self.experts.delta(entry, k_name), self.experts.delta(entry, v_name)
+                k = k if dk is None else k + dk.to(k.dtype)
+                v = v if dv is None else v + dv.to(v.dtype)
+            pairs.append((k, v))
+        self._kv[key] = pairs
+        self.kv_computations += 1
+        return pairs
+
+    def check_canvas(self, original_shape: Sequence[int] | None, latent_scale: int = 8) -> None:
+        """Warn once when the image's aspect ratio differs from the layout's: boxes are fractions, so they stretch."""
+        if self._warned_aspect or not original_shape or len(original_shape) < 2:
+            return
+        height, width = int(original_shape[-2]) * latent_scale, int(original_shape[-1]) * latent_scale
+        want = self.layout.width / self.layout.height
+        if height > 0 and abs(width / height - want) / want > ASPECT_TOLERANCE:
+            self._warned_aspect = True
+            LOGGER.warning(
+                "R2MoE: the layout is %dx%d but the image is %dx%d; the boxes stretch with the image. Plan the layout "
+                "at the image size for the intended composition.",
+                self.layout.width,
+                self.layout.height,
+                width,
+                height,
+            )
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        grid: tuple[int, int],
+        layer: LayerSpec,
+        to_k: Projection,
+        to_v: Projection,
+        kv_dtype: torch.dtype,
+        attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """The regional blend for conditional rows q [n, tokens, inner]; `attention(q, k, v)` is the host kernel."""
+        rows = q.shape[0]
+        pairs = self.keys_values(layer, to_k, to_v, q.device, kv_dtype)
+        weights = self.masks.weights(grid[0], grid[1], q.device, q.dtype)
+        base = attention(q, _rows(pairs[0][0], rows), _rows(pairs[0][1], rows))
+        outputs = (attention(q, _rows(k, rows), _rows(v, rows)) for k, v in pairs[1:])
+        return blend_regions(base, outputs, weights)

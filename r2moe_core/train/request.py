@@ -1,0 +1,59 @@
+"""One concept to learn, as the training node's widgets describe it, checked before anything expensive runs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..errors import InvalidInputError
+from .trainer import TrainSettings
+
+DEFAULT_CAPTION_TEMPLATE = "photo of a {token} {class}"
+_RENAMED = {"concept_name": "name", "trigger_token": "token"}  # widget name -> field name
+
+
+@dataclass(frozen=True)
+class ConceptRequest:
+    """Who the concept is, where its photos are, and how to train and prune it.
+
+    `settings` holds what the core training loop reads; the other fields are for the host (photo loading,
+    pruning, memory, progress).
+    """
+
+    name: str
+    token: str
+    class_word: str
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    folder: str = ""
+    caption_template: str = DEFAULT_CAPTION_TEMPLATE
+    resolution: int = 512
+    prune_threshold: float = 0.4
+    replace_existing: bool = False
+    gradient_checkpointing: bool = True
+    preview_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("name", "token", "class_word", "folder"):
+            object.__setattr__(self, name, str(getattr(self, name)).strip())
+        object.__setattr__(self, "caption_template", self.caption_template or DEFAULT_CAPTION_TEMPLATE)
+        if self.resolution < 8 or self.resolution % 8:
+            raise InvalidInputError(f"resolution must be a multiple of 8 (the latent grid), got {self.resolution}.")
+        if not (math.isfinite(self.prune_threshold) and 0.0 <= self.prune_threshold <= 1.0):
+            raise InvalidInputError(f"prune_threshold must lie in [0, 1], got {self.prune_threshold}.")
+        if self.preview_every < 0:
+            raise InvalidInputError(f"preview_every must be >= 0, got {self.preview_every}.")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> ConceptRequest:
+        """Build from widget values keyed by input name (`concept_name`, `steps`, `lr_token`, ...); None means
+        the default. Unknown names are refused, so a renamed widget cannot be silently ignored."""
+        given = {_RENAMED.get(k, k): v for k, v in options.items() if v is not None}
+        setting_names = {f.name for f in fields(TrainSettings)}
+        own_names = {f.name for f in fields(cls)} - {"settings"}
+        unknown = sorted(set(given) - setting_names - own_names)
+        if unknown:
+            raise InvalidInputError(f"Unknown training option(s): {', '.join(unknown)}.")
+        settings = TrainSettings(**{k: v for k, v in given.items() if k in setting_names})
+        return cls(settings=settings, **{k: v for k, v in given.items() if k in own_names})

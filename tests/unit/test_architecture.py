@@ -1,0 +1,56 @@
+"""The layout the code map promises: the core runs without ComfyUI, stages import downwards, no private imports."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import r2moe_core as core
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ("bank", "moe", "train", "compose")  # each may import only the ones before it
+SHARED = {"errors", "log", "version"}
+
+
+def _relative_imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            found.append((node.level, node.module or "", [alias.name for alias in node.names]))
+    return found
+
+
+def test_core_imports_without_comfyui_and_exports_every_public_name():
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import r2moe_core; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'comfy', 'comfy_api', 'folder_paths', 'nodes'}); "
+        "missing = [n for n in r2moe_core.__all__ if not hasattr(r2moe_core, n)]; "
+        "sys.exit(f'imported {bad}, missing {missing}' if bad or missing else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, str(REPO)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr or result.stdout
+    for name in ("ExpertBank", "load_bank", "save_bank", "BankRuntime", "RegionalRuntime", "TrainSettings"):
+        assert name in core.__all__
+
+
+def test_core_stages_import_only_earlier_stages():
+    root = REPO / "r2moe_core"
+    for stage in STAGES:
+        allowed = set(STAGES[: STAGES.index(stage) + 1]) | SHARED
+        for path in sorted((root / stage).glob("*.py")):
+            for level, module, _ in _relative_imports(path):
+                target = module.split(".")[0] if level == 2 else stage
+                assert target in allowed, f"{path.relative_to(REPO)} imports r2moe_core.{module} (a later stage)"
+
+
+def test_no_module_imports_a_private_name():
+    roots = [REPO / d for d in ("r2moe_core", "nodes", "scripts", "bench", "tests")]
+    offenders = []
+    for path in (p for root in roots for p in root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                offenders += [f"{path.relative_to(REPO)}: {n}" for n in names]
+    assert not offenders, offenders
