@@ -7,8 +7,11 @@ HOST := .host/ComfyUI
 PORT ?= 8188
 CKPT ?=
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+# The newest ComfyUI frontend the pinned host serves (--front-end-root): the browser tier runs against it too.
+NEW_FRONTEND := 1.58.1
+NEW_FRONTEND_ROOT := .host/frontend-$(NEW_FRONTEND)/static
 
-.PHONY: env test test-unit test-host test-bench test-e2e lint demo serve bench bench-lifelong bench-lifelong-quick clean
+.PHONY: env browser-env test test-unit test-host test-bench test-e2e test-browser lint templates demo serve bench bench-lifelong bench-lifelong-quick clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +23,17 @@ $(HOST)/.installed: scripts/install_host.py $(VENV)/.installed
 	touch $@
 
 env: $(VENV)/.installed $(HOST)/.installed
+
+# Browser tier: Debian's chromium (never a browser download) driven by playwright-core from npm.
+node_modules/.installed: package.json package-lock.json
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
+	touch $@
+
+$(NEW_FRONTEND_ROOT)/index.html: scripts/install_frontend.py $(VENV)/.installed
+	$(PY) scripts/install_frontend.py --version $(NEW_FRONTEND) --dest .host/frontend-$(NEW_FRONTEND)
+
+browser-env: env node_modules/.installed $(NEW_FRONTEND_ROOT)/index.html
 
 lint: env
 	$(VENV)/bin/ruff check .
@@ -37,9 +51,19 @@ test-e2e: env
 test-bench: env
 	$(VENV)/bin/pytest -q tests/bench
 
-# Every tier, in order: plain-PyTorch core, in-process ComfyUI, real server over HTTP, benchmark world.
-test: lint
+# The real frontend in Chromium: the pinned one, then the newest one with its "Nodes 2.0" rendering on.
+test-browser: browser-env
+	node --test --test-concurrency=1 tests/browser/
+	R2MOE_FRONTEND_ROOT=$(CURDIR)/$(NEW_FRONTEND_ROOT) R2MOE_VUE_NODES=1 node --test --test-concurrency=1 tests/browser/
+
+# Every tier, in order: plain-PyTorch core, in-process ComfyUI, real server over HTTP, benchmark world, browser.
+test: lint browser-env
 	$(VENV)/bin/pytest -q tests/unit tests/host tests/e2e tests/bench
+	$(MAKE) --no-print-directory test-browser
+
+# Rebuild example_workflows/ (UI-format templates and their thumbnails from a real run on the tiny model).
+templates: browser-env
+	node scripts/browser/make_templates.mjs
 
 demo: env
 	$(PY) scripts/demo.py $(if $(CKPT),--ckpt "$(CKPT)") $(if $(IMAGES),--images "$(IMAGES)") $(if $(STEPS),--steps $(STEPS))
@@ -60,4 +84,4 @@ bench-lifelong-quick: env
 	$(PY) bench/lifelong.py --quick --out output/lifelong_quick
 
 clean:
-	rm -rf .host output .pytest_cache .ruff_cache
+	rm -rf .host output .pytest_cache .ruff_cache node_modules

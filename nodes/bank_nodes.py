@@ -8,17 +8,19 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..r2moe_core.bank.bank_file import load_bank, save_bank
-from ..r2moe_core.bank.compatibility import bank_file_name
+from ..r2moe_core.bank.compatibility import bank_file_name, check_token_width
 from ..r2moe_core.bank.config import BankConfig
 from ..r2moe_core.bank.expert_bank import ExpertBank
 from ..r2moe_core.bank.report import bank_report, expert_map
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
+from ..r2moe_core.moe.gate_map import gate_heatmap, gate_summary, prompt_gate_weights
 from ..r2moe_core.moe.pruning import prune_bank
 from .bank_patch import apply_bank
+from .clip_tokens import clip_with_concepts
 from .model_folders import bank_dir, bank_files, bank_path
-from .model_inspection import model_fingerprint
-from .types import Bank
+from .model_inspection import model_fingerprint, token_dim
+from .types import BANK_TIP, Bank
 
 CATEGORY = "R2MoE"
 
@@ -47,7 +49,12 @@ class R2MoENewBank(io.ComfyNode):
                     tooltip="Weight of routing distillation, which keeps old concepts routed as before.",
                 ),
             ],
-            outputs=[Bank.Output(display_name="bank")],
+            outputs=[
+                Bank.Output(
+                    display_name="bank",
+                    tooltip="An empty bank fitted to this model; train concepts into it.",
+                ),
+            ],
         )
 
     @classmethod
@@ -66,7 +73,7 @@ class R2MoELoadBank(io.ComfyNode):
             category=CATEGORY,
             description="Load an expert bank from ComfyUI/models/r2moe.",
             inputs=[io.Combo.Input("bank_name", options=bank_files(), tooltip="A bank file in models/r2moe.")],
-            outputs=[Bank.Output(display_name="bank")],
+            outputs=[Bank.Output(display_name="bank", tooltip="The bank read from the file, fully validated.")],
         )
 
     @classmethod
@@ -93,10 +100,10 @@ class R2MoESaveBank(io.ComfyNode):
                 "Write the bank to models/r2moe atomically; an existing file is kept as <name>.safetensors.bak."
             ),
             inputs=[
-                Bank.Input("bank"),
+                Bank.Input("bank", tooltip=BANK_TIP),
                 io.String.Input("name", default="my_concepts", tooltip="File name in models/r2moe (no folders)."),
             ],
-            outputs=[io.String.Output(display_name="path")],
+            outputs=[io.String.Output(display_name="path", tooltip="Where the bank was written.")],
             is_output_node=True,
         )
 
@@ -119,9 +126,9 @@ class R2MoEApplyBank(io.ComfyNode):
                 "CLIPTextEncode, and the experts mix per prompt in every cross-attention layer."
             ),
             inputs=[
-                io.Model.Input("model"),
-                io.Clip.Input("clip"),
-                Bank.Input("bank"),
+                io.Model.Input("model", tooltip="The checkpoint's MODEL the bank was made for."),
+                io.Clip.Input("clip", tooltip="The same checkpoint's CLIP; it learns the concepts' trigger tokens."),
+                Bank.Input("bank", tooltip=BANK_TIP),
                 io.Float.Input(
                     "strength", default=1.0, min=-2.0, max=2.0, step=0.05,
                     tooltip="Scales every expert's contribution (0 = base model with the concept tokens only).",
@@ -131,7 +138,16 @@ class R2MoEApplyBank(io.ComfyNode):
                     tooltip="Use the bank on a fine-tune with the same shape but other weights (like a LoRA).",
                 ),
             ],
-            outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip")],
+            outputs=[
+                io.Model.Output(
+                    display_name="model",
+                    tooltip="The MODEL with the experts mixed in; connect it to a stock KSampler.",
+                ),
+                io.Clip.Output(
+                    display_name="clip",
+                    tooltip="The CLIP that understands the trigger tokens; use it in CLIPTextEncode.",
+                ),
+            ],
         )
 
     @classmethod
@@ -147,8 +163,14 @@ class R2MoEBankInfo(io.ComfyNode):
             display_name="R2MoE Bank Info",
             category=CATEGORY,
             description="What a bank holds: concepts, sizes, and which layers keep each concept's expert.",
-            inputs=[Bank.Input("bank")],
-            outputs=[io.String.Output(display_name="text"), io.Image.Output(display_name="expert_map")],
+            inputs=[Bank.Input("bank", tooltip=BANK_TIP)],
+            outputs=[
+                io.String.Output(display_name="text", tooltip="Concepts, tokens, sizes and settings, as text."),
+                io.Image.Output(
+                    display_name="expert_map",
+                    tooltip="One row per concept, one column per layer: where its K and V experts survived pruning.",
+                ),
+            ],
             is_output_node=True,
         )
 
@@ -171,13 +193,16 @@ class R2MoEPruneBank(io.ComfyNode):
                 "its gate weight on the concept's own prompt is below the threshold. Removal cannot be undone."
             ),
             inputs=[
-                Bank.Input("bank"),
+                Bank.Input("bank", tooltip=BANK_TIP),
                 io.Float.Input(
                     "prune_threshold", default=0.4, min=0.0, max=1.0, step=0.01,
                     tooltip="Higher removes more layers (smaller file, possibly weaker concepts); 0 removes nothing.",
                 ),
             ],
-            outputs=[Bank.Output(display_name="bank"), io.String.Output(display_name="report")],
+            outputs=[
+                Bank.Output(display_name="bank", tooltip="The re-pruned bank (save it to keep it)."),
+                io.String.Output(display_name="report", tooltip="Per concept: projections kept and bytes saved."),
+            ],
             is_output_node=True,
         )
 
@@ -190,6 +215,45 @@ class R2MoEPruneBank(io.ComfyNode):
         return io.NodeOutput(pruned, text, ui=ui.PreviewText(text))
 
 
+class R2MoEGateMap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="R2MoEGateMap",
+            display_name="R2MoE Gate Map",
+            category=CATEGORY,
+            description=(
+                "Which experts a prompt routes to, layer by layer: the exact mixture weights the bank uses when "
+                "sampling this prompt, as a heat map (rows: experts, columns: layers, K and V halves)."
+            ),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP (the same one you sample with)."),
+                Bank.Input("bank", tooltip=BANK_TIP),
+                io.String.Input(
+                    "prompt",
+                    multiline=True,
+                    default="a photo of <dog1> dog",
+                    tooltip="The positive prompt to inspect, trigger tokens included.",
+                ),
+            ],
+            outputs=[
+                io.Image.Output(display_name="gate_map", tooltip="Heat map of the gate weights per expert and layer."),
+                io.String.Output(display_name="text", tooltip="Each expert's mean weight and where it is strongest."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, clip, bank, prompt) -> io.NodeOutput:
+        check_token_width(bank, token_dim(clip))
+        concept_clip = clip_with_concepts(clip, bank)
+        context = concept_clip.encode_from_tokens(concept_clip.tokenize(prompt)).float().cpu()
+        weights = prompt_gate_weights(bank, context)
+        text = gate_summary(bank, weights)
+        image = torch.from_numpy(gate_heatmap(bank, weights, prompt))[None]
+        return io.NodeOutput(image, text, ui=ui.PreviewText(text))
+
+
 BANK_NODES: list[type[io.ComfyNode]] = [
     R2MoENewBank,
     R2MoELoadBank,
@@ -197,4 +261,5 @@ BANK_NODES: list[type[io.ComfyNode]] = [
     R2MoEApplyBank,
     R2MoEBankInfo,
     R2MoEPruneBank,
+    R2MoEGateMap,
 ]

@@ -27,7 +27,7 @@ from ..r2moe_core.compose.mask_refinement import RefineOptions
 from ..r2moe_core.errors import InvalidInputError
 from .regional_patch import apply_regions, prepare_regions
 from .sam_nodes import refine_inputs, refine_with_sam
-from .types import Bank, Layout, Sam
+from .types import BANK_TIP, LAYOUT_TIP, SAM_TIP, Bank, Layout, Sam
 
 CATEGORY = "R2MoE/regional"
 X0_SAMPLER = "euler"  # one Euler step to σ = 0 returns the denoiser's x0 prediction exactly
@@ -112,24 +112,42 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
             description=(
                 "Multi-concept sampling as in the paper: regions follow their boxes until switch_at, then the "
                 "current x0 estimate is decoded, SAM segments each box, and sampling finishes with the SAM masks. "
-                "Same result as two KSamplerAdvanced around R2MoE SAM Refine (see workflows/)."
+                "Same result as two stock KSamplerAdvanced nodes around R2MoE SAM Refine."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The checkpoint's MODEL (not yet regional: this node applies it)."),
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP; it encodes the layout's prompts."),
                 io.Vae.Input("vae", tooltip="Decodes the x0 estimate for SAM."),
-                Bank.Input("bank"),
-                Layout.Input("layout"),
-                Sam.Input("sam"),
+                Bank.Input("bank", tooltip=BANK_TIP),
+                Layout.Input("layout", tooltip=LAYOUT_TIP),
+                Sam.Input("sam", tooltip=SAM_TIP),
                 io.Conditioning.Input("positive", tooltip="Replaced by the layout in the regional attention."),
-                io.Conditioning.Input("negative"),
-                io.Latent.Input("latent_image"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Int.Input("steps", default=30, min=1, max=10000),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Conditioning.Input("negative", tooltip="The negative prompt, as for KSampler (not regional)."),
+                io.Latent.Input(
+                    "latent_image",
+                    tooltip="The starting latent (an Empty Latent Image for text-to-image).",
+                ),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                    tooltip="The noise seed, as for KSampler.",
+                ),
+                io.Int.Input("steps", default=30, min=1, max=10000, tooltip="Sampling steps, as for KSampler."),
+                io.Float.Input(
+                    "cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                    tooltip="Classifier-free guidance scale, as for KSampler.",
+                ),
+                io.Combo.Input(
+                    "sampler_name", options=comfy.samplers.SAMPLER_NAMES,
+                    tooltip="The sampler, as for KSampler.",
+                ),
+                io.Combo.Input(
+                    "scheduler", options=comfy.samplers.SCHEDULER_NAMES,
+                    tooltip="The noise schedule, as for KSampler.",
+                ),
+                io.Float.Input(
+                    "denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                    tooltip="How much of the latent to re-noise (1 = text-to-image), as for KSampler.",
+                ),
                 io.Float.Input(
                     "switch_at",
                     default=0.5,
@@ -141,12 +159,18 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
                 io.Float.Input(
                     "strength", default=1.0, min=0.0, max=2.0, step=0.05, tooltip="η, as in R2MoE Regional Apply."
                 ),
-                io.Float.Input("expert_strength", default=1.0, min=-2.0, max=2.0, step=0.05, optional=True),
+                io.Float.Input(
+                    "expert_strength", default=1.0, min=-2.0, max=2.0, step=0.05, optional=True,
+                    tooltip="Scales every expert's contribution in the regions (0 = concept tokens only).",
+                ),
                 *refine_inputs(),
-                io.Boolean.Input("allow_other_weights", default=False, optional=True),
+                io.Boolean.Input(
+                    "allow_other_weights", default=False, optional=True,
+                    tooltip="Use the bank on a fine-tune with the same shape but other weights (like a LoRA).",
+                ),
             ],
             outputs=[
-                io.Latent.Output(display_name="latent"),
+                io.Latent.Output(display_name="latent", tooltip="The sampled latent; decode it with VAE Decode."),
                 io.Mask.Output(display_name="masks", tooltip="The masks used after the switch (boxes if none)."),
                 io.Image.Output(display_name="x0_image", tooltip="The decoded x0 estimate SAM segmented."),
             ],

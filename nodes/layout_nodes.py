@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
-from ..r2moe_core.compose.layout import CANVAS_MULTIPLE, MAX_CANVAS, layout_from_json, layout_to_json, validate_layout
+from ..r2moe_core.compose.layout import (
+    CANVAS_MULTIPLE,
+    MAX_CANVAS,
+    boxes_from_pixels,
+    layout_from_json,
+    layout_to_json,
+    validate_layout,
+    with_boxes,
+)
 from ..r2moe_core.compose.layout_preview import draw_layout, layout_masks
 from ..r2moe_core.compose.llm_planner import LLMPlanner, check_key_env_name
+from ..r2moe_core.compose.planner import check_prompt_tokens
 from ..r2moe_core.compose.rule_planner import RuleBasedPlanner
 from ..r2moe_core.errors import InvalidInputError
+from ..r2moe_core.log import LOGGER
 from .model_folders import planner_cache_dir
-from .types import Bank, Layout
+from .types import LAYOUT_TIP, Bank, Layout
 
 CATEGORY = "R2MoE/regional"
 PLANNERS = ("rule-based", "llm")
@@ -43,7 +53,12 @@ class R2MoELayoutPlanner(io.ComfyNode):
                 "LM Studio, vLLM, OpenAI) and caches its answers."
             ),
             inputs=[
-                io.String.Input("prompt", multiline=True, default="<dog1> and <cat1> playing on a beach at sunset"),
+                io.String.Input(
+                    "prompt",
+                    multiline=True,
+                    default="<dog1> and <cat1> playing on a beach at sunset",
+                    tooltip="The whole scene; each trigger token of the bank becomes one boxed region.",
+                ),
                 Bank.Input("bank", tooltip="Tells the planner which trigger tokens are concepts."),
                 io.Int.Input(
                     "width",
@@ -68,7 +83,12 @@ class R2MoELayoutPlanner(io.ComfyNode):
                     tooltip="rule-based: offline and deterministic. llm: a chat model plans the boxes.",
                 ),
                 io.Int.Input(
-                    "seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Sent to the LLM (and part of its cache key)."
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFF,
+                    control_after_generate=False,
+                    tooltip="Sent to the LLM (part of its cache key); fixed: the same prompt gives the same layout.",
                 ),
                 io.String.Input(
                     "base_url",
@@ -99,7 +119,16 @@ class R2MoELayoutPlanner(io.ComfyNode):
                     tooltip="LLM only: seconds to wait for an answer.",
                 ),
             ],
-            outputs=[Layout.Output(display_name="layout"), io.String.Output(display_name="layout_json")],
+            outputs=[
+                Layout.Output(
+                    display_name="layout",
+                    tooltip="The planned layout, for Regional Apply or the Hierarchical Sampler.",
+                ),
+                io.String.Output(
+                    display_name="layout_json",
+                    tooltip="The same layout as JSON: paste it into Layout From JSON to edit it."
+                ),
+            ],
         )
 
     @classmethod
@@ -124,7 +153,30 @@ class R2MoELayoutPlanner(io.ComfyNode):
             layout = llm.plan(prompt, tokens, width, height, seed)
         else:
             raise InvalidInputError(f"planner must be one of {', '.join(PLANNERS)}, got {planner!r}.")
-        return io.NodeOutput(layout, layout_to_json(layout, indent=2))
+        warnings = check_prompt_tokens(prompt, tokens, layout)
+        for warning in warnings:
+            LOGGER.warning("R2MoE layout planner: %s", warning)
+        text = layout_to_json(layout, indent=2)
+        shown = "\n".join([*(f"warning: {w}" for w in warnings), text])
+        return io.NodeOutput(layout, text, ui={"text": [shown], "r2moe_layout": [text]})
+
+
+# Newer ComfyUI has a core bounding-box socket (pixel boxes from its box widget and detectors): take it where it
+# exists, without needing it on hosts that predate it.
+BOX_SOCKET = getattr(io, "BoundingBox", None)
+
+
+def _box_inputs() -> list:
+    if BOX_SOCKET is None:
+        return []
+    return [
+        BOX_SOCKET.Input(
+            "boxes",
+            optional=True,
+            force_input=True,
+            tooltip="Core bounding boxes in pixels (one box or a list): they replace the regions' boxes in order.",
+        )
+    ]
 
 
 class R2MoELayoutFromJSON(io.ComfyNode):
@@ -139,16 +191,35 @@ class R2MoELayoutFromJSON(io.ComfyNode):
                 "size and regions with boxes [x0, y0, x1, y1] as fractions of the image."
             ),
             inputs=[
-                io.String.Input("layout_json", multiline=True, default=_EXAMPLE),
+                io.String.Input(
+                    "layout_json",
+                    multiline=True,
+                    default=_EXAMPLE,
+                    tooltip="The layout as JSON (edit it here or with the box editor below); boxes are [x0, y0, x1, y1]"
+                    " as fractions of the image.",
+                ),
                 Bank.Input("bank", optional=True, tooltip="If connected, every region token must be in the bank."),
+                io.Image.Input(
+                    "reference_image",
+                    optional=True,
+                    tooltip="Shown under the boxes in the editor after a run (for example a draft of the image); "
+                    "the layout does not use it.",
+                ),
+                *_box_inputs(),
             ],
-            outputs=[Layout.Output(display_name="layout")],
+            outputs=[Layout.Output(display_name="layout", tooltip="The checked layout.")],
         )
 
     @classmethod
-    def execute(cls, layout_json, bank=None) -> io.NodeOutput:
+    def execute(cls, layout_json, bank=None, reference_image=None, boxes=None) -> io.NodeOutput:
         known = None if bank is None else [c.token for c in bank.concepts]
-        return io.NodeOutput(layout_from_json(layout_json, known))
+        layout = layout_from_json(layout_json, known)
+        if boxes is not None:
+            layout = with_boxes(layout, boxes_from_pixels(boxes, layout.width, layout.height))
+        if reference_image is None:
+            return io.NodeOutput(layout)
+        saved = ui.PreviewImage(reference_image[:1], cls=cls).as_dict()["images"]
+        return io.NodeOutput(layout, ui={"r2moe_reference": saved})
 
 
 class R2MoELayoutPreview(io.ComfyNode):
@@ -160,10 +231,13 @@ class R2MoELayoutPreview(io.ComfyNode):
             category=CATEGORY,
             description="Draw a layout's boxes and prompts over a blank canvas or an image, and give its box masks.",
             inputs=[
-                Layout.Input("layout"),
+                Layout.Input("layout", tooltip=LAYOUT_TIP),
                 io.Image.Input("image", optional=True, tooltip="Drawn under the boxes, resized to the layout canvas."),
             ],
-            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="masks")],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="The boxes and their prompts drawn over the canvas."),
+                io.Mask.Output(display_name="masks", tooltip="One box mask per region, in the layout's order."),
+            ],
         )
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .regional_patch import apply_regions, prepare_regions
-from .types import Bank, Layout
+from .types import BANK_TIP, LAYOUT_TIP, Bank, Layout
 
 CATEGORY = "R2MoE/regional"
 
@@ -24,10 +24,13 @@ class R2MoERegionalApply(io.ComfyNode):
                 "the negative prompt stays as it is."
             ),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input(
+                    "model",
+                    tooltip="The checkpoint's MODEL (without R2MoE Apply Bank: this node adds the experts).",
+                ),
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP; it encodes the layout's prompts."),
-                Bank.Input("bank"),
-                Layout.Input("layout"),
+                Bank.Input("bank", tooltip=BANK_TIP),
+                Layout.Input("layout", tooltip=LAYOUT_TIP),
                 io.Float.Input(
                     "strength",
                     default=1.0,
@@ -59,7 +62,12 @@ class R2MoERegionalApply(io.ComfyNode):
                     tooltip="Use the bank on a fine-tune with the same shape but other weights (like a LoRA).",
                 ),
             ],
-            outputs=[io.Model.Output(display_name="model")],
+            outputs=[
+                io.Model.Output(
+                    display_name="model",
+                    tooltip="A MODEL whose cross-attention follows the layout; connect it to a stock KSampler.",
+                ),
+            ],
         )
 
     @classmethod

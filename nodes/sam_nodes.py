@@ -16,7 +16,7 @@ from ..r2moe_core.compose.sam_loader import LoadedSam, box_segmenter, expected_f
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
 from .model_folders import sam_files, sam_path
-from .types import Layout, Sam
+from .types import LAYOUT_TIP, SAM_TIP, Layout, Sam
 
 CATEGORY = "R2MoE/regional"
 
@@ -99,7 +99,7 @@ class R2MoESAMLoader(io.ComfyNode):
                 f"Expected files: {expected_files_hint()}."
             ),
             inputs=[io.Combo.Input("sam_name", options=sam_files(), tooltip="A SAM checkpoint in models/sams.")],
-            outputs=[Sam.Output(display_name="sam")],
+            outputs=[Sam.Output(display_name="sam", tooltip="The loaded Segment Anything model.")],
         )
 
     @classmethod
@@ -129,11 +129,16 @@ class R2MoESAMRefine(io.ComfyNode):
             ),
             inputs=[
                 io.Image.Input("image", tooltip="Usually the decoded x0 estimate at the switch step."),
-                Layout.Input("layout"),
-                Sam.Input("sam"),
+                Layout.Input("layout", tooltip=LAYOUT_TIP),
+                Sam.Input("sam", tooltip=SAM_TIP),
                 *refine_inputs(),
             ],
-            outputs=[io.Mask.Output(display_name="masks")],
+            outputs=[
+                io.Mask.Output(
+                    display_name="masks",
+                    tooltip="One mask per region, in the layout's order (a region's box where SAM found nothing).",
+                ),
+            ],
         )
 
     @classmethod

@@ -112,7 +112,8 @@ class R2MoETrainConcept(io.ComfyNode):
                                        "(learns through larger weights, and pruning removes more of it)."),
                 io.Float.Input("prune_threshold", default=0.4, min=0.0, max=1.0, step=0.01,
                                tooltip="Drop the new expert in layers where its gate weight is below this."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Same seed, same result."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip="Same seed, same result (fixed: queuing again does not re-train)."),
                 io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="AdamW", tooltip="Optimizer."),
                 io.Boolean.Input("replace_existing", default=False, optional=True,
                                  tooltip="Allow re-learning a concept name that is already in the bank."),
@@ -122,9 +123,15 @@ class R2MoETrainConcept(io.ComfyNode):
                              tooltip="Show the loss curve as the node's preview every N steps (0: never)."),
             ],
             outputs=[
-                Bank.Output(display_name="bank"),
-                io.Image.Output(display_name="loss_curve"),
-                io.String.Output(display_name="report"),
+                Bank.Output(
+                    display_name="bank",
+                    tooltip="The bank with the new concept; save it with R2MoE Save Bank.",
+                ),
+                io.Image.Output(display_name="loss_curve", tooltip="The training loss over the steps."),
+                io.String.Output(
+                    display_name="report",
+                    tooltip="What was learned, kept and pruned, and the bytes added.",
+                ),
             ],
             is_output_node=True,
         )

@@ -32,11 +32,13 @@ from .compose.layout import (
     Layout,
     Region,
     box_masks,
+    boxes_from_pixels,
     find_tokens,
     layout_from_json,
     layout_to_dict,
     layout_to_json,
     validate_layout,
+    with_boxes,
 )
 from .compose.llm_planner import LLMPlanner, check_key_env_name
 from .compose.planner import Planner
@@ -45,6 +47,7 @@ from .compose.rule_planner import RuleBasedPlanner
 from .errors import BankFormatError, BankMismatchError, InvalidInputError, R2MoEError
 from .log import LOGGER
 from .moe.delta_cache import BankRuntime
+from .moe.gate_map import gate_heatmap, gate_summary, prompt_gate_weights
 from .moe.pruning import PruneReport, new_expert_coefficients, prune_bank, prune_task
 from .moe.routing import (
     gate_input,
@@ -98,6 +101,7 @@ __all__ = [
     "blend_regions",
     "block_key",
     "box_masks",
+    "boxes_from_pixels",
     "check_bank_fits",
     "check_key_env_name",
     "check_token_width",
@@ -108,8 +112,10 @@ __all__ = [
     "expert_map",
     "find_tokens",
     "fingerprint_differences",
+    "gate_heatmap",
     "gate_input",
     "gate_scores",
+    "gate_summary",
     "inference_coefficients",
     "layout_from_json",
     "layout_to_dict",
@@ -120,6 +126,7 @@ __all__ = [
     "make_captions",
     "mixture_coefficients",
     "new_expert_coefficients",
+    "prompt_gate_weights",
     "prune_bank",
     "prune_task",
     "save_bank",
@@ -131,4 +138,5 @@ __all__ = [
     "training_step",
     "trigger_pattern",
     "validate_layout",
+    "with_boxes",
 ]

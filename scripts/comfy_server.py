@@ -86,11 +86,12 @@ class ComfyServer:
         log_path: Path | None = None,
         gpu: bool | None = None,
         tiny_models: bool = True,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.gpu = has_gpu() if gpu is None else gpu
-        self.cmd = server_command(self.port, base_dir, output_dir, self.gpu)
+        self.cmd = server_command(self.port, base_dir, output_dir, self.gpu) + list(extra_args or [])
         self.log_path = log_path
         self.env = dict(os.environ, R2MOE_TINY_MODELS="1" if tiny_models else "0", PYTHONUNBUFFERED="1")
         self.proc: subprocess.Popen | None = None

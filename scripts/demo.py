@@ -8,12 +8,12 @@ the repo) with two of the world's concepts; with
 a CPU, minutes on a GPU). Concept photos come from --images dir1,dir2 (each with an optional caption.txt), else
 from sets drawn here.
 
-Then a second workflow (workflows/api_regional_two_concepts.json) draws both concepts in one image: the rule-based
-layout planner (no network) puts the first concept on the left and the second on the right, R2MoERegionalApply
-gives each box its own concept, and the stock KSampler samples it; the image and the layout preview are saved as
-r2moe_demo_regional_*.png and r2moe_demo_layout_*.png. With a SAM checkpoint in the host's models/sams (or
---sam NAME) the R2MoEHierarchicalSampler refines the boxes with SAM instead; without one, box masks are used.
-"""
+Then a second workflow (scripts/api_workflows/api_regional_two_concepts.json) draws both concepts in one image: the
+rule-based layout planner (no network) puts the first concept on the left and the second on the right,
+R2MoERegionalApply gives each box its own concept, and the stock KSampler samples it; the image and the layout
+preview are saved as r2moe_demo_regional_*.png and r2moe_demo_layout_*.png. With a SAM checkpoint in the host's
+models/sams (or --sam NAME) the R2MoEHierarchicalSampler refines the boxes with SAM instead; without one, box masks
+are used. """
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from comfy_server import HOST_ROOT, REPO, ComfyServer, ensure_tiny_checkpoint
 from demo_concepts import draw_concept_sets
 
 LOG = logging.getLogger("r2moe.demo")
-WORKFLOW = REPO / "workflows" / "api_train_two_concepts.json"
-REGIONAL_WORKFLOW = REPO / "workflows" / "api_regional_two_concepts.json"
+WORKFLOW = REPO / "scripts" / "api_workflows" / "api_train_two_concepts.json"
+REGIONAL_WORKFLOW = REPO / "scripts" / "api_workflows" / "api_regional_two_concepts.json"
 TINY = "r2moe_tiny_sd15.safetensors"
 WORLD = REPO / "bench" / "world" / "weights" / "world_sd15.safetensors"
 WORLD_NAME = "r2moe_world_sd15.safetensors"

@@ -1,36 +1,119 @@
-// R2MoE front-end extension: shows what a bank holds right on the node, so users look instead of read logs.
+// R2MoE front-end extension: reports shown on the nodes that make them, and a box editor for layouts.
 // Registered through WEB_DIRECTORY; works with the ComfyUI frontend 1.x (window.comfyAPI) and its app.js shim.
+// Nothing this file adds is ever sent with the prompt: a widget that reached the prompt would change the node's
+// cache key, and an unchanged graph would re-run (and re-train) on every Queue.
+import { LayoutEditor } from "./layout_editor.js";
+
 const { app } = window.comfyAPI?.app ?? (await import("../../scripts/app.js"));
+const { api } = window.comfyAPI?.api ?? (await import("../../scripts/api.js"));
 
-const TEXT_NODES = new Set(["R2MoEBankInfo", "R2MoESaveBank", "R2MoEPruneBank", "R2MoETrainConcept"]);
+const REPORT_NODES = new Set([
+  "R2MoEBankInfo", "R2MoESaveBank", "R2MoEPruneBank", "R2MoETrainConcept", "R2MoEGateMap", "R2MoELayoutPlanner",
+]);
+const EDITOR_NODE = "R2MoELayoutFromJSON";
+const PLAN_NODE = "R2MoELayoutPlanner";
 
-function showText(node, lines) {
-  const text = Array.isArray(lines) ? lines.join("\n") : String(lines ?? "");
-  let widget = node.widgets?.find((w) => w.name === "r2moe_report");
-  if (!widget) {
-    const made = app.widgets?.STRING?.(node, "r2moe_report", ["STRING", { multiline: true }], app);
-    widget = made?.widget ?? made;
-    if (!widget) return;
-    widget.serialize = false;  // a report, not an input: keep it out of the saved workflow
-    if (widget.inputEl) {
-      widget.inputEl.readOnly = true;
-      widget.inputEl.style.opacity = 0.85;
-      widget.inputEl.style.fontFamily = "monospace";
-    }
+/** A widget that lives only in the page: not in the prompt, not in the saved workflow. */
+function addPageWidget(node, name, element, options) {
+  const widget = node.addDOMWidget(name, name, element, { serialize: false, hideOnZoom: false, ...options });
+  widget.serialize = false;
+  return widget;
+}
+
+function addReport(node) {
+  const area = document.createElement("textarea");
+  area.readOnly = true;
+  area.placeholder = "report: appears after the node runs";
+  area.style.cssText =
+    "width:100%;height:100%;resize:none;font:11px monospace;opacity:0.9;background:#1c1c20;color:#ddd;" +
+    "border:1px solid #333;border-radius:4px;box-sizing:border-box;";
+  addPageWidget(node, "r2moe_report", area, {
+    getValue: () => area.value,
+    setValue: (v) => {
+      area.value = v ?? "";
+    },
+    getMinHeight: () => 64,
+    getMaxHeight: () => 220,
+  });
+  return area;
+}
+
+function addEditor(node, { readOnly }) {
+  const jsonWidget = node.widgets?.find((w) => w.name === "layout_json");
+  let planned = "";
+  const editor = new LayoutEditor({
+    read: () => (readOnly ? planned : String(jsonWidget?.value ?? "")),
+    write: readOnly
+      ? undefined
+      : (text) => {
+          jsonWidget.value = text;
+          jsonWidget.callback?.(text);
+          node.setDirtyCanvas?.(true, true);
+        },
+  });
+  addPageWidget(node, "r2moe_layout_editor", editor.element, {
+    getValue: () => "",
+    setValue: () => {},
+    getMinHeight: () => (readOnly ? 150 : 230),
+  });
+  if (jsonWidget && !readOnly) {
+    // Typing in the JSON box (or loading a workflow) redraws the boxes.
+    const original = jsonWidget.callback;
+    jsonWidget.callback = function (...args) {
+      const result = original?.apply(this, args);
+      editor.render();
+      return result;
+    };
+    jsonWidget.element?.addEventListener?.("input", () => editor.render());
   }
-  widget.value = text;
-  node.setSize?.([Math.max(node.size[0], 420), Math.max(node.size[1], 180)]);
-  node.setDirtyCanvas?.(true, true);
+  node.r2moeEditor = editor;
+  node.r2moeSetPlan = (text) => {
+    planned = text;
+    editor.render();
+  };
+  requestAnimationFrame(() => editor.render());
+  return editor;
+}
+
+function imageUrl(image) {
+  const params = new URLSearchParams({ filename: image.filename, subfolder: image.subfolder ?? "", type: image.type });
+  return api.apiURL(`/view?${params}`);
 }
 
 app.registerExtension({
-  name: "r2moe.bank",
+  name: "r2moe.nodes",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!TEXT_NODES.has(nodeData.name)) return;
+    const name = nodeData.name;
+    if (!REPORT_NODES.has(name) && name !== EDITOR_NODE) return;
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const result = onNodeCreated?.apply(this, arguments);
+      if (name === EDITOR_NODE) {
+        addEditor(this, { readOnly: false });
+        this.setSize?.([Math.max(this.size[0], 380), Math.max(this.size[1], this.computeSize?.()[1] ?? 0)]);
+      }
+      if (name === PLAN_NODE) addEditor(this, { readOnly: true });
+      if (REPORT_NODES.has(name)) this.r2moeReport = addReport(this);
+      return result;
+    };
+    const onConfigure = nodeType.prototype.onConfigure;
+    nodeType.prototype.onConfigure = function () {
+      const result = onConfigure?.apply(this, arguments);
+      requestAnimationFrame(() => this.r2moeEditor?.render());
+      return result;
+    };
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
-      if (message?.text) showText(this, message.text);
+      if (this.r2moeReport && message?.text) {
+        const text = message.text;
+        this.r2moeReport.value = Array.isArray(text) ? text.join("\n") : String(text);
+      }
+      if (name === PLAN_NODE && message?.r2moe_layout) this.r2moeSetPlan?.(message.r2moe_layout[0]);
+      if (name === EDITOR_NODE) {
+        const image = message?.r2moe_reference?.[0];
+        this.r2moeEditor?.setReference(image ? imageUrl(image) : null);
+      }
     };
   },
 });

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -44,29 +46,65 @@ def bank_report(bank: ExpertBank) -> str:
     return "\n".join(lines)
 
 
-def expert_map(bank: ExpertBank, cell: int = 18) -> np.ndarray:
-    """RGB float image [H, W, 3]: one row per concept, one column per layer, K and V halves lit where alive."""
+Colour = tuple[int, int, int]
+BACKGROUND: Colour = (24, 24, 28)
+TEXT: Colour = (220, 220, 220)
+K_COLOUR: Colour = (90, 200, 120)
+V_COLOUR: Colour = (80, 150, 230)
+OFF_COLOUR: Colour = (55, 55, 62)
+
+
+def draw_layer_grid(
+    title: str,
+    row_labels: list[str],
+    column_labels: list[str],
+    cell_colour: Callable[[int, int, int], Colour],
+    legend: list[tuple[Colour, str]],
+    cell: int = 26,
+) -> np.ndarray:
+    """RGB float image [H, W, 3]: a title, one row per label, one column per layer split into K (left) and V
+    (right) halves coloured by `cell_colour(row, column, half)`, and a legend underneath."""
     font = ImageFont.load_default()
-    label_w, header_h = 150, 40
-    concepts = sorted(bank.concepts, key=lambda c: c.task)
-    rows = max(len(concepts), 1)
-    width = label_w + cell * len(bank.layers) + 10
-    height = header_h + cell * rows + 10
-    image = Image.new("RGB", (width, height), (24, 24, 28))
+    label_w = 12 + 7 * max([len(label) for label in row_labels] + [8])
+    top, header = 22, 30
+    width = max(label_w + cell * len(column_labels) + 12, 12 + sum(40 + 7 * len(text) for _, text in legend))
+    height = top + header + cell * max(len(row_labels), 1) + 44
+    image = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    for col, layer in enumerate(bank.layers):
+    draw.text((8, 6), title, fill=TEXT, font=font)
+    for col, label in enumerate(column_labels):
         x = label_w + col * cell
-        draw.text((x + 1, 4 + (col % 2) * 14), short_layer_name(layer.name), fill=(200, 200, 200), font=font)
-    if not concepts:
-        draw.text((8, header_h + 2), "no concepts", fill=(160, 160, 160), font=font)
-    for row, concept in enumerate(concepts):
-        y = header_h + row * cell
-        draw.text((6, y + 3), f"{concept.task}: {concept.token}"[:24], fill=(230, 230, 230), font=font)
-        for col, layer in enumerate(bank.layers):
+        draw.text((x + 2, top + 2 + (col % 2) * 13), label, fill=(190, 190, 190), font=font)
+    for row, label in enumerate(row_labels):
+        y = top + header + row * cell
+        draw.text((6, y + cell // 2 - 6), label, fill=TEXT, font=font)
+        for col in range(len(column_labels)):
             x = label_w + col * cell
-            for half, proj in enumerate(PROJECTIONS):
-                alive = concept.task in bank.projections[f"{layer.name}.{proj}"].experts
-                colour = ((90, 200, 120) if half == 0 else (80, 150, 230)) if alive else (55, 55, 62)
+            for half in (0, 1):
                 x0 = x + 1 + half * (cell // 2)
-                draw.rectangle([x0, y + 1, x0 + cell // 2 - 2, y + cell - 2], fill=colour)
+                draw.rectangle([x0, y + 1, x0 + cell // 2 - 2, y + cell - 2], fill=cell_colour(row, col, half))
+    if not row_labels:
+        draw.text((8, top + header + 4), "no concepts yet", fill=(160, 160, 160), font=font)
+    x, y = 8, height - 30
+    for colour, text in legend:
+        draw.rectangle([x, y, x + 14, y + 14], fill=colour)
+        draw.text((x + 20, y + 2), text, fill=TEXT, font=font)
+        x += 40 + 7 * len(text)
     return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def expert_map(bank: ExpertBank) -> np.ndarray:
+    """Which layers keep each concept's expert: one row per concept, one column per layer, K and V halves."""
+    concepts = sorted(bank.concepts, key=lambda c: c.task)
+
+    def colour(row: int, col: int, half: int) -> Colour:
+        name = f"{bank.layers[col].name}.{PROJECTIONS[half]}"
+        return (K_COLOUR, V_COLOUR)[half] if concepts[row].task in bank.projections[name].experts else OFF_COLOUR
+
+    return draw_layer_grid(
+        "expert kept per layer (left half K, right half V)",
+        [f"{c.task}: {c.token}"[:28] for c in concepts],
+        [short_layer_name(layer.name) for layer in bank.layers],
+        colour,
+        [(K_COLOUR, "K expert kept"), (V_COLOUR, "V expert kept"), (OFF_COLOUR, "pruned (base weights)")],
+    )

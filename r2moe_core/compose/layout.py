@@ -348,3 +348,32 @@ def box_masks(
         top, bottom = _pixel_span(y0, y1, height)
         masks[index, top:bottom, left:right] = 1
     return masks
+
+
+def boxes_from_pixels(boxes: Any, width: int, height: int) -> list[Box]:
+    """Pixel boxes as newer ComfyUI passes them (`{"x", "y", "width", "height"}`: one dict, a list of them, or one
+    list per image, of which the first is used) -> [x0, y0, x1, y1] fractions of a width x height canvas."""
+    if isinstance(boxes, Mapping):
+        boxes = [boxes]
+    boxes = list(boxes or [])
+    if boxes and not isinstance(boxes[0], Mapping):
+        boxes = list(boxes[0] or [])  # one list per image: the layout is one canvas
+    out = []
+    for i, box in enumerate(boxes):
+        try:
+            x, y, w, h = (float(box[k]) for k in ("x", "y", "width", "height"))
+        except (KeyError, TypeError, ValueError) as err:
+            raise InvalidInputError(f"bounding box {i + 1} needs numeric x, y, width and height, got {box!r}.") from err
+        out.append((x / width, y / height, (x + w) / width, (y + h) / height))
+    return out
+
+
+def with_boxes(layout: Layout, boxes: list[Box]) -> Layout:
+    """The layout with its first regions' boxes replaced, in order, and validated again."""
+    if len(boxes) > len(layout.regions):
+        raise InvalidInputError(
+            f"{len(boxes)} bounding boxes but the layout has {len(layout.regions)} region(s): add a region (with its "
+            "prompt) for every box, or connect fewer boxes."
+        )
+    regions = [dataclasses.replace(r, box=boxes[i]) if i < len(boxes) else r for i, r in enumerate(layout.regions)]
+    return validate_layout(dataclasses.replace(layout, regions=tuple(regions)))

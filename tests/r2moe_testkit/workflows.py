@@ -10,7 +10,7 @@ from comfy_inprocess import REPO
 
 
 def load_api_workflow(name: str) -> dict[str, Any]:
-    return json.loads((REPO / "workflows" / name).read_text())
+    return json.loads((REPO / "scripts" / "api_workflows" / name).read_text())
 
 
 def with_steps(graph: dict[str, Any], steps: int, size: int = 128) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import r2moe_core as core
 from r2moe_core.compose.layout import (
     Layout,
     Region,
@@ -192,3 +193,19 @@ def test_box_masks_keep_a_small_box_visible_on_a_coarse_grid():
     assert box_masks(Layout(width=8, height=8, background=""), 5, 7).shape == (0, 5, 7)
     with pytest.raises(InvalidInputError, match="positive integer"):
         box_masks(layout, 0, 4)
+
+
+def test_core_pixel_bounding_boxes_replace_region_boxes_in_order():
+    layout = core.layout_from_json(
+        '{"version": 1, "width": 512, "height": 256, "background": "a beach", "regions": ['
+        '{"prompt": "a <dog1> dog", "box": [0, 0, 0.5, 1]}, {"prompt": "a <cat1> cat", "box": [0.5, 0, 1, 1]}]}'
+    )
+    for given in ({"x": 128, "y": 64, "width": 256, "height": 128},
+                  [{"x": 128, "y": 64, "width": 256, "height": 128, "score": 0.9}],
+                  [[{"x": 128, "y": 64, "width": 256, "height": 128}], [{"x": 0, "y": 0, "width": 8, "height": 8}]]):
+        moved = core.with_boxes(layout, core.boxes_from_pixels(given, layout.width, layout.height))
+        assert moved.regions[0].box == (0.25, 0.25, 0.75, 0.75) and moved.regions[1] == layout.regions[1]
+    with pytest.raises(core.InvalidInputError, match="3 bounding boxes but the layout has 2"):
+        core.with_boxes(layout, core.boxes_from_pixels([{"x": 0, "y": 0, "width": 8, "height": 8}] * 3, 512, 256))
+    with pytest.raises(core.InvalidInputError, match="needs numeric x, y, width and height"):
+        core.boxes_from_pixels([{"x": 1}], 512, 256)
