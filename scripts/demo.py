@@ -33,6 +33,8 @@ from demo_concepts import draw_concept_sets
 LOG = logging.getLogger("r2moe.demo")
 WORKFLOW = REPO / "scripts" / "api_workflows" / "api_train_two_concepts.json"
 REGIONAL_WORKFLOW = REPO / "scripts" / "api_workflows" / "api_regional_two_concepts.json"
+# A few minutes alone on 2 cores; generous, since a busy shared machine can be several times slower.
+WORKFLOW_TIMEOUT_S = 3600.0
 TINY = "r2moe_tiny_sd15.safetensors"
 WORLD = REPO / "bench" / "world" / "weights" / "world_sd15.safetensors"
 WORLD_NAME = "r2moe_world_sd15.safetensors"
@@ -221,14 +223,15 @@ def main() -> None:
         info = server.get("/object_info")
         ours = sorted(n for n in info if n.startswith("R2MoE"))
         t0 = time.monotonic()
-        entry = server.run(graph)
+        entry = server.run(graph, timeout=WORKFLOW_TIMEOUT_S)
         run_s = time.monotonic() - t0
         images = saved_images(entry, ("15", "16", "17", "18", "20"), opts.output)
         sam_name = pick_sam(server, opts.sam)
         sampling = f"R2MoEHierarchicalSampler with SAM {sam_name}" if sam_name else "box masks, stock KSampler"
         LOG.info("Two concepts in one image: %r (%s)", two_prompt, sampling)
         t0 = time.monotonic()
-        regional = server.run(regional_graph(ckpt_name, bank_file, two_prompt, size, sample_steps, sam_name))
+        regional_graph_ = regional_graph(ckpt_name, bank_file, two_prompt, size, sample_steps, sam_name)
+        regional = server.run(regional_graph_, timeout=WORKFLOW_TIMEOUT_S)
         regional_s = time.monotonic() - t0
         regional_image, layout_image = saved_images(regional, ("10", "12"), opts.output)
     report = opts.output / "r2moe_demo_report.md"
