@@ -57,6 +57,10 @@ test(`${LABEL}: the page loads the pack's extension with no errors from its scri
   await step("load", async () => {
     const loaded = await page.evaluate(() => window.app.extensions.some((e) => e.name === "r2moe.nodes"));
     assert.ok(loaded, "extension r2moe.nodes not registered");
+    if (VUE_NODES) {
+      const rendered = await page.evaluate(() => [document.querySelectorAll("[data-node-id]").length, window.app.graph.nodes.length]);
+      assert.ok(rendered[1] > 0 && rendered[0] === rendered[1], `Nodes 2.0 rendered ${rendered[0]} of ${rendered[1]} nodes`);
+    }
     assert.deepEqual(packErrors(page), []);
   });
 });
@@ -139,7 +143,7 @@ test(`${LABEL}: dragging a box in the region editor edits the layout JSON, and t
       window.app.canvas.ds.scale = 1;
       window.app.canvas.setDirty(true, true);
     });
-    const canvas = page.locator(".r2moe-layout-editor canvas").first();
+    const canvas = page.locator(`${VUE_NODES ? "[data-node-id] " : ""}.r2moe-layout-editor canvas`).first();
     await canvas.waitFor({ timeout: 10_000 });
     await page.waitForTimeout(300);
     const before = await page.evaluate(() => JSON.parse(window.app.graph.nodes[0].widgets.find((w) => w.name === "layout_json").value));
