@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..r2moe_core.bank.bank_file import load_bank, save_bank
-from ..r2moe_core.bank.compatibility import bank_file_name, check_token_width
+from ..r2moe_core.bank.compatibility import bank_file_name
 from ..r2moe_core.bank.config import BankConfig
 from ..r2moe_core.bank.expert_bank import ExpertBank
 from ..r2moe_core.bank.report import bank_report, expert_map
@@ -17,9 +17,9 @@ from ..r2moe_core.log import LOGGER
 from ..r2moe_core.moe.gate_map import gate_heatmap, gate_summary, prompt_gate_weights
 from ..r2moe_core.moe.pruning import prune_bank
 from .bank_patch import apply_bank
-from .clip_tokens import clip_with_concepts
+from .clip_tokens import clip_with_concepts, encode_prompt
 from .model_folders import bank_dir, bank_files, bank_path
-from .model_inspection import model_fingerprint, token_dim
+from .model_inspection import check_clip_serves, model_fingerprint
 from .types import BANK_TIP, Bank
 
 CATEGORY = "R2MoE"
@@ -245,9 +245,8 @@ class R2MoEGateMap(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, bank, prompt) -> io.NodeOutput:
-        check_token_width(bank, token_dim(clip))
-        concept_clip = clip_with_concepts(clip, bank)
-        context = concept_clip.encode_from_tokens(concept_clip.tokenize(prompt)).float().cpu()
+        check_clip_serves(bank, clip)
+        context = encode_prompt(clip_with_concepts(clip, bank), prompt).float().cpu()
         weights = prompt_gate_weights(bank, context)
         text = gate_summary(bank, weights)
         image = torch.from_numpy(gate_heatmap(bank, weights, prompt))[None]

@@ -85,3 +85,8 @@ def clip_with_concepts(clip: Any, bank: ExpertBank) -> Any:
     embeddings.update({c.token: c.embedding.detach().float().cpu() for c in bank.concepts})
     patched.tokenizer = ConceptTokenizer(base, embeddings) if embeddings else base
     return patched
+
+
+def encode_prompt(clip: Any, text: str) -> torch.Tensor:
+    """[1, tokens, dim] text context, exactly as CLIPTextEncode makes it (no hooks)."""
+    return clip.encode_from_tokens(clip.tokenize(text))

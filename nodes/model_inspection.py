@@ -60,6 +60,11 @@ def token_dim(clip: Any) -> int:
     return 768
 
 
+def check_clip_serves(bank: ExpertBank, clip: Any, new_concept: bool = False) -> None:
+    """Raise unless this CLIP's token embeddings are as wide as the bank's concept tokens."""
+    check_token_width(bank, token_dim(clip), new_concept)
+
+
 def check_bank_serves(
     bank: ExpertBank, model: Any, clip: Any | None = None, allow_other_weights: bool = False, new_concept: bool = False
 ) -> None:
@@ -68,4 +73,4 @@ def check_bank_serves(
     for warning in check_bank_fits(bank, layers, fingerprint, allow_other_weights):
         LOGGER.warning("R2MoE: %s", warning)
     if clip is not None:
-        check_token_width(bank, token_dim(clip), new_concept)
+        check_clip_serves(bank, clip, new_concept)

@@ -22,7 +22,7 @@ from ..r2moe_core.compose.regional_attention import RegionalRuntime, row_spans, 
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
 from .attn2_slots import SharedOnClone, SlotPatch, install_attn2_patches, stock_attention
-from .clip_tokens import clip_with_concepts
+from .clip_tokens import clip_with_concepts, encode_prompt
 from .model_inspection import check_bank_serves
 
 _ids = itertools.count()
@@ -97,11 +97,6 @@ def install_regional(model: Any, runtime: RegionalRuntime, layers: list[LayerSpe
     return install_attn2_patches(patched, layers, make_patch)
 
 
-def _encode(clip: Any, text: str) -> torch.Tensor:
-    """[1, tokens, dim] text context, exactly as CLIPTextEncode makes it (no hooks)."""
-    return clip.encode_from_tokens(clip.tokenize(text))
-
-
 def layout_for_bank(layout: Any, bank: ExpertBank) -> Layout:
     """The layout checked against the bank: every region token must be one of its concepts."""
     try:
@@ -131,8 +126,8 @@ def prepare_regions(model: Any, clip: Any, bank: ExpertBank, layout: Any, allow_
     concept_clip = clip_with_concepts(clip, bank)
     return RegionPrompts(
         checked,
-        _encode(concept_clip, checked.background),
-        tuple(_encode(concept_clip, region.prompt) for region in checked.regions),
+        encode_prompt(concept_clip, checked.background),
+        tuple(encode_prompt(concept_clip, region.prompt) for region in checked.regions),
     )
 
 

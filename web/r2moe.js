@@ -15,8 +15,9 @@ const PLAN_NODE = "R2MoELayoutPlanner";
 
 /** A widget that lives only in the page: not in the prompt, not in the saved workflow. */
 function addPageWidget(node, name, element, options) {
-  const widget = node.addDOMWidget(name, name, element, { serialize: false, hideOnZoom: false, ...options });
-  widget.serialize = false;
+  const widget = node.addDOMWidget(name, name, element, { hideOnZoom: false, ...options });
+  widget.options.serialize = false; // the prompt builder skips widgets whose options say so
+  widget.serialize = false; // the workflow saver skips widgets that say so themselves
   return widget;
 }
 

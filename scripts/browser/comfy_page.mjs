@@ -70,12 +70,6 @@ export async function openApp(browser, url, { vueNodes = false } = {}) {
     }
   });
   await page.keyboard.press("Escape");
-  await page.evaluate(() => {
-    // The "Nodes 2.0" announcement bar covers the top of the canvas in screenshots.
-    for (const button of document.querySelectorAll("button")) {
-      if (button.closest("[class*=banner], [class*=Banner]") && button.getAttribute("aria-label")?.match(/close/i)) button.click();
-    }
-  });
   return page;
 }
 
