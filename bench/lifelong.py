@@ -34,7 +34,7 @@ from world.checkpoint import SHIPPED, load_world
 from world.concepts import load_concepts
 from world.evaluators import train_evaluator
 from world.methods import METHODS, SIMPLIFICATIONS, Budget
-from world.plots import grid_image, line_plot
+from world.plots import grid_image, heatmap, line_plot
 from world.protocol import ConceptData, EvalSettings, MethodRun, World, run_method
 from world.vocab import SIZE
 
@@ -44,7 +44,7 @@ LOG = logging.getLogger("r2moe.bench.lifelong")
 HERE = Path(__file__).resolve().parent
 DEFAULT_PHOTOS = HERE.parents[1] / "shared" / "data" / "concepts"
 METRICS = ("image_alignment", "text_alignment", "forgetting", "params_added", "bytes_added", "train_s_per_task",
-           "sample_s_per_image")
+           "sample_s_per_image", "class_drift", "expert_kept_share")
 
 
 def world_concepts(path: Path, images: int, limit: int | None) -> list[ConceptData]:
@@ -68,14 +68,21 @@ def aggregate(runs: list[MethodRun]) -> dict[str, float | list[float]]:
     per_seed = [r.summary() for r in runs]
     out: dict[str, float | list[float]] = {}
     for metric in METRICS:
+        if metric not in per_seed[0]:
+            continue
         values = [s[metric] for s in per_seed]
         out[metric] = float(np.mean(values)) if metric not in ("params_added", "bytes_added") else int(values[0])
-        if len(values) > 1 and metric in ("image_alignment", "text_alignment", "forgetting"):
+        if metric in ("class_drift", "expert_kept_share"):
+            out[metric] = round(out[metric], 4)
+        if len(values) > 1 and metric in ("image_alignment", "text_alignment", "forgetting", "class_drift",
+                                          "expert_kept_share"):
             out[f"{metric}_std"] = round(float(np.std(values, ddof=1)), 2)
             out[f"{metric}_seeds"] = values
     for metric in ("image_alignment", "text_alignment", "forgetting", "train_s_per_task"):
         out[metric] = round(float(out[metric]), 2)
     out["params_per_task"] = runs[0].params
+    if runs[0].gate_matrix is not None:
+        out["gate_matrix_seed0"] = runs[0].gate_matrix
     out["forgetting_curve"] = [round(float(np.mean([curve(r)[t] for r in runs])), 2) for t in range(len(runs[0].ia))]
     if runs[0].ta_parts:
         out["text_alignment_parts"] = {k: round(float(np.mean([r.ta_parts[k] for r in runs])), 2)
@@ -191,6 +198,13 @@ def run_track(label: str, concepts: list[ConceptData], methods: list[str], seeds
     line_plot(params, f"{label}: parameters added (cumulative)", "task", out / f"lifelong_{label}_params.png")
     grid_image(last_images, [c.images[0] for c in concepts], [c.token for c in concepts],
                out / f"lifelong_{label}_grid.png")
+    if "gate_matrix_seed0" in result["methods"].get("r2moe", {}):
+        matrix = np.array(result["methods"]["r2moe"]["gate_matrix_seed0"])
+        order = outputs[("r2moe", seeds_of["r2moe"][0])].order
+        experts = ["aux", *(str(i + 1) for i in range(len(order)))]
+        heatmap(matrix, [f"{i + 1} {t}" for i, t in enumerate(order)], experts,
+                f"{label}: r2moe gate weight (row: prompt of task t's concept; column: expert)",
+                out / f"lifelong_{label}_gates.png")
     return result
 
 
@@ -215,14 +229,18 @@ def markdown(results: dict) -> str:
         if len(seeds) > 1:
             lines += ["Rows marked (N seeds) are the mean ± sample std over those seeds; other rows ran on seed "
                       f"{seeds[0]} only.", ""]
-        lines += ["| method | IA ↑ | TA ↑ | forgetting ↓ | params added | bytes added | train s/task | sample s/img |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| method | IA ↑ | TA ↑ | forgetting ↓ | class drift ↓ | experts kept | params added | bytes added | "
+                  "train s/task | sample s/img |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, m in data["methods"].items():
             ta = _cell(m, "text_alignment") if m.get("text_alignment_parts") else "–"
             runs_on = m.get("seeds", seeds)
             label = f"{name} ({len(runs_on)} seeds)" if len(seeds) > 1 and len(runs_on) > 1 else name
-            lines.append(f"| {label} | {_cell(m, 'image_alignment')} | {ta} | {_cell(m, 'forgetting')} | "
-                         f"{m['params_added']:,} | {m['bytes_added'] / 1024:.0f} KB | {m['train_s_per_task']:.1f} | "
+            kept = f"{m['expert_kept_share']:.0%}" if "expert_kept_share" in m else "–"
+            drift = _cell(m, "class_drift") if "class_drift" in m else "–"
+            lines.append(f"| {label} | {_cell(m, 'image_alignment')} | {ta} | {_cell(m, 'forgetting')} | {drift} | "
+                         f"{kept} | {m['params_added']:,} | {m['bytes_added'] / 1024:.0f} KB | "
+                         f"{m['train_s_per_task']:.1f} | "
                          f"{m['sample_s_per_image']:.3f} |")
         lines += ["", f"Base model (class word, nothing learned): IA {data['base_model']['image_alignment']:.1f}.", ""]
     return "\n".join(lines)

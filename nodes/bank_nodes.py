@@ -42,7 +42,8 @@ class R2MoENewBank(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "prune_threshold", default=0.4, min=0.0, max=1.0, step=0.01,
-                    tooltip="After training, a new expert is dropped in layers where its gate weight is below this.",
+                    tooltip="After training, a new expert is dropped in layers where it gives less than this share of "
+                            "the experts' output on its concept's prompts.",
                 ),
                 io.Float.Input(
                     "distill_lambda", default=1e-5, min=0.0, max=1.0, step=1e-6,

@@ -96,22 +96,27 @@ class R2MoETrainConcept(io.ComfyNode):
                              tooltip="Training resolution in pixels (SD1.5: 512)."),
                 io.Float.Input("lr_experts", default=1e-4, min=0.0, max=1.0, step=1e-5,
                                tooltip="Learning rate of the new expert (reference: 1e-4)."),
-                io.Float.Input("lr_router", default=1e-4, min=0.0, max=1.0, step=1e-5,
-                               tooltip="Learning rate of the gate (reference: 1e-4)."),
+                io.Float.Input("lr_router", default=1e-2, min=0.0, max=1.0, step=1e-4,
+                               tooltip="Learning rate of the gate, in gate-score units per step: the gate learns one "
+                                       "score per expert and layer along this concept's own prompt (the paper's "
+                                       "1e-4 is for a full router matrix and barely moves it)."),
                 io.Float.Input("lr_token", default=1e-3, min=0.0, max=1.0, step=1e-4,
                                tooltip="Learning rate of the trigger token's embedding (reference: 1e-3)."),
                 io.Float.Input("distill_lambda", default=1e-5, min=0.0, max=10.0, step=1e-6,
                                tooltip="Weight of routing distillation, which keeps old concepts routed as before."),
                 io.Combo.Input("distill_mode", options=["exact", "soft", "off"], default="exact",
-                               tooltip="exact: old concepts keep their gate scores exactly (projection); soft: only "
-                                       "the reference penalty; off: no distillation (for comparison)."),
-                io.Float.Input("new_expert_margin", default=0.0, min=0.0, max=50.0, step=0.5, optional=True,
-                               tooltip="exact mode: how far below the auxiliary expert the new expert must score on "
-                                       "old concepts' prompts. 0 = reference behaviour; 20 = old concepts "
-                                       "unchanged to float precision, but the new expert gets small gate weights "
-                                       "(learns through larger weights, and pruning removes more of it)."),
+                               tooltip="exact: old concepts keep their gate scores exactly (the gate changes only "
+                                       "along a direction that is zero on their prompts); soft: the reference "
+                                       "penalty only; off: no distillation (for comparison)."),
+                io.Float.Input("new_expert_margin", default=8.0, min=0.0, max=50.0, step=0.5, optional=True,
+                               tooltip="How far below the auxiliary expert the new expert scores on old concepts' "
+                                       "prompts (exact mode) and on plain prompts without a trigger: its share "
+                                       "there is at most e^-margin of the auxiliary expert's. 0 = it ties with the "
+                                       "auxiliary expert (the reference's limit)."),
                 io.Float.Input("prune_threshold", default=0.4, min=0.0, max=1.0, step=0.01,
-                               tooltip="Drop the new expert in layers where its gate weight is below this."),
+                               tooltip="Drop the new expert in layers where it gives less than this share of the "
+                                       "experts' output on the concept's prompts (old experts already serve it). "
+                                       "The paper thresholds the gate weight instead."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Same seed, same result (fixed: queuing again does not re-train)."),
                 io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="AdamW", tooltip="Optimizer."),

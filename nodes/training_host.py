@@ -24,6 +24,7 @@ from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
 from ..r2moe_core.moe.pruning import PruneReport, prune_task
 from ..r2moe_core.moe.routing import gate_input
+from ..r2moe_core.moe.routing_update import plain_prompts
 from ..r2moe_core.train.request import ConceptRequest
 from ..r2moe_core.train.trainer import ExpertTrainer, TrainingRuntime, training_step
 from .bank_patch import install_runtime
@@ -141,17 +142,9 @@ def train_concept(
     started = time.perf_counter()
     name, token, class_word, settings = request.name, request.token, request.class_word, request.settings
     checkpointing, prune_threshold = request.gradient_checkpointing, request.prune_threshold
-    with torch.inference_mode(False):  # parameters made under the executor's inference mode cannot train
-        trainer = ExpertTrainer(bank, class_word_embedding(clip, class_word), settings)
-    unet = install_runtime(trainable_view(model), TrainingRuntime(trainer), bank.layers)
     text = clip.clone()
     text.patcher = trainable_view(clip.patcher)
     base_tokenizer = getattr(clip.tokenizer, "base", clip.tokenizer)
-    text.tokenizer = ConceptTokenizer(base_tokenizer, {token: trainer.token})
-
-    predict_noise = noise_predictor(unet)
-    device = unet.load_device
-    sigmas = unet.model.model_sampling.sigmas.detach().float().cpu().clone()
 
     def encode(texts: Sequence[str]) -> torch.Tensor:
         # ComfyUI's CLIP adds residuals in place (`x += ...`), which autograd rejects when x was saved for
@@ -161,6 +154,22 @@ def train_concept(
         with torch.autograd.graph.saved_tensors_hooks(_clone_tensor, _identity), _math_attention():
             encoded = {t: text.encode_from_tokens(text.tokenize(t)) for t in dict.fromkeys(texts)}  # once each
             return torch.cat([encoded[t] for t in texts]).to(device)
+
+    token_init = class_word_embedding(clip, class_word)
+    device = model.load_device
+    # Parameters and the tensors autograd saves must not be made under the executor's inference mode.
+    with torch.inference_mode(False):
+        text.tokenizer = ConceptTokenizer(base_tokenizer, {token: token_init})
+        with torch.no_grad():
+            concept_inputs = torch.cat([gate_input(encode([c])) for c in dict.fromkeys(captions)]).float().cpu()
+            plain = plain_prompts([class_word, *(c.class_word for c in bank.concepts)])
+            neutral_inputs = gate_input(encode(plain)).float().cpu()
+        trainer = ExpertTrainer(bank, token_init, settings, concept_inputs, neutral_inputs)
+    text.tokenizer = ConceptTokenizer(base_tokenizer, {token: trainer.token})
+    unet = install_runtime(trainable_view(model), TrainingRuntime(trainer), bank.layers)
+    predict_noise = noise_predictor(unet)
+    device = unet.load_device
+    sigmas = unet.model.model_sampling.sigmas.detach().float().cpu().clone()
 
     losses: list[float] = []
     unet_module = unet.model.diffusion_model

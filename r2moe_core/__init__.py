@@ -48,7 +48,7 @@ from .errors import BankFormatError, BankMismatchError, InvalidInputError, R2MoE
 from .log import LOGGER
 from .moe.delta_cache import BankRuntime
 from .moe.gate_map import gate_heatmap, gate_summary, prompt_gate_weights
-from .moe.pruning import PruneReport, new_expert_coefficients, prune_bank, prune_task
+from .moe.pruning import PruneReport, new_expert_coefficients, new_expert_shares, prune_bank, prune_task
 from .moe.routing import (
     gate_input,
     gate_scores,
@@ -126,6 +126,7 @@ __all__ = [
     "make_captions",
     "mixture_coefficients",
     "new_expert_coefficients",
+    "new_expert_shares",
     "prompt_gate_weights",
     "prune_bank",
     "prune_task",

@@ -23,14 +23,15 @@ from r2moe_core.train.trainer import ExpertTrainer, TrainSettings
 
 from .unet import CrossAttention, Delta, UNet
 
-METHODS = ("r2moe", "r2moe_no_rdm", "r2moe_no_sae", "r2moe_no_prune", "lora_sequential", "c_lora",
-           "lora_per_concept", "custom_diffusion")
+METHODS = ("r2moe", "r2moe_no_rdm", "r2moe_no_sae", "r2moe_no_prune", "textual_inversion", "lora_sequential",
+           "c_lora", "lora_per_concept", "custom_diffusion")
 
 SIMPLIFICATIONS = {
     "r2moe": "pack defaults: rank 4, top-k 3, exact routing distillation (margin 0), SAE, τ-pruning at 0.4",
     "r2moe_no_rdm": "routing distillation off (the new router columns are unconstrained on old prompts)",
     "r2moe_no_sae": "no selective activation: the new expert competes for the top-k like the others in training",
     "r2moe_no_prune": "no layer-wise pruning after each task",
+    "textual_inversion": "the trigger token trained alone (no adapter): what the experts must beat",
     "lora_sequential": "one rank-4 K/V LoRA fine-tuned through all tasks (fresh optimizer per task)",
     "c_lora": "one rank-4 K/V LoRA per task, all summed; penalty λ·Σ((P/rms P)⊙ΔW_t)² with P the sum of earlier "
               "LoRAs (the paper's self-regularisation, normalised so λ is scale-free); no prompt initialisation "
@@ -43,13 +44,22 @@ SIMPLIFICATIONS = {
 
 
 @dataclass(frozen=True)
+class GatePrompts:
+    """Gate inputs [N, D] of the concept's captions (token at its start value) and of the plain prompts."""
+
+    concept: torch.Tensor
+    neutral: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Budget:
     """The same for every method: steps, batch, rank; learning rates per parameter family."""
 
     steps: int = 50
     batch_size: int = 2
     rank: int = 4
-    lr: float = 2e-3  # LoRA factors, experts, routers
+    lr: float = 2e-3  # LoRA factors and experts
+    lr_router: float = 5e-2  # R2MoE gate scores (score units per step)
     lr_token: float = 5e-3
     lr_full: float = 1e-4  # custom diffusion's full K/V weights
     c_lora_lambda: float = 1e-2
@@ -155,6 +165,9 @@ class R2MoETask:
     def distill_loss(self) -> torch.Tensor:
         return self.trainer.distill_loss()
 
+    def observe_gate_inputs(self, m: torch.Tensor) -> None:
+        self.trainer.observe_gate_inputs(m)
+
     def after_step(self) -> None:
         self.trainer.after_step()
 
@@ -168,16 +181,19 @@ class Method:
     budget: Budget
     seed: int = 0
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)
+    class_words: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.layers = world_layers(self.unet)
         self.gen = torch.Generator().manual_seed(self.seed)
 
-    def begin(self, token: str, class_word: str, token_init: torch.Tensor) -> BaselineTask | R2MoETask:
+    def begin(self, token: str, class_word: str, token_init: torch.Tensor,
+              gates: GatePrompts) -> BaselineTask | R2MoETask:
         raise NotImplementedError
 
     def end(self, task: BaselineTask | R2MoETask, token: str, class_word: str, gate_inputs: torch.Tensor) -> None:
         self.tokens[token] = task.token.detach().clone()
+        self.class_words.append(class_word)
 
     def sampling_delta(self, prompts: list[str], context: torch.Tensor) -> Delta | None:
         raise NotImplementedError
@@ -206,12 +222,19 @@ class R2MoEMethod(Method):
         self.prune = variant != "no_prune"
         self.reports: list[core.PruneReport] = []
 
-    def begin(self, token: str, class_word: str, token_init: torch.Tensor) -> R2MoETask:
+    def begin(self, token: str, class_word: str, token_init: torch.Tensor, gates: GatePrompts) -> R2MoETask:
         b = self.budget
-        settings = TrainSettings(steps=b.steps, batch_size=b.batch_size, lr_experts=b.lr, lr_router=b.lr,
+        settings = TrainSettings(steps=b.steps, batch_size=b.batch_size, lr_experts=b.lr, lr_router=b.lr_router,
                                  lr_token=b.lr_token, distill_mode=self.distill_mode,
                                  selective_activation=self.selective, seed=self.seed + self.bank.num_tasks)
-        return R2MoETask(ExpertTrainer(self.bank, token_init, settings))
+        return R2MoETask(ExpertTrainer(self.bank, token_init, settings, gates.concept, gates.neutral))
+
+    def kept_share(self) -> float:
+        """Expert parameters (down, up) stored, over those of every concept's expert in every projection."""
+        rank = self.bank.config.rank
+        full = sum(2 * rank * (layer.in_dim + layer.out_dim) for layer in self.layers) * max(self.bank.num_tasks, 1)
+        kept = sum(x.down.numel() + x.up.numel() for p in self.bank.projections.values() for x in p.experts.values())
+        return kept / full
 
     def end(self, task: R2MoETask, token: str, class_word: str, gate_inputs: torch.Tensor) -> None:
         super().end(task, token, class_word, gate_inputs)
@@ -234,12 +257,22 @@ class R2MoEMethod(Method):
         return len(core.bank_to_bytes(self.bank))
 
 
+class TextualInversionMethod(Method):
+    """The trigger token alone: nothing but the token is stored or trained."""
+
+    def begin(self, token: str, class_word: str, token_init: torch.Tensor, gates: GatePrompts) -> BaselineTask:
+        return BaselineTask(self.budget, token_init, [], lambda name, context: None)
+
+    def sampling_delta(self, prompts: list[str], context: torch.Tensor) -> Delta | None:
+        return None
+
+
 class SequentialLoraMethod(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.lora = _Lora(self.layers, self.budget.rank, self.gen)
 
-    def begin(self, token: str, class_word: str, token_init: torch.Tensor) -> BaselineTask:
+    def begin(self, token: str, class_word: str, token_init: torch.Tensor, gates: GatePrompts) -> BaselineTask:
         params = [*self.lora.downs, *self.lora.ups]
         return BaselineTask(self.budget, token_init, [(params, self.budget.lr)], self.lora.delta)
 
@@ -261,7 +294,7 @@ class CLoraMethod(Method):
             return sum(parts[1:], parts[0]) if parts else None
         return delta
 
-    def begin(self, token: str, class_word: str, token_init: torch.Tensor) -> BaselineTask:
+    def begin(self, token: str, class_word: str, token_init: torch.Tensor, gates: GatePrompts) -> BaselineTask:
         new = _Lora(self.layers, self.budget.rank, self.gen)
         with torch.no_grad():
             previous = [sum(lora.weight(i) for lora in self.loras) for i in range(len(new.names))] if self.loras \
@@ -302,7 +335,7 @@ class LoraPerConceptMethod(Method):
         super().__post_init__()
         self.loras: dict[str, _Lora] = {}
 
-    def begin(self, token: str, class_word: str, token_init: torch.Tensor) -> BaselineTask:
+    def begin(self, token: str, class_word: str, token_init: torch.Tensor, gates: GatePrompts) -> BaselineTask:
         self.loras[token] = lora = _Lora(self.layers, self.budget.rank, self.gen)
         return BaselineTask(self.budget, token_init, [([*lora.downs, *lora.ups], self.budget.lr)], lora.delta)
 
@@ -337,7 +370,7 @@ class CustomDiffusionMethod(Method):
         super().__post_init__()
         self.full = _Full(self.layers)
 
-    def begin(self, token: str, class_word: str, token_init: torch.Tensor) -> BaselineTask:
+    def begin(self, token: str, class_word: str, token_init: torch.Tensor, gates: GatePrompts) -> BaselineTask:
         return BaselineTask(self.budget, token_init, [(list(self.full.weights), self.budget.lr_full)], self.full.delta)
 
     def sampling_delta(self, prompts: list[str], context: torch.Tensor) -> Delta | None:
@@ -350,6 +383,6 @@ class CustomDiffusionMethod(Method):
 def make_method(name: str, unet: UNet, budget: Budget, seed: int = 0) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    kind = {"lora_sequential": SequentialLoraMethod, "c_lora": CLoraMethod,
+    kind = {"textual_inversion": TextualInversionMethod, "lora_sequential": SequentialLoraMethod, "c_lora": CLoraMethod,
             "lora_per_concept": LoraPerConceptMethod, "custom_diffusion": CustomDiffusionMethod}
     return kind.get(name, R2MoEMethod)(name=name, unet=unet, budget=budget, seed=seed)

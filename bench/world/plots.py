@@ -70,3 +70,24 @@ def grid_image(rows: dict[str, dict[str, list[np.ndarray]]], references: list[np
                 image.paste(Image.fromarray(images[token][0]), (label_w + j * size, i * size))
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
+
+
+def heatmap(matrix: np.ndarray, rows: list[str], columns: list[str], title: str, path: Path, cell: int = 34) -> None:
+    """Values in [0, 1] as grey levels (white 0, black 1) with the value printed in each cell."""
+    left, top = 90, 50
+    height, width = matrix.shape
+    image = Image.new("RGB", (left + cell * width + 10, top + cell * height + 10), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((4, 6), title, fill="black")
+    for j, label in enumerate(columns):
+        draw.text((left + j * cell + 4, top - 14), label[:5], fill="black")
+    for i, label in enumerate(rows):
+        draw.text((4, top + i * cell + cell // 2 - 6), label[:14], fill="black")
+        for j in range(width):
+            v = float(np.clip(matrix[i, j], 0.0, 1.0))
+            grey = round(255 * (1 - v))
+            box = [left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1]
+            draw.rectangle(box, fill=(grey, grey, grey), outline=(200, 200, 200))
+            draw.text((box[0] + 3, box[1] + cell // 2 - 6), f"{v:.2f}"[1:] if v < 1 else "1.0",
+                      fill="white" if v > 0.5 else "black")
+    image.save(path)

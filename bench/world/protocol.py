@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from r2moe_core.moe.routing import gate_input
+from r2moe_core.moe.routing_update import plain_prompts
 from r2moe_core.train.trainer import training_step
 
 from .concepts import ConceptSpec, concept_images
-from .methods import Budget, Method, make_method
+from .methods import Budget, GatePrompts, Method, make_method
 from .sampler import LATENT_SCALE, ddpm_sigmas, sample
 from .text import TextEncoder
 from .unet import UNet
@@ -98,6 +99,9 @@ class MethodRun:
     ta_parts: dict[str, float] = field(default_factory=dict)
     final_images: dict[str, list[np.ndarray]] = field(default_factory=dict)
     losses: list[list[float]] = field(default_factory=list)
+    class_drift: float = 0.0
+    kept_share: float | None = None  # R2MoE variants: expert parameters kept after pruning (0-1)
+    gate_matrix: list[list[float]] | None = None  # R2MoE: concept prompt (rows) x expert (aux, 1..T), mean weight
 
     @property
     def image_alignment(self) -> float:
@@ -118,7 +122,8 @@ class MethodRun:
             "bytes_added": self.bytes[-1],
             "train_s_per_task": round(float(np.mean(self.train_s)), 2),
             "sample_s_per_image": round(self.sample_s_per_image, 4),
-        }
+            "class_drift": round(self.class_drift, 2),
+        } | ({} if self.kept_share is None else {"expert_kept_share": round(self.kept_share, 4)})
 
 
 def _predictor(unet: UNet, delta: Callable) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -136,7 +141,11 @@ def train_task(world: World, method: Method, concept: ConceptData, steps: int, s
     class_ids = world.text.tokenizer(concept.class_word, add_special_tokens=False)["input_ids"]
     token_init = table[class_ids].mean(0, keepdim=True)
     started = time.perf_counter()
-    task = method.begin(concept.token, concept.class_word, token_init)
+    with torch.no_grad():
+        start = world.text(concept.captions, method.tokens | {concept.token: token_init})
+        plain = plain_prompts([*method.class_words, concept.class_word])
+        gates = GatePrompts(gate_input(start), gate_input(world.text(plain, method.tokens)))
+    task = method.begin(concept.token, concept.class_word, token_init, gates)
     optimizer = task.optimizer()
     latents = world.encode_images(concept.images)
     gen = torch.Generator().manual_seed(seed)
@@ -224,6 +233,32 @@ def text_alignment(world: World, method: Method, concepts: list[ConceptData], ev
     return {k: v * 100 for k, v in parts.items()}
 
 
+def class_drift(world: World, method: Method, concepts: list[ConceptData], features: Features,
+                settings: EvalSettings, seed: int) -> float:
+    """How far `photo of a {class}` (no trigger) moved from the base model's images, same prompts and seeds:
+    100·mean(1 - cos) of the feature vectors."""
+    prompts = [f"photo of a {w}" for w in dict.fromkeys(c.class_word for c in concepts)
+               for _ in range(settings.images_per_concept)]
+    after, before = generate(world, method, prompts, seed, settings), generate(world, None, prompts, seed, settings)
+    return float((1 - (features(after) * features(before)).sum(-1)).mean()) * 100
+
+
+def gate_matrix(world: World, method: Method, concepts: list[ConceptData]) -> list[list[float]]:
+    """Mean inference weight of every expert (aux, 1..T) over the projections, for each concept's own prompt."""
+    from r2moe_core.moe.routing import inference_coefficients
+
+    bank, rows = method.bank, []
+    with torch.no_grad():
+        for concept in sorted(concepts, key=lambda c: bank.concept_by_name(c.token.strip("<>")).task):
+            m = gate_input(world.text([alone_prompt(concept)], method.tokens))
+            n = bank.num_experts
+            weights = [inference_coefficients(m, p.router(n), p.alive_mask(n), bank.config.top_k,
+                                              bank.config.aux_in_inference)[0]
+                       for p in bank.projections.values()]
+            rows.append([round(float(v), 4) for v in torch.stack(weights).mean(0)])
+    return rows
+
+
 def run_method(name: str, world: World, concepts: list[ConceptData], budget: Budget, features: Features,
                references: dict[str, torch.Tensor], settings: EvalSettings, seed: int,
                evaluator: torch.nn.Module | None = None) -> MethodRun:
@@ -246,6 +281,10 @@ def run_method(name: str, world: World, concepts: list[ConceptData], budget: Bud
                  concept.token, seconds, float(np.mean(losses[-20:])), " ".join(f"{v:.1f}" for v in ia.values()))
     run.sample_s_per_image = per_image
     run.final_images = generated
+    run.class_drift = class_drift(world, method, order, features, settings, seed)
+    if hasattr(method, "kept_share"):
+        run.kept_share = method.kept_share()
+        run.gate_matrix = gate_matrix(world, method, order)
     if evaluator is not None:
         run.ta_parts = text_alignment(world, method, order, evaluator, features, references, settings, seed)
         run.text_alignment = float(np.mean(list(run.ta_parts.values())))

@@ -1,8 +1,12 @@
-"""Layer-wise removal of redundant experts (the paper's LRER: drop a new expert where its gate weight is low).
+"""Layer-wise removal of redundant experts (the paper's LRER, judged by what the experts output).
 
-A concept's new expert is dropped in every projection where the gate, on the concept's own prompt(s), gives it
-a coefficient below τ: there the old experts and the base weights already serve the concept. Pruned experts
-store nothing, which is where most of R2MoE's parameter savings come from.
+A concept's new expert is dropped in every projection where, on the concept's own prompt(s), it produces less
+than τ of the mixture's output ‖Σ_e g_e·ΔK_e‖: there the old experts already serve the concept. The paper reads
+the gate weight g alone; that number is not fixed by the data (the loss depends only on g·ΔK, so training can
+trade a small weight for a large expert), and in practice it follows where the previous task's expert was
+alive. The output share is scale-free and falls where an old expert carries the concept. The first concept has
+no old expert to lean on, so it keeps its expert everywhere. Pruned experts store nothing, which is where most
+of R2MoE's parameter savings come from.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ class PruneReport:
     task: int
     concept: str
     threshold: float
-    coefficients: dict[str, float] = field(default_factory=dict)  # projection -> new expert's mean coefficient
+    shares: dict[str, float] = field(default_factory=dict)  # projection -> new expert's share of the output
     removed: tuple[str, ...] = ()
     kept: tuple[str, ...] = ()
     bytes_saved: int = 0
@@ -43,27 +47,36 @@ class PruneReport:
     def advice(self, max_share: float = OVERPRUNED_SHARE) -> str | None:
         """A warning when pruning took most of the new expert, or None.
 
-        Short runs leave the gate near uniform over {aux, new, top-k old}, so the new expert's coefficient sits
-        near 1/(k+2), under the default τ=0.4, and the concept then lives almost only in its token (measured in
-        the lifelong benchmark: 50 steps per concept lost the whole expert from the third concept on).
+        That is right for a concept the old experts already draw (the same subject under a new name); for a new
+        subject it means the gate leaned on old experts, which is worth a look at the images.
         """
         share = self.removed_share()
         if share <= max_share:
             return None
         return (
-            f"pruning removed {share:.0%} of the new expert (median gate weight {self.median_coefficient():.2f} "
-            f"against τ={self.threshold:g}): the concept is carried mostly by its token. If it looks weak, train "
-            f"for more steps (the paper uses 800) or with a higher router learning rate, or lower prune_threshold to "
-            f"{self.suggested_threshold():g}, which keeps the expert in at least half of the layers."
+            f"pruning removed {share:.0%} of the new expert (median output share {self.median_share():.2f} "
+            f"against τ={self.threshold:g}): old experts and the token carry this concept. If it looks weak, train "
+            f"for more steps or lower prune_threshold to {self.suggested_threshold():g}, which keeps the expert "
+            f"in at least half of the layers."
         )
 
-    def median_coefficient(self) -> float:
-        values = sorted(self.coefficients.values())
+    def median_share(self) -> float:
+        values = sorted(self.shares.values())
         return values[len(values) // 2] if values else 0.0
 
     def suggested_threshold(self) -> float:
-        """A τ just under the median coefficient (rounded down to 0.01), so at least half the slots stay."""
-        return max(math.floor(self.median_coefficient() * 0.98 * 100) / 100, 0.0)
+        """A τ just under the median share (rounded down to 0.01), so at least half the slots stay."""
+        return max(math.floor(self.median_share() * 0.98 * 100) / 100, 0.0)
+
+
+def _concept_inputs(bank: ExpertBank, task: int, gate_inputs: torch.Tensor | None) -> torch.Tensor:
+    concept = next((c for c in bank.concepts if c.task == task), None)
+    if concept is None:
+        raise InvalidInputError(f"No concept with task index {task} in this bank.")
+    m = concept.gate_input[None] if gate_inputs is None else gate_inputs
+    if m.ndim != 2:
+        raise InvalidInputError(f"gate inputs must be [N, D], got {tuple(m.shape)}")
+    return m.float()
 
 
 def new_expert_coefficients(
@@ -73,34 +86,51 @@ def new_expert_coefficients(
 
     `gate_inputs` [N, D] are the concept's prompt embeddings (mean over tokens); by default the stored one.
     """
-    concept = next((c for c in bank.concepts if c.task == task), None)
-    if concept is None:
-        raise InvalidInputError(f"No concept with task index {task} in this bank.")
-    m = concept.gate_input[None] if gate_inputs is None else gate_inputs
-    if m.ndim != 2:
-        raise InvalidInputError(f"gate inputs must be [N, D], got {tuple(m.shape)}")
+    m = _concept_inputs(bank, task, gate_inputs)
     out = {}
     for name, proj in bank.projections.items():
         if task not in proj.experts:
             continue
         n = bank.num_experts
-        coeffs = training_coefficients(m.float(), proj.router(n), proj.alive_mask(n), task, bank.config.top_k)
+        coeffs = training_coefficients(m, proj.router(n), proj.alive_mask(n), task, bank.config.top_k)
         out[name] = float(coeffs[:, task].mean())
+    return out
+
+
+def new_expert_shares(bank: ExpertBank, task: int, gate_inputs: torch.Tensor | None = None) -> dict[str, float]:
+    """Share of expert `task` in the mixture's output on the concept's prompts, per projection where it is alive.
+
+    share = Σ_n g_t‖m_n·ΔW_t‖ / Σ_n Σ_e g_e‖m_n·ΔW_e‖ over the training mixture (experts 1..t), with m_n the
+    prompts' mean token rows: the deltas are linear in the context, so this is the mean token's delta, and it
+    needs only the stored gate inputs (a bank can be re-pruned without its photos).
+    """
+    m = _concept_inputs(bank, task, gate_inputs)
+    out = {}
+    n = bank.num_experts
+    for name, proj in bank.projections.items():
+        if task not in proj.experts:
+            continue
+        coeffs = training_coefficients(m, proj.router(n), proj.alive_mask(n), task, bank.config.top_k)
+        sizes = {e: (m @ x.down.float() @ x.up.float()).norm(dim=1) for e, x in proj.experts.items() if e <= task}
+        weighted = {e: (coeffs[:, e] * size).sum() for e, size in sizes.items()}
+        total = float(sum(weighted.values()))
+        out[name] = float(weighted[task]) / total if total > 0 else 0.0
     return out
 
 
 def prune_task(
     bank: ExpertBank, task: int, threshold: float, gate_inputs: torch.Tensor | None = None
 ) -> tuple[ExpertBank, PruneReport]:
-    """Remove expert `task` where its coefficient is below `threshold`; τ = 0 removes nothing."""
+    """Remove expert `task` where its output share is below `threshold`; τ = 0 removes nothing, τ = 1 all of it
+    (the concept is then carried by its token alone)."""
     if not 0.0 <= threshold <= 1.0:
         raise InvalidInputError(f"prune threshold must lie in [0, 1], got {threshold}")
-    coefficients = new_expert_coefficients(bank, task, gate_inputs)
-    removed = tuple(name for name, c in coefficients.items() if c < threshold)
-    kept = tuple(name for name in coefficients if name not in removed)
+    shares = new_expert_shares(bank, task, gate_inputs)
+    removed = tuple(name for name, c in shares.items() if c < threshold or threshold >= 1.0)
+    kept = tuple(name for name in shares if name not in removed)
     saved = sum(bank.projections[name].experts[task].nbytes for name in removed)
     concept = next(c for c in bank.concepts if c.task == task)
-    report = PruneReport(task, concept.name, threshold, coefficients, removed, kept, saved)
+    report = PruneReport(task, concept.name, threshold, shares, removed, kept, saved)
     return (bank.without_experts(task, list(removed)) if removed else bank), report
 
 

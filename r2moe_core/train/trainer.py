@@ -1,19 +1,22 @@
-"""Learning one concept as a new task (a new expert per projection, a router increment, a token), host-free.
+"""Learning one concept as a new task (a new expert per projection, gate scores along its prompt, a token), host-free.
 
-Trainable: the new expert of task t in every projection, the router increment R_t (columns of experts 1..t; the
-auxiliary column stays zero) and the trigger token's input embedding. Frozen: the base model, old experts, the
-summed router of earlier tasks. Loss: ε-prediction MSE on random timesteps plus λ·routing distillation.
+Trainable: the new expert of task t in every projection, one gate score per expert and projection along the
+new concept's own prompt direction (`moe.routing_update`), and the trigger token's input embedding. Frozen: the
+base model, old experts, every gate column as it was. Loss: ε-prediction MSE on random timesteps plus
+λ·routing distillation in the `soft` mode.
 
 Selective activation (SAE): while training task t the gate always includes the auxiliary expert and expert t,
-plus the top-k' old experts (k' = min(t-1, K-1)). Routing distillation (RDM): the reference penalty
-λ·Σ‖M_old·R_t‖_F on the stored gate inputs of old concepts, and, by default, its exact form: after every step
-R_t is projected so that M_old·R_t = 0 on the old experts' columns (old concepts keep exactly the gate scores
-they had) and the new expert scores `-margin` on every old concept's stored prompt embedding. Margin 0 (default)
-is the λ→∞ limit of the reference term: the new expert ties with the auxiliary expert on old prompts, so old
-concepts keep their gate scores exactly but give the new expert the auxiliary expert's share. A margin of m caps
-that share at e^-m (20: ~2e-9, outputs unchanged to float precision), at a price: prompt embeddings of different
-concepts are strongly correlated, so the new expert's own gate weight is pushed down too; it then learns through
-larger weights, and layer-wise pruning (which reads gate weights) removes more of it.
+plus the top-k' old experts (k' = min(t-1, K-1)).
+
+Routing distillation (RDM), `exact` (default): the gate changes only along a direction that scores 0 on every
+old concept's stored prompt embedding, so old concepts keep their gate scores bit for bit, and the new expert
+scores `-margin` there (its share of an old mixture is at most e^-margin of the auxiliary expert's). The plain
+prompts (empty, `photo of a {class}`) are protected the same way in every mode, so a prompt without a trigger
+does not start routing to the new expert. `soft`: the direction ignores old prompts and the reference penalty
+λ·Σ‖M_old·ΔR_t‖_F is added to the loss; `off`: no protection of old concepts (ablation).
+
+The new expert starts at half of its mixture in every projection whatever the old experts' scores, so what is
+kept after pruning depends on what training finds, not on which old experts happen to be alive there.
 """
 
 from __future__ import annotations
@@ -28,32 +31,36 @@ from ..bank.expert_bank import Concept, ExpertBank, ProjectionExperts
 from ..bank.experts import LoraExpert, expert_delta
 from ..errors import InvalidInputError
 from ..moe.routing import gate_input, inference_coefficients, training_coefficients
+from ..moe.routing_update import RoutingDirections, routing_directions
 
 DISTILL_MODES = ("exact", "soft", "off")
+GATE_INPUT_MOMENTUM = 0.9
 OPTIMIZERS = ("AdamW", "Adam", "SGD")
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Reference defaults (800 steps, batch 2, AdamW, lr 1e-4 for experts and router, 1e-3 for the token);
-    `distill_lambda` falls back to the bank's when None."""
+    """Reference defaults (800 steps, batch 2, AdamW, lr 1e-4 for the experts, 1e-3 for the token) except the
+    router: its parameters are gate scores (`moe.routing_update`), so its learning rate is in score units per
+    step (1e-2: a few units over a run) and the new expert scores -8 on protected prompts (its share there is
+    below e^-8 of the auxiliary expert's). `distill_lambda` falls back to the bank's when None."""
 
     steps: int = 800
     batch_size: int = 2
     lr_experts: float = 1e-4
-    lr_router: float = 1e-4
+    lr_router: float = 1e-2
     lr_token: float = 1e-3
     distill_lambda: float | None = None
     distill_mode: str = "exact"
     selective_activation: bool = True
-    new_expert_margin: float = 0.0
+    new_expert_margin: float = 8.0
     optimizer: str = "AdamW"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise InvalidInputError("steps and batch size must be at least 1.")
-        for name in ("lr_experts", "lr_router", "lr_token"):
+        for name in ("lr_experts", "lr_router", "lr_token", "new_expert_margin"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise InvalidInputError(f"{name} must be a finite number >= 0, got {value}.")
@@ -64,12 +71,36 @@ class TrainSettings:
 
 
 class ExpertTrainer(torch.nn.Module):
-    """The trainable state of one task over a frozen bank; `export()` turns it into the next bank."""
+    """The trainable state of one task over a frozen bank; `export()` turns it into the next bank.
 
-    def __init__(self, bank: ExpertBank, token_init: torch.Tensor, settings: TrainSettings) -> None:
+    `concept_inputs` [N, D] are the gate inputs of the concept's captions with the token at its start value;
+    `neutral_inputs` [Z, D] those of prompts that must not route to the new expert (the empty prompt and the
+    plain class prompts).
+    """
+
+    def __init__(
+        self,
+        bank: ExpertBank,
+        token_init: torch.Tensor,
+        settings: TrainSettings,
+        concept_inputs: torch.Tensor,
+        neutral_inputs: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         if token_init.ndim != 2 or token_init.shape[1] != bank.token_dim:
             raise InvalidInputError(f"token embedding must be [n, {bank.token_dim}], got {tuple(token_init.shape)}")
+        context_dims = {layer.in_dim for layer in bank.layers}
+        if len(context_dims) != 1:
+            raise InvalidInputError(
+                f"all cross-attention layers must read one text width, found {sorted(context_dims)}"
+            )
+        (context_dim,) = context_dims
+        neutral_inputs = torch.zeros(0, context_dim) if neutral_inputs is None else neutral_inputs
+        for label, rows in (("concept", concept_inputs), ("neutral", neutral_inputs)):
+            if rows.ndim != 2 or rows.shape[1] != context_dim:
+                raise InvalidInputError(f"{label} gate inputs must be [N, {context_dim}], got {tuple(rows.shape)}")
+        if concept_inputs.shape[0] == 0:
+            raise InvalidInputError("training needs the gate input of at least one caption of the concept.")
         self.bank = bank
         self.settings = settings
         self.task = bank.num_tasks + 1
@@ -78,14 +109,30 @@ class ExpertTrainer(torch.nn.Module):
         gen = torch.Generator().manual_seed(settings.seed)
         self.names = bank.projection_names()
         self.index = {name: i for i, name in enumerate(self.names)}
+        old = [c.gate_input.float() for c in sorted(bank.concepts, key=lambda c: c.task)]
+        self.register_buffer(
+            "old_gate_inputs", torch.stack(old) if old else torch.zeros(0, context_dim), persistent=False
+        )
+        protected = neutral_inputs.float()
+        if settings.distill_mode == "exact":
+            protected = torch.cat([self.old_gate_inputs, protected])
+        self.register_buffer("protected_inputs", protected, persistent=False)
+        concept_mean = concept_inputs.float().mean(0)
+        # The concept's gate input moves as its token trains: a running mean of the batches' gate inputs, from
+        # which the routing directions are recomputed after every step (and from the final one at export).
+        self.register_buffer("concept_gate", concept_mean.clone(), persistent=False)
+        self.register_buffer("own_direction", torch.zeros(context_dim), persistent=False)
+        self.register_buffer("away_direction", torch.zeros(context_dim), persistent=False)
+        directions = self.refresh_directions_()
         n_experts = self.task + 1
         rank = bank.config.rank
-        downs, ups, incs = [], [], []
+        downs, ups, scores = [], [], []
         for layer in bank.layers:
             for name in layer.projection_names():
                 proj = bank.projections[name]
                 i = self.index[name]
-                self.register_buffer(f"router_{i}", proj.router(n_experts), persistent=False)
+                base = proj.router(n_experts)
+                self.register_buffer(f"router_{i}", base, persistent=False)
                 alive = proj.alive_mask(n_experts)
                 alive[self.task] = True
                 self.register_buffer(f"alive_{i}", alive, persistent=False)
@@ -108,23 +155,46 @@ class ExpertTrainer(torch.nn.Module):
                 bound = 1.0 / math.sqrt(layer.in_dim)
                 downs.append(torch.nn.Parameter((torch.rand(layer.in_dim, rank, generator=gen) * 2 - 1) * bound))
                 ups.append(torch.nn.Parameter(torch.zeros(rank, layer.out_dim)))
-                incs.append(torch.nn.Parameter(torch.zeros(layer.in_dim, self.task)))  # columns 1..t
+                start = torch.zeros(self.task)
+                start[-1] = self._even_start(concept_mean @ base, alive) if directions.distinct_share else 0.0
+                scores.append(torch.nn.Parameter(start))
         self.downs = torch.nn.ParameterList(downs)
         self.ups = torch.nn.ParameterList(ups)
-        self.router_incs = torch.nn.ParameterList(incs)
+        self.route_scores = torch.nn.ParameterList(scores)  # per projection: score of experts 1..t along `own`
         self.token = torch.nn.Parameter(token_init.detach().float().clone())
-        old = [c.gate_input.float() for c in sorted(bank.concepts, key=lambda c: c.task)]
-        self.register_buffer(
-            "old_gate_inputs", torch.stack(old) if old else torch.zeros(0, bank.layers[0].in_dim), persistent=False
-        )
-        if settings.distill_mode == "exact":
-            self.project_routers_()
+
+    def _even_start(self, old_scores: torch.Tensor, alive: torch.Tensor) -> float:
+        """The new expert's start score: equal to the log-sum of the rest of its training mixture (share 0.5)."""
+        ids = torch.arange(old_scores.shape[0])
+        candidates = alive.bool() & (ids >= 1) & (ids < self.task)
+        k = min(self.task - 1, self.top_k - 1, int(candidates.sum()))
+        chosen = old_scores.masked_fill(~candidates, float("-inf")).topk(k).values if k else old_scores[:0]
+        return float(torch.logsumexp(torch.cat([old_scores.new_zeros(1), chosen]), dim=0))
+
+    @torch.no_grad()
+    def refresh_directions_(self, concept: torch.Tensor | None = None) -> RoutingDirections:
+        """Recompute u and w for the concept's current (or the given) mean gate input."""
+        directions = routing_directions(self.concept_gate if concept is None else concept, self.protected_inputs)
+        self.distinct_share = directions.distinct_share
+        self.own_direction.copy_(directions.own)
+        self.away_direction.copy_(directions.away * float(self.settings.new_expert_margin))
+        return directions
+
+    @torch.no_grad()
+    def observe_gate_inputs(self, m: torch.Tensor) -> None:
+        """Track the gate input of the concept's captions from a batch [B, D] (running mean, factor 0.9)."""
+        self.concept_gate.mul_(GATE_INPUT_MOMENTUM).add_(m.detach().float().mean(0), alpha=1 - GATE_INPUT_MOMENTUM)
 
     # ---- routing and deltas ----------------------------------------------------------------------------------
+    def router_increment(self, i: int) -> torch.Tensor:
+        """ΔR_t of projection i [D, t+1]: a_e·u on the columns of experts 1..t, plus margin·w on the new one."""
+        own = self.own_direction[:, None] * torch.cat([self.route_scores[i].new_zeros(1), self.route_scores[i]])
+        away = torch.zeros_like(own)
+        away[:, -1] = self.away_direction
+        return own + away
+
     def router(self, i: int) -> torch.Tensor:
-        base = getattr(self, f"router_{i}")
-        inc = self.router_incs[i]
-        return base + torch.cat([torch.zeros_like(inc[:, :1]), inc], dim=1)
+        return getattr(self, f"router_{i}") + self.router_increment(i)
 
     def coefficients(self, i: int, m: torch.Tensor) -> torch.Tensor:
         """[B, t+1] mixture for gate inputs m [B, D] in projection i (SAE, or the inference rule when ablated)."""
@@ -146,31 +216,18 @@ class ExpertTrainer(torch.nn.Module):
 
     # ---- routing distillation --------------------------------------------------------------------------------
     def distill_loss(self) -> torch.Tensor:
-        """Reference form: Σ over projections of ‖M_old · R_t‖_F (zero in task 1)."""
-        if self.settings.distill_mode == "off" or self.old_gate_inputs.shape[0] == 0:
+        """Reference form, `soft` mode only: Σ over projections of ‖M_old · ΔR_t‖_F (zero in task 1). In `exact`
+        mode ΔR_t is zero on old prompts by construction."""
+        if self.settings.distill_mode != "soft" or self.old_gate_inputs.shape[0] == 0:
             return self.token.new_zeros(())
-        return sum(torch.linalg.matrix_norm(self.old_gate_inputs @ inc) for inc in self.router_incs)
-
-    @torch.no_grad()
-    def project_routers_(self) -> None:
-        """Exact RDM: M·R_t = 0 on old columns, M·R_t = -margin on the new column (least-change projection)."""
         m = self.old_gate_inputs
-        if m.shape[0] == 0:
-            return
-        pinv = torch.linalg.pinv(m.double())  # [D, J]
-        margin = -float(self.settings.new_expert_margin)
-        target = torch.full((m.shape[0],), margin, dtype=torch.float64, device=m.device)
-        for inc in self.router_incs:
-            work = inc.double()
-            work[:, :-1] -= pinv @ (m.double() @ work[:, :-1])
-            work[:, -1] -= pinv @ (m.double() @ work[:, -1] - target)
-            inc.copy_(work.to(inc.dtype))
+        return sum(torch.linalg.matrix_norm(m @ self.router_increment(i)) for i in range(len(self.names)))
 
     # ---- optimisation ----------------------------------------------------------------------------------------
     def optimizer(self) -> torch.optim.Optimizer:
         groups = [
             {"params": [*self.downs, *self.ups], "lr": self.settings.lr_experts},
-            {"params": list(self.router_incs), "lr": self.settings.lr_router},
+            {"params": list(self.route_scores), "lr": self.settings.lr_router},
             {"params": [self.token], "lr": self.settings.lr_token},
         ]
         if self.settings.optimizer == "SGD":
@@ -178,13 +235,14 @@ class ExpertTrainer(torch.nn.Module):
         return getattr(torch.optim, self.settings.optimizer)(groups, **({"weight_decay": 0.0}))
 
     def after_step(self) -> None:
-        if self.settings.distill_mode == "exact":
-            self.project_routers_()
+        """Follow the token: old prompts stay protected whatever the directions, by their construction."""
+        self.refresh_directions_()
 
     # ---- result ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def export(self, name: str, token: str, class_word: str, gate_inputs: torch.Tensor) -> ExpertBank:
         """The next bank: old experts with updated gate columns, the new expert everywhere (prune afterwards)."""
+        self.refresh_directions_(gate_inputs.detach().float().mean(0).to(self.concept_gate.device))
         projections = {}
         for layer in self.bank.layers:
             for pname in layer.projection_names():
@@ -242,6 +300,8 @@ def training_step(
     noise = noise.to(device, x0.dtype)
     x_t = x0 + noise * sigma.view(-1, *([1] * (x0.ndim - 1)))
     context = encode([captions[int(r)] for r in rows])
+    if hasattr(trainer, "observe_gate_inputs"):
+        trainer.observe_gate_inputs(gate_input(context))
     mse = torch.nn.functional.mse_loss(predict_noise(x_t, sigma, context).float(), noise.float())
     distill = trainer.distill_loss()
     loss = mse + trainer.distill_lambda * distill

@@ -63,6 +63,9 @@ def test_every_method_learns_through_the_same_loop_and_keeps_the_base_frozen() -
         assert concept.token in method.tokens and method.params_added() > 0, name
         context = world.text(["photo of a " + spec.token], method.tokens)
         delta = method.sampling_delta(["photo of a " + spec.token], context)
+        if name == "textual_inversion":  # the token alone: no adapter, the token moved off its start
+            assert delta is None and method.params_added() == 768, name
+            continue
         assert delta is not None, name
         moved = [delta(p, context) for layer in world_layers(world.unet) for p in layer.projection_names()]
         assert any(d is not None and d.abs().sum() > 0 for d in moved), name  # it learned something

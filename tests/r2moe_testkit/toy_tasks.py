@@ -37,14 +37,25 @@ def concept_latents(seed: int) -> torch.Tensor:
     return torch.randn(1, 4, 4, 4, generator=gen) * 1.5 + 0.05 * torch.randn(4, 4, 4, 4, generator=gen)
 
 
-def learn(world: ToyWorld, bank, name: str, seed: int, steps: int = 300, **settings) -> tuple[object, list[float]]:
-    """Train concept `<name1> name` on its latents; returns the exported (unpruned) bank and the losses."""
+def learn(
+    world: ToyWorld, bank, name: str, seed: int, steps: int = 300, class_word: str | None = None,
+    photos_seed: int | None = None, **settings,
+) -> tuple[object, list[float]]:
+    """Train concept `<name1> {class_word}` (class word: the name by default) on the latents of `photos_seed`
+    (default `seed`); returns the exported (unpruned) bank and the losses."""
     token = f"<{name}1>"
+    class_word = class_word or name
     defaults = {"lr_experts": 3e-2, "lr_router": 3e-2, "lr_token": 1e-2, "seed": seed}
-    trainer = ExpertTrainer(bank, world.encoder.word(name)[None], TrainSettings(steps=steps, **(defaults | settings)))
+    captions = [f"photo of {token} {class_word}"] * 4
+    start = world.encoder.word(class_word)[None]
+    concept_in = core.gate_input(world.encoder(captions[:1], {token: start}))
+    classes = sorted({c.class_word for c in bank.concepts} | {class_word})
+    neutral_in = core.gate_input(world.encoder(["", *(f"photo of {c}" for c in classes)], {}))
+    trainer = ExpertTrainer(
+        bank, start, TrainSettings(steps=steps, **(defaults | settings)), concept_in, neutral_in
+    )
     optimizer = trainer.optimizer()
     gen = torch.Generator().manual_seed(seed)
-    captions = [f"photo of {token} {name}"] * 4
 
     def predict(x, sigma, context):
         return world.denoiser(x, sigma, context, lambda proj, ctx: trainer.delta(trainer.index[proj], ctx))
@@ -52,12 +63,12 @@ def learn(world: ToyWorld, bank, name: str, seed: int, steps: int = 300, **setti
     def encode(texts):
         return world.encoder(list(texts), {token: trainer.token})
 
-    latents = concept_latents(seed)
+    latents = concept_latents(seed if photos_seed is None else photos_seed)
     losses = [
         training_step(trainer, optimizer, predict, encode, latents, captions, SIGMAS, gen).mse for _ in range(steps)
     ]
     gate_in = core.gate_input(encode(captions[:1])).detach()
-    return trainer.export(name, token, name, gate_in), losses
+    return trainer.export(name, token, class_word, gate_in), losses
 
 
 def prediction(world: ToyWorld, bank, prompt: str) -> torch.Tensor:
@@ -75,10 +86,11 @@ def prediction(world: ToyWorld, bank, prompt: str) -> torch.Tensor:
     return world.denoiser(x, torch.tensor([3.0]), context, delta)
 
 
-def eval_loss(world: ToyWorld, bank, name: str, seed: int) -> float:
-    """Denoising error on the concept's own latents at fixed noise and timesteps."""
+def eval_loss(world: ToyWorld, bank, name: str, seed: int, class_word: str | None = None) -> float:
+    """Denoising error on the latents of `seed` for prompt `photo of <name1> {class_word}`, fixed noise/steps."""
     runtime = BankRuntime(bank, 1.0)
-    context = world.encoder([f"photo of <{name}1> {name}"] * 4, {c.token: c.embedding for c in bank.concepts})
+    prompt = f"photo of <{name}1> {class_word or name}"
+    context = world.encoder([prompt] * 4, {c.token: c.embedding for c in bank.concepts})
     entry = runtime.entry_for(context, None)
     gen = torch.Generator().manual_seed(7)
     noise = torch.randn(4, 4, 4, 4, generator=gen)

@@ -28,12 +28,12 @@ def test_zero_threshold_prunes_nothing(bank):
     assert pruned is bank and report.removed == () and len(report.kept) == len(bank.projection_names())
 
 
-def test_threshold_splits_layers_by_the_new_experts_coefficient(bank):
-    coefficients = core.new_expert_coefficients(bank, task=2)
-    assert all(0.0 < c < 1.0 for c in coefficients.values())
-    tau = sorted(coefficients.values())[len(coefficients) // 2]
+def test_threshold_splits_layers_by_the_new_experts_output_share(bank):
+    shares = core.new_expert_shares(bank, task=2)
+    assert all(0.0 < c < 1.0 for c in shares.values())
+    tau = sorted(shares.values())[len(shares) // 2]
     pruned, report = core.prune_task(bank, task=2, threshold=tau)
-    assert set(report.removed) == {n for n, c in coefficients.items() if c < tau}
+    assert set(report.removed) == {n for n, c in shares.items() if c < tau}
     assert set(pruned.concept_by_name("cat").kept) == set(report.kept)
 
 
