@@ -68,9 +68,19 @@ def bank_dir() -> str:
     return folder_paths.get_folder_paths(BANK_FOLDER)[0]
 
 
-def planner_cache_dir() -> str:
-    """Where LLM layout answers are cached: a system-user folder (never served over HTTP), else temp."""
+def _cache_dir(name: str) -> str:
+    """A system-user folder (never served over HTTP, kept across restarts), else temp."""
     getter = getattr(folder_paths, "get_system_user_directory", None)
     if getter is not None:
-        return os.path.join(getter("r2moe"), "planner_cache")
-    return os.path.join(folder_paths.get_temp_directory(), "r2moe_planner_cache")
+        return os.path.join(getter("r2moe"), name)
+    return os.path.join(folder_paths.get_temp_directory(), f"r2moe_{name}")
+
+
+def planner_cache_dir() -> str:
+    """Where LLM layout answers are cached."""
+    return _cache_dir("planner_cache")
+
+
+def class_prior_dir() -> str:
+    """Where class-prior latents are cached (outside models/r2moe, so they never show up as banks)."""
+    return _cache_dir("class_priors")

@@ -11,10 +11,12 @@ from comfy_api.latest import io, ui
 from ..r2moe_core.bank.report import short_layer_name
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
+from ..r2moe_core.train.augment import augmented_views
 from ..r2moe_core.train.concept_photos import load_concept_folder, make_captions, square_resize
 from ..r2moe_core.train.loss_plot import loss_curve
-from ..r2moe_core.train.request import DEFAULT_CAPTION_TEMPLATE, ConceptRequest
+from ..r2moe_core.train.request import DEFAULT_CAPTION_TEMPLATE, MAX_PRIOR_IMAGES, MAX_VIEWS, ConceptRequest
 from ..r2moe_core.train.trainer import OPTIMIZERS
+from .class_prior_host import class_prior
 from .model_inspection import check_bank_serves
 from .training_host import train_concept
 from .types import Bank
@@ -39,7 +41,7 @@ def _images(images: torch.Tensor | None, folder: str, resolution: int) -> tuple[
     return frames, captions
 
 
-def _report(outcome, name: str, token: str, steps: int) -> str:
+def _report(outcome, name: str, token: str, steps: int, data: str) -> str:
     prune = outcome.prune
     tail = outcome.losses[-50:]
     def names(projections: tuple[str, ...]) -> str:
@@ -51,6 +53,7 @@ def _report(outcome, name: str, token: str, steps: int) -> str:
         LOGGER.warning("R2MoE training '%s': %s", name, advice)
     return "\n".join([
         f"learned '{name}' as {token} (task {outcome.bank.num_tasks}) in {outcome.seconds:.1f} s, {steps} steps",
+        data,
         f"loss: first {outcome.losses[0]:.4f}, mean of the last 50 steps {sum(tail) / len(tail):.4f}",
         prune.summary(),
         f"kept (layer + k/v): {kept}",
@@ -126,6 +129,19 @@ class R2MoETrainConcept(io.ComfyNode):
                                  tooltip="Recompute activations in the backward pass: much less memory, ~30% slower."),
                 io.Int.Input("preview_every", default=50, min=0, max=10000, optional=True,
                              tooltip="Show the loss curve as the node's preview every N steps (0: never)."),
+                io.Int.Input("augment_views", default=3, min=0, max=MAX_VIEWS, optional=True,
+                             tooltip="Extra random views per photo, made once before training: rescaled small "
+                                     "(caption starts 'a far away' / 'very small', the loss ignores the padding) "
+                                     "or large (a crop, 'zoomed in' / 'close up'), maybe mirrored. "
+                                     "0 = the photos as they are."),
+                io.Int.Input("prior_images", default=0, min=0, max=MAX_PRIOR_IMAGES, optional=True,
+                             tooltip="Class-prior preservation: this many images of 'photo of a {class}' drawn "
+                                     "by the frozen model (euler, 25 steps, cfg 6) and mixed into every batch. "
+                                     "Made once and cached per model, class and resolution, so the next concept "
+                                     "of that class reuses them. Each step then costs about twice as much. "
+                                     "0 = off (the gate already keeps plain class prompts off the new expert)."),
+                io.Float.Input("prior_weight", default=1.0, min=0.0, max=10.0, step=0.05, optional=True,
+                               tooltip="Loss weight of the class-prior images (Custom Diffusion: 1.0)."),
             ],
             outputs=[
                 Bank.Output(
@@ -148,8 +164,17 @@ class R2MoETrainConcept(io.ComfyNode):
         check_bank_serves(bank, model, clip, new_concept=True)
         frames, given = _images(images, request.folder, request.resolution)
         captions = make_captions(len(frames), request.token, request.class_word, request.caption_template, given)
-        pixels = torch.stack(frames)
-        latents = model.model.process_latent_in(vae.encode(pixels)).float()
+        views = augmented_views(frames, captions, request.augment_views, request.settings.seed)
+        latents = model.model.process_latent_in(vae.encode(views.pixels)).float()
+        masks = views.latent_masks(*latents.shape[-2:]) if request.augment_views else None
+        prior = None
+        if request.prior_images:
+            prior_bar = comfy.utils.ProgressBar(request.prior_images)
+            LOGGER.info("R2MoE training '%s': class-prior images of '%s'", request.name, request.class_word)
+            prior = class_prior(
+                model, clip, request.class_word, request.resolution, request.prior_images, request.prior_weight,
+                lambda done, total: prior_bar.update_absolute(done, total),
+            )
         steps = request.settings.steps
         bar = comfy.utils.ProgressBar(steps)
 
@@ -167,8 +192,14 @@ class R2MoETrainConcept(io.ComfyNode):
 
         existing = bank.concept_by_name(request.name)
         work_bank = bank.without_concept(request.name) if existing is not None else bank
-        outcome = train_concept(model, clip, work_bank, latents, captions, request, on_step)
-        report = _report(outcome, request.name, request.token, steps)
+        outcome = train_concept(
+            model, clip, work_bank, latents, views.captions, request, on_step, masks, prior, prompts=captions
+        )
+        data = f"data: {len(frames)} photos + {len(views.captions) - len(frames)} rescaled/mirrored views" + (
+            f"; {request.prior_images} class-prior images of '{prior.caption}' (weight {request.prior_weight:g})"
+            if prior is not None else "; no class-prior images"
+        )
+        report = _report(outcome, request.name, request.token, steps, data)
         curve = torch.from_numpy(loss_curve(outcome.losses))[None]
         return io.NodeOutput(outcome.bank, curve, report, ui=ui.PreviewText(report))
 

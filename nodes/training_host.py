@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import comfy.model_management
@@ -25,6 +25,7 @@ from ..r2moe_core.log import LOGGER
 from ..r2moe_core.moe.pruning import PruneReport, prune_task
 from ..r2moe_core.moe.routing import gate_input
 from ..r2moe_core.moe.routing_update import plain_prompts
+from ..r2moe_core.train.class_prior import PriorData
 from ..r2moe_core.train.request import ConceptRequest
 from ..r2moe_core.train.trainer import ExpertTrainer, TrainingRuntime, training_step
 from .bank_patch import install_runtime
@@ -137,8 +138,14 @@ def train_concept(
     captions: Sequence[str],
     request: ConceptRequest,
     on_step: Callable[[int, float, list[float]], None] | None = None,
+    masks: torch.Tensor | None = None,
+    prior: PriorData | None = None,
+    prompts: Sequence[str] | None = None,
 ) -> TrainOutcome:
-    """Learn one concept; the input bank, model and CLIP are left untouched whatever happens."""
+    """Learn one concept; the input bank, model and CLIP are left untouched whatever happens.
+
+    `latents` [N, ...] with one caption each (and optional loss masks [N, 1, h, w]); `prompts` are the photos'
+    own captions (without the rescale words), from which the concept's gate input is taken."""
     started = time.perf_counter()
     name, token, class_word, settings = request.name, request.token, request.class_word, request.settings
     checkpointing, prune_threshold = request.gradient_checkpointing, request.prune_threshold
@@ -155,13 +162,14 @@ def train_concept(
             encoded = {t: text.encode_from_tokens(text.tokenize(t)) for t in dict.fromkeys(texts)}  # once each
             return torch.cat([encoded[t] for t in texts]).to(device)
 
+    prompts = list(captions) if prompts is None else list(prompts)
     token_init = class_word_embedding(clip, class_word)
     device = model.load_device
     # Parameters and the tensors autograd saves must not be made under the executor's inference mode.
     with torch.inference_mode(False):
         text.tokenizer = ConceptTokenizer(base_tokenizer, {token: token_init})
         with torch.no_grad():
-            concept_inputs = torch.cat([gate_input(encode([c])) for c in dict.fromkeys(captions)]).float().cpu()
+            concept_inputs = torch.cat([gate_input(encode([c])) for c in dict.fromkeys(prompts)]).float().cpu()
             plain = plain_prompts([class_word, *(c.class_word for c in bank.concepts)])
             neutral_inputs = gate_input(encode(plain)).float().cpu()
         trainer = ExpertTrainer(bank, token_init, settings, concept_inputs, neutral_inputs)
@@ -178,14 +186,19 @@ def train_concept(
         optimizer = trainer.optimizer()
         generator = torch.Generator().manual_seed(settings.seed)
         x0 = latents.detach().clone().to(device, torch.float32)
+        masks = None if masks is None else masks.to(device, torch.float32)
+        if prior is not None:
+            prior = replace(prior, latents=prior.latents.to(device, torch.float32))
         for step in range(settings.steps):
             comfy.model_management.throw_exception_if_processing_interrupted()
-            result = training_step(trainer, optimizer, predict_noise, encode, x0, captions, sigmas, generator)
+            result = training_step(
+                trainer, optimizer, predict_noise, encode, x0, captions, sigmas, generator, masks, prior
+            )
             losses.append(result.mse)
             if on_step is not None:
                 on_step(step + 1, result.loss, losses)
         with torch.no_grad():
-            prompt_inputs = torch.cat([gate_input(encode([c])) for c in dict.fromkeys(captions)]).float().cpu()
+            prompt_inputs = torch.cat([gate_input(encode([c])) for c in dict.fromkeys(prompts)]).float().cpu()
         trainer.to("cpu")
         learned = trainer.export(name, token, class_word, prompt_inputs)
     pruned, report = prune_task(learned, learned.num_tasks, prune_threshold, gate_inputs=prompt_inputs)

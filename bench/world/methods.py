@@ -23,11 +23,13 @@ from r2moe_core.train.trainer import ExpertTrainer, TrainSettings
 
 from .unet import CrossAttention, Delta, UNet
 
-METHODS = ("r2moe", "r2moe_no_rdm", "r2moe_no_sae", "r2moe_no_prune", "textual_inversion", "lora_sequential",
-           "c_lora", "lora_per_concept", "custom_diffusion")
+METHODS = ("r2moe", "r2moe_prior", "r2moe_no_rdm", "r2moe_no_sae", "r2moe_no_prune", "textual_inversion",
+           "lora_sequential", "c_lora", "lora_per_concept", "custom_diffusion")
 
 SIMPLIFICATIONS = {
     "r2moe": "pack defaults: rank 4, top-k 3, exact routing distillation (margin 0), SAE, τ-pruning at 0.4",
+    "r2moe_prior": "r2moe plus class-prior preservation: Budget.prior_images images of `photo of a {class}` drawn "
+                   "by the frozen world model (euler, the evaluation's steps and cfg) in every batch, weight 1",
     "r2moe_no_rdm": "routing distillation off (the new router columns are unconstrained on old prompts)",
     "r2moe_no_sae": "no selective activation: the new expert competes for the top-k like the others in training",
     "r2moe_no_prune": "no layer-wise pruning after each task",
@@ -63,6 +65,8 @@ class Budget:
     lr_token: float = 5e-3
     lr_full: float = 1e-4  # custom diffusion's full K/V weights
     c_lora_lambda: float = 1e-2
+    prior_images: int = 8  # class-prior images for the methods that use them (r2moe_prior)
+    prior_weight: float = 1.0
 
 
 def world_layers(unet: UNet) -> list[core.LayerSpec]:
@@ -168,6 +172,14 @@ class R2MoETask:
     def observe_gate_inputs(self, m: torch.Tensor) -> None:
         self.trainer.observe_gate_inputs(m)
 
+    @property
+    def prior_rows(self) -> int:
+        return self.trainer.prior_rows
+
+    @prior_rows.setter
+    def prior_rows(self, rows: int) -> None:
+        self.trainer.prior_rows = rows
+
     def after_step(self) -> None:
         self.trainer.after_step()
 
@@ -217,6 +229,7 @@ class R2MoEMethod(Method):
         fingerprint = core.compute_fingerprint(self.layers, projection_weights(self.unet))
         self.bank = core.ExpertBank.empty(config, self.layers, fingerprint, token_dim=768)
         variant = self.name.removeprefix("r2moe").lstrip("_")
+        self.prior_images = self.budget.prior_images if variant == "prior" else 0
         self.distill_mode = "off" if variant == "no_rdm" else "exact"
         self.selective = variant != "no_sae"
         self.prune = variant != "no_prune"

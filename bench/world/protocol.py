@@ -21,6 +21,7 @@ import torch
 
 from r2moe_core.moe.routing import gate_input
 from r2moe_core.moe.routing_update import plain_prompts
+from r2moe_core.train.class_prior import PriorData, prior_prompt
 from r2moe_core.train.trainer import training_step
 
 from .concepts import ConceptSpec, concept_images
@@ -154,12 +155,31 @@ def train_task(world: World, method: Method, concept: ConceptData, steps: int, s
     def encode(texts: Sequence[str]) -> torch.Tensor:
         return world.text(list(texts), method.tokens | {concept.token: task.token})
 
-    losses = [training_step(task, optimizer, predict, encode, latents, concept.captions, SIGMAS, gen).mse
+    prior = class_prior(world, concept.class_word, getattr(method, "prior_images", 0), method.budget.prior_weight)
+    losses = [training_step(task, optimizer, predict, encode, latents, concept.captions, SIGMAS, gen, prior=prior).mse
               for _ in range(steps)]
     with torch.no_grad():
         gate_inputs = gate_input(encode(concept.captions))
     method.end(task, concept.token, concept.class_word, gate_inputs)
     return time.perf_counter() - started, losses
+
+
+_PRIORS: dict[tuple[int, str, int], torch.Tensor] = {}
+
+
+def class_prior(world: World, class_word: str, count: int, weight: float) -> PriorData | None:
+    """`count` images of `photo of a {class}` from the frozen world model (cached per world, class and count)."""
+    if count <= 0:
+        return None
+    key = (id(world), class_word, count)
+    if key not in _PRIORS:
+        settings = EvalSettings()
+        with torch.no_grad():
+            context = world.text([prior_prompt(class_word)] * count)
+            with world.unet.fixed_contexts():
+                _PRIORS[key] = sample(lambda x, t, c: world.unet(x, t, c, None), context, world.empty,
+                                      steps=settings.steps, cfg=settings.cfg, seed=10_000)
+    return PriorData(_PRIORS[key], prior_prompt(class_word), weight)
 
 
 def alone_prompt(concept: ConceptData) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..bank.expert_bank import ExpertBank
+from ..bank.expert_bank import ExpertBank, ProjectionExperts
 from ..errors import InvalidInputError
 from .routing import training_coefficients
 
@@ -79,6 +79,20 @@ def _concept_inputs(bank: ExpertBank, task: int, gate_inputs: torch.Tensor | Non
     return m.float()
 
 
+def _training_mixtures(
+    bank: ExpertBank, task: int, gate_inputs: torch.Tensor | None
+) -> tuple[torch.Tensor, list[tuple[str, ProjectionExperts, torch.Tensor]]]:
+    """(projection name, projection, [N, n] training mixture) wherever expert `task` is alive, and the inputs."""
+    m = _concept_inputs(bank, task, gate_inputs)
+    n = bank.num_experts
+    mixtures = [
+        (name, proj, training_coefficients(m, proj.router(n), proj.alive_mask(n), task, bank.config.top_k))
+        for name, proj in bank.projections.items()
+        if task in proj.experts
+    ]
+    return m, mixtures
+
+
 def new_expert_coefficients(
     bank: ExpertBank, task: int, gate_inputs: torch.Tensor | None = None
 ) -> dict[str, float]:
@@ -86,15 +100,8 @@ def new_expert_coefficients(
 
     `gate_inputs` [N, D] are the concept's prompt embeddings (mean over tokens); by default the stored one.
     """
-    m = _concept_inputs(bank, task, gate_inputs)
-    out = {}
-    for name, proj in bank.projections.items():
-        if task not in proj.experts:
-            continue
-        n = bank.num_experts
-        coeffs = training_coefficients(m, proj.router(n), proj.alive_mask(n), task, bank.config.top_k)
-        out[name] = float(coeffs[:, task].mean())
-    return out
+    _, mixtures = _training_mixtures(bank, task, gate_inputs)
+    return {name: float(coeffs[:, task].mean()) for name, _, coeffs in mixtures}
 
 
 def new_expert_shares(bank: ExpertBank, task: int, gate_inputs: torch.Tensor | None = None) -> dict[str, float]:
@@ -104,13 +111,9 @@ def new_expert_shares(bank: ExpertBank, task: int, gate_inputs: torch.Tensor | N
     prompts' mean token rows: the deltas are linear in the context, so this is the mean token's delta, and it
     needs only the stored gate inputs (a bank can be re-pruned without its photos).
     """
-    m = _concept_inputs(bank, task, gate_inputs)
+    m, mixtures = _training_mixtures(bank, task, gate_inputs)
     out = {}
-    n = bank.num_experts
-    for name, proj in bank.projections.items():
-        if task not in proj.experts:
-            continue
-        coeffs = training_coefficients(m, proj.router(n), proj.alive_mask(n), task, bank.config.top_k)
+    for name, proj, coeffs in mixtures:
         sizes = {e: (m @ x.down.float() @ x.up.float()).norm(dim=1) for e, x in proj.experts.items() if e <= task}
         weighted = {e: (coeffs[:, e] * size).sum() for e, size in sizes.items()}
         total = float(sum(weighted.values()))

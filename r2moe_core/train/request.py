@@ -11,6 +11,8 @@ from ..errors import InvalidInputError
 from .trainer import TrainSettings
 
 DEFAULT_CAPTION_TEMPLATE = "photo of a {token} {class}"
+MAX_VIEWS = 16
+MAX_PRIOR_IMAGES = 1000
 _RENAMED = {"concept_name": "name", "trigger_token": "token"}  # widget name -> field name
 
 
@@ -18,8 +20,8 @@ _RENAMED = {"concept_name": "name", "trigger_token": "token"}  # widget name -> 
 class ConceptRequest:
     """Who the concept is, where its photos are, and how to train and prune it.
 
-    `settings` holds what the core training loop reads; the other fields are for the host (photo loading,
-    pruning, memory, progress).
+    `settings` holds what the core training loop reads; the other fields are for the host (photo loading and
+    augmentation, class-prior images, pruning, memory, progress).
     """
 
     name: str
@@ -33,6 +35,9 @@ class ConceptRequest:
     replace_existing: bool = False
     gradient_checkpointing: bool = True
     preview_every: int = 50
+    augment_views: int = 3
+    prior_images: int = 0
+    prior_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("name", "token", "class_word", "folder"):
@@ -44,6 +49,12 @@ class ConceptRequest:
             raise InvalidInputError(f"prune_threshold must lie in [0, 1], got {self.prune_threshold}.")
         if self.preview_every < 0:
             raise InvalidInputError(f"preview_every must be >= 0, got {self.preview_every}.")
+        if not 0 <= self.augment_views <= MAX_VIEWS:
+            raise InvalidInputError(f"augment_views must lie in [0, {MAX_VIEWS}], got {self.augment_views}.")
+        if not 0 <= self.prior_images <= MAX_PRIOR_IMAGES:
+            raise InvalidInputError(f"prior_images must lie in [0, {MAX_PRIOR_IMAGES}], got {self.prior_images}.")
+        if not (math.isfinite(self.prior_weight) and self.prior_weight >= 0):
+            raise InvalidInputError(f"prior_weight must be a finite number >= 0, got {self.prior_weight}.")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> ConceptRequest:

@@ -2,8 +2,9 @@
 
 Trainable: the new expert of task t in every projection, one gate score per expert and projection along the
 new concept's own prompt direction (`moe.routing_update`), and the trigger token's input embedding. Frozen: the
-base model, old experts, every gate column as it was. Loss: ε-prediction MSE on random timesteps plus
-λ·routing distillation in the `soft` mode.
+base model, old experts, every gate column as it was. Loss: ε-prediction MSE on random timesteps (masked to
+the photo for rescaled views, `augment`), plus λ·routing distillation in the `soft` mode, plus the weighted MSE
+of class-prior images when prior preservation is on (`class_prior`).
 
 Selective activation (SAE): while training task t the gate always includes the auxiliary expert and expert t,
 plus the top-k' old experts (k' = min(t-1, K-1)).
@@ -28,10 +29,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..bank.expert_bank import Concept, ExpertBank, ProjectionExperts
-from ..bank.experts import LoraExpert, expert_delta
+from ..bank.experts import AUX_EXPERT, LoraExpert, expert_delta
 from ..errors import InvalidInputError
-from ..moe.routing import gate_input, inference_coefficients, training_coefficients
+from ..moe.routing import gate_input, inference_coefficients, select_experts, training_coefficients
 from ..moe.routing_update import RoutingDirections, routing_directions
+from .class_prior import PriorData
 
 DISTILL_MODES = ("exact", "soft", "off")
 GATE_INPUT_MOMENTUM = 0.9
@@ -123,7 +125,8 @@ class ExpertTrainer(torch.nn.Module):
         self.register_buffer("concept_gate", concept_mean.clone(), persistent=False)
         self.register_buffer("own_direction", torch.zeros(context_dim), persistent=False)
         self.register_buffer("away_direction", torch.zeros(context_dim), persistent=False)
-        directions = self.refresh_directions_()
+        self.refresh_directions_()
+        self.prior_rows = 0  # trailing batch rows that are class-prior images (`training_step` sets it)
         n_experts = self.task + 1
         rank = bank.config.rank
         downs, ups, scores = [], [], []
@@ -156,7 +159,7 @@ class ExpertTrainer(torch.nn.Module):
                 downs.append(torch.nn.Parameter((torch.rand(layer.in_dim, rank, generator=gen) * 2 - 1) * bound))
                 ups.append(torch.nn.Parameter(torch.zeros(rank, layer.out_dim)))
                 start = torch.zeros(self.task)
-                start[-1] = self._even_start(concept_mean @ base, alive) if directions.distinct_share else 0.0
+                start[-1] = self._even_start(concept_mean @ base, alive) if self.distinct_share else 0.0
                 scores.append(torch.nn.Parameter(start))
         self.downs = torch.nn.ParameterList(downs)
         self.ups = torch.nn.ParameterList(ups)
@@ -164,12 +167,12 @@ class ExpertTrainer(torch.nn.Module):
         self.token = torch.nn.Parameter(token_init.detach().float().clone())
 
     def _even_start(self, old_scores: torch.Tensor, alive: torch.Tensor) -> float:
-        """The new expert's start score: equal to the log-sum of the rest of its training mixture (share 0.5)."""
+        """The new expert's start score: the log-sum of the rest of its training mixture (so its share is 0.5),
+        with that mixture chosen by the same rule as `training_coefficients`."""
         ids = torch.arange(old_scores.shape[0])
         candidates = alive.bool() & (ids >= 1) & (ids < self.task)
-        k = min(self.task - 1, self.top_k - 1, int(candidates.sum()))
-        chosen = old_scores.masked_fill(~candidates, float("-inf")).topk(k).values if k else old_scores[:0]
-        return float(torch.logsumexp(torch.cat([old_scores.new_zeros(1), chosen]), dim=0))
+        chosen = select_experts(old_scores[None], candidates, min(self.task - 1, self.top_k - 1), ids == AUX_EXPERT)
+        return float(torch.logsumexp(old_scores[chosen[0]], dim=0))
 
     @torch.no_grad()
     def refresh_directions_(self, concept: torch.Tensor | None = None) -> RoutingDirections:
@@ -205,8 +208,14 @@ class ExpertTrainer(torch.nn.Module):
         return inference_coefficients(m, router, alive, self.top_k, aux_in_softmax=True)
 
     def delta(self, i: int, context: torch.Tensor) -> torch.Tensor:
-        """ΔK or ΔV of projection i for a context [B, N, D], differentiable in the trainable state."""
+        """ΔK or ΔV of projection i for a context [B, N, D], differentiable in the trainable state.
+
+        The last `prior_rows` rows (class-prior images) are mixed as the concept's own prompt is, with the
+        mixture detached: the prior loss shapes the new expert's weights, never the gate."""
         coeffs = self.coefficients(i, gate_input(context))
+        if self.prior_rows:
+            own = self.coefficients(i, self.concept_gate[None].to(coeffs.device)).detach()
+            coeffs = torch.cat([coeffs[: -self.prior_rows], own.expand(self.prior_rows, -1)])
         old_ids = getattr(self, f"old_ids_{i}")
         ids = torch.cat([old_ids, torch.tensor([self.task], device=old_ids.device)])
         downs = torch.cat([getattr(self, f"old_downs_{i}"), self.downs[i][None]])
@@ -272,6 +281,16 @@ class StepResult:
     loss: float
     mse: float
     distill: float
+    prior: float = 0.0
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error over the pixels a mask [B, 1, h, w] covers (weights in [0, 1]); plain MSE without one."""
+    error = (prediction.float() - target.float()) ** 2
+    if mask is None:
+        return error.mean()
+    weights = mask.to(error.device, error.dtype).expand_as(error)
+    return (error * weights).sum() / weights.sum().clamp_min(1e-8)
 
 
 def training_step(
@@ -283,11 +302,15 @@ def training_step(
     captions: Sequence[str],
     sigmas: torch.Tensor,
     generator: torch.Generator,
+    masks: torch.Tensor | None = None,
+    prior: PriorData | None = None,
 ) -> StepResult:
     """One optimizer step: a random batch, random timesteps, x_t = x0 + σ·ε, loss = MSE(ε̂, ε) + λ·RDM.
 
     `predict_noise(x_t, sigma, context)` is the frozen denoiser with this trainer's deltas applied;
-    `encode(captions)` the text encoder with the trainable token embedding in place.
+    `encode(captions)` the text encoder with the trainable token embedding in place. `masks` [N, 1, h, w] limit
+    each training latent's loss to its photo (rescaled views); `prior` adds as many class-prior rows to the
+    batch, with loss weight `prior.weight` (Custom Diffusion's prior preservation).
     """
     n = latents.shape[0]
     batch = trainer.settings.batch_size
@@ -296,24 +319,43 @@ def training_step(
     noise = torch.randn((batch, *latents.shape[1:]), generator=generator)
     device = latents.device
     x0 = latents[rows.to(device)]
+    texts = [captions[int(r)] for r in rows]
+    mask = None if masks is None else masks[rows.to(masks.device)]
+    extra = 0
+    if prior is not None:
+        extra = batch
+        picks = torch.randint(0, prior.latents.shape[0], (batch,), generator=generator)
+        steps = torch.cat([steps, torch.randint(0, sigmas.shape[0], (batch,), generator=generator)])
+        noise = torch.cat([noise, torch.randn((batch, *latents.shape[1:]), generator=generator)])
+        x0 = torch.cat([x0, prior.latents[picks].to(device, x0.dtype)])
+        texts += [prior.caption] * batch
     sigma = sigmas[steps].to(device, x0.dtype)
     noise = noise.to(device, x0.dtype)
     x_t = x0 + noise * sigma.view(-1, *([1] * (x0.ndim - 1)))
-    context = encode([captions[int(r)] for r in rows])
+    context = encode(texts)
     if hasattr(trainer, "observe_gate_inputs"):
-        trainer.observe_gate_inputs(gate_input(context))
-    mse = torch.nn.functional.mse_loss(predict_noise(x_t, sigma, context).float(), noise.float())
-    distill = trainer.distill_loss()
-    loss = mse + trainer.distill_lambda * distill
-    if not torch.isfinite(loss):
-        raise InvalidInputError(
-            f"Training diverged (loss {loss.item()}); lower the learning rates or check the images and model."
-        )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+        trainer.observe_gate_inputs(gate_input(context[:batch]))
+    routes_prior = hasattr(trainer, "prior_rows")
+    if routes_prior:
+        trainer.prior_rows = extra
+    try:  # the rows stay marked through backward: gradient checkpointing re-runs the forward there
+        predicted = predict_noise(x_t, sigma, context).float()
+        mse = masked_mse(predicted[:batch], noise[:batch], mask)
+        prior_mse = masked_mse(predicted[batch:], noise[batch:], None) if extra else mse.new_zeros(())
+        distill = trainer.distill_loss()
+        loss = mse + trainer.distill_lambda * distill + (prior.weight * prior_mse if extra else 0.0)
+        if not torch.isfinite(loss):
+            raise InvalidInputError(
+                f"Training diverged (loss {loss.item()}); lower the learning rates or check the images and model."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    finally:
+        if routes_prior:
+            trainer.prior_rows = 0
     trainer.after_step()
-    return StepResult(float(loss.detach()), float(mse.detach()), float(distill.detach()))
+    return StepResult(float(loss.detach()), float(mse.detach()), float(distill.detach()), float(prior_mse.detach()))
 
 
 @dataclass

@@ -42,6 +42,20 @@ async function step(name, body) {
   }
 }
 
+/** Double-click the empty canvas until the node search opens: on a busy machine the first click can land before the canvas listens. */
+async function openSearch(input) {
+  for (let attempt = 1; ; attempt++) {
+    await page.keyboard.press("Escape");
+    await page.mouse.dblclick(900, 650);
+    try {
+      await input.waitFor({ timeout: 5_000 });
+      return;
+    } catch (err) {
+      if (attempt === 6) throw err;
+    }
+  }
+}
+
 async function openTemplate(name) {
   await page.keyboard.press("Escape");
   await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.BrowseTemplates"));
@@ -72,8 +86,7 @@ test(`${LABEL}: every node of the pack is found by the node search`, async () =>
     await page.evaluate(() => window.app.graph.clear());
     const input = page.getByPlaceholder(/Search Nodes|Add a node/); // frontend 1.32 / the newer search dialog
     for (const name of names) {
-      await page.mouse.dblclick(900, 650);
-      await input.waitFor({ timeout: 10_000 });
+      await openSearch(input);
       await input.fill(name);
       await page.getByText(name, { exact: true }).first().waitFor({ timeout: 10_000 });
       await page.keyboard.press("Escape");

@@ -9,6 +9,7 @@ from world.sampler import ddpm_sigmas
 
 import r2moe_core as core
 from r2moe_core.moe.delta_cache import BankRuntime
+from r2moe_core.train.class_prior import PriorData
 from r2moe_core.train.trainer import ExpertTrainer, TrainSettings, training_step
 
 from .small import small_layers
@@ -39,10 +40,11 @@ def concept_latents(seed: int) -> torch.Tensor:
 
 def learn(
     world: ToyWorld, bank, name: str, seed: int, steps: int = 300, class_word: str | None = None,
-    photos_seed: int | None = None, **settings,
+    photos_seed: int | None = None, prior: PriorData | None = None, **settings,
 ) -> tuple[object, list[float]]:
     """Train concept `<name1> {class_word}` (class word: the name by default) on the latents of `photos_seed`
-    (default `seed`); returns the exported (unpruned) bank and the losses."""
+    (default `seed`), with class-prior rows when `prior` is given; returns the exported (unpruned) bank and the
+    losses."""
     token = f"<{name}1>"
     class_word = class_word or name
     defaults = {"lr_experts": 3e-2, "lr_router": 3e-2, "lr_token": 1e-2, "seed": seed}
@@ -65,7 +67,8 @@ def learn(
 
     latents = concept_latents(seed if photos_seed is None else photos_seed)
     losses = [
-        training_step(trainer, optimizer, predict, encode, latents, captions, SIGMAS, gen).mse for _ in range(steps)
+        training_step(trainer, optimizer, predict, encode, latents, captions, SIGMAS, gen, prior=prior).mse
+        for _ in range(steps)
     ]
     gate_in = core.gate_input(encode(captions[:1])).detach()
     return trainer.export(name, token, class_word, gate_in), losses
