@@ -163,13 +163,18 @@ def train_concept(
             return torch.cat([encoded[t] for t in texts]).to(device)
 
     prompts = list(captions) if prompts is None else list(prompts)
+
+    def prompt_gate_inputs() -> torch.Tensor:
+        """[N, D] gate inputs of the distinct photo captions with the token as it is now."""
+        return torch.cat([gate_input(encode([c])) for c in dict.fromkeys(prompts)]).float().cpu()
+
     token_init = class_word_embedding(clip, class_word)
     device = model.load_device
     # Parameters and the tensors autograd saves must not be made under the executor's inference mode.
     with torch.inference_mode(False):
         text.tokenizer = ConceptTokenizer(base_tokenizer, {token: token_init})
         with torch.no_grad():
-            concept_inputs = torch.cat([gate_input(encode([c])) for c in dict.fromkeys(prompts)]).float().cpu()
+            concept_inputs = prompt_gate_inputs()
             plain = plain_prompts([class_word, *(c.class_word for c in bank.concepts)])
             neutral_inputs = gate_input(encode(plain)).float().cpu()
         trainer = ExpertTrainer(bank, token_init, settings, concept_inputs, neutral_inputs)
@@ -198,7 +203,7 @@ def train_concept(
             if on_step is not None:
                 on_step(step + 1, result.loss, losses)
         with torch.no_grad():
-            prompt_inputs = torch.cat([gate_input(encode([c])) for c in dict.fromkeys(prompts)]).float().cpu()
+            prompt_inputs = prompt_gate_inputs()
         trainer.to("cpu")
         learned = trainer.export(name, token, class_word, prompt_inputs)
     pruned, report = prune_task(learned, learned.num_tasks, prune_threshold, gate_inputs=prompt_inputs)

@@ -197,6 +197,7 @@ class Method:
 
     def __post_init__(self) -> None:
         self.layers = world_layers(self.unet)
+        self.prior_images = 0  # class-prior images per batch source (r2moe_prior sets Budget.prior_images)
         self.gen = torch.Generator().manual_seed(self.seed)
 
     def begin(self, token: str, class_word: str, token_init: torch.Tensor,

@@ -155,7 +155,7 @@ def train_task(world: World, method: Method, concept: ConceptData, steps: int, s
     def encode(texts: Sequence[str]) -> torch.Tensor:
         return world.text(list(texts), method.tokens | {concept.token: task.token})
 
-    prior = class_prior(world, concept.class_word, getattr(method, "prior_images", 0), method.budget.prior_weight)
+    prior = class_prior(world, concept.class_word, method.prior_images, method.budget.prior_weight)
     losses = [training_step(task, optimizer, predict, encode, latents, concept.captions, SIGMAS, gen, prior=prior).mse
               for _ in range(steps)]
     with torch.no_grad():

@@ -103,7 +103,7 @@ class PriorCache:
             if on_progress is not None:
                 on_progress(count, count)
             return have[:count].clone()
-        done = [] if have is None else [have]
+        latents = have
         made = 0 if have is None else have.shape[0]
         if made:
             LOGGER.info("R2MoE: %d class-prior images of '%s' cached, making %d more", made, key.class_word,
@@ -111,13 +111,12 @@ class PriorCache:
         while made < count:
             n = min(CHUNK, count - made)
             chunk = generate(made, n).detach().float().cpu()
-            if chunk.shape[0] != n or (done and chunk.shape[1:] != done[0].shape[1:]):
+            if chunk.shape[0] != n or (latents is not None and chunk.shape[1:] != latents.shape[1:]):
                 raise InvalidInputError(f"class-prior generation returned {tuple(chunk.shape)} for {n} images")
-            done.append(chunk)
+            latents = chunk if latents is None else torch.cat([latents, chunk])
             made += n
-            latents = torch.cat(done)
             metadata = {k: str(v) for k, v in asdict(key).items()}
             atomic_write_bytes(self.path(key), save({"latents": latents.contiguous()}, metadata), keep_previous=False)
             if on_progress is not None:
                 on_progress(made, count)
-        return torch.cat(done)[:count].clone()
+        return latents[:count].clone()

@@ -198,20 +198,15 @@ def test_class_prior_images_are_drawn_once_by_the_stock_sampler_and_survive_chec
         return real(*args, **kwargs)
 
     monkeypatch.setattr(comfy.sample, "sample", counted)
-    prior = {"prior_images": 3, "prior_weight": 1.0, "steps": 3, "class_word": "lamp"}
-    first = call_node("R2MoETrainConcept", model=tiny[0], clip=tiny[1], vae=tiny[2], bank=after_dog[0],
-                      concept_name="lamp", trigger_token="<lamp1>", images=pictures(3),
-                      **(FAST | prior | {"gradient_checkpointing": True}))
+    prior = {"prior_images": 3, "prior_weight": 1.0, "steps": 3}
+    first = train(tiny, after_dog[0], "lamp", "<lamp1>", "lamp", pictures(3), **prior, gradient_checkpointing=True)
     assert calls["n"] == 3, "one stock sampling run per class-prior image"
     assert "3 class-prior images of 'photo of a lamp'" in first[2]
-    again = call_node("R2MoETrainConcept", model=tiny[0], clip=tiny[1], vae=tiny[2], bank=after_dog[0],
-                      concept_name="lamp", trigger_token="<lamp1>", images=pictures(3), **(FAST | prior))
+    again = train(tiny, after_dog[0], "lamp", "<lamp1>", "lamp", pictures(3), **prior)
     assert calls["n"] == 3, "the next concept of the class reuses the cached images"
     for name, proj in first[0].projections.items():  # the prior rows keep their routing through recomputation
         assert torch.allclose(proj.experts[2].up, again[0].projections[name].experts[2].up, atol=1e-6), name
-    plain = call_node("R2MoETrainConcept", model=tiny[0], clip=tiny[1], vae=tiny[2], bank=after_dog[0],
-                      concept_name="lamp", trigger_token="<lamp1>", images=pictures(3),
-                      **(FAST | prior | {"prior_images": 0}))
+    plain = train(tiny, after_dog[0], "lamp", "<lamp1>", "lamp", pictures(3), **(prior | {"prior_images": 0}))
     assert "no class-prior images" in plain[2]
     assert any(not torch.allclose(p.experts[2].up, plain[0].projections[n].experts[2].up)
                for n, p in first[0].projections.items()), "the prior images changed nothing"
