@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plai
 
 from world.checkpoint import SHIPPED, load_world
 from world.concepts import load_concepts
-from world.evaluators import train_evaluator
+from world.evaluators import EvaluatorReport, WorldEvaluator, train_evaluator
 from world.methods import METHODS, SIMPLIFICATIONS, Budget
 from world.plots import grid_image, heatmap, line_plot
 from world.protocol import ConceptData, EvalSettings, MethodRun, World, run_method
@@ -84,10 +84,19 @@ def aggregate(runs: list[MethodRun]) -> dict[str, float | list[float]]:
     if runs[0].gate_matrix is not None:
         out["gate_matrix_seed0"] = runs[0].gate_matrix
     out["forgetting_curve"] = [round(float(np.mean([curve(r)[t] for r in runs])), 2) for t in range(len(runs[0].ia))]
+    out["loss_by_quarter"] = loss_by_quarter(runs)
     if runs[0].ta_parts:
         out["text_alignment_parts"] = {k: round(float(np.mean([r.ta_parts[k] for r in runs])), 2)
                                        for k in runs[0].ta_parts}
     return out
+
+
+def loss_by_quarter(runs: list[MethodRun]) -> list[float]:
+    """Mean training loss in each quarter of a task's steps (over tasks and seeds): the budget check. A last
+    quarter no lower than the third, within the step-to-step noise, means the loss has stopped falling."""
+    quarters = [[float(np.mean(q)) for q in np.array_split(np.asarray(losses), 4)]
+                for run in runs for losses in run.losses if len(losses) >= 4]
+    return [round(float(v), 4) for v in np.mean(quarters, axis=0)] if quarters else []
 
 
 def curve(run: MethodRun) -> list[float]:
@@ -102,13 +111,11 @@ _WORKER: dict = {}
 def _worker_init(checkpoint: Path, evaluator_state: dict, threads: int) -> None:
     """Each worker process loads its own world and evaluator once (one thread each: small ops scale badly)."""
     torch.set_num_threads(threads)
-    from world.evaluators import WorldEvaluator
-
     evaluator = WorldEvaluator()
     evaluator.load_state_dict(evaluator_state)
     state = hashlib.sha256(b"".join(v.numpy().tobytes() for v in evaluator_state.values())).hexdigest()
     _WORKER.update(world=World(*load_world(checkpoint)), evaluator=evaluator.eval(), photo=None,
-                   checkpoint=checkpoint, evaluator_digest=state)
+                   checkpoint=checkpoint, evaluator_digest=state, code_digest=code_digest())
 
 
 def _features(kind: str):
@@ -128,11 +135,45 @@ def _features(kind: str):
     return embed
 
 
+def code_digest() -> bytes:
+    """The training and evaluation code (the core and the benchmark world): a cached job from other code is stale."""
+    digest = hashlib.sha256()
+    for folder in (HERE.parent / "r2moe_core", HERE / "world"):
+        for path in sorted(folder.rglob("*.py")):
+            digest.update(str(path.relative_to(HERE.parent)).encode() + path.read_bytes())
+    return digest.digest()
+
+
+def cached_evaluator(cache: Path | None, images: int, epochs: int) -> tuple[WorldEvaluator, EvaluatorReport]:
+    """The world evaluator, trained once per world code and settings (minutes on 2 cores), then read from cache."""
+    digest = hashlib.sha256(code_digest() + repr((images, epochs)).encode()).hexdigest()[:16]
+    path = cache / f"evaluator_{digest}.pkl" if cache else None
+    if path is not None and path.is_file():
+        state, report = pickle.loads(path.read_bytes())
+        evaluator = WorldEvaluator()
+        evaluator.load_state_dict(state)
+        return evaluator.eval(), report
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums depend on the thread count: one thread gives the committed evaluator
+    try:
+        evaluator, report = train_evaluator(train_images=images, epochs=epochs)
+    finally:
+        torch.set_num_threads(threads)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps((evaluator.state_dict(), report)))
+        tmp.replace(path)
+    return evaluator, report
+
+
 def _job_key(args: tuple, checkpoint: Path) -> str:
-    """Everything a job's result depends on: reruns with more seeds reuse the finished (method, seed) jobs."""
+    """Everything a job's result depends on: reruns with more seeds reuse the finished (method, seed) jobs, and
+    a change to the core or the world code invalidates them."""
     name, seed, kind, concepts, budget, settings = args
     digest = hashlib.sha256()
     digest.update(hashlib.sha256(checkpoint.read_bytes()).digest())
+    digest.update(_WORKER["code_digest"])
     for c in concepts:
         digest.update(c.token.encode() + c.class_word.encode() + "|".join(c.captions).encode())
         for image in c.images:
@@ -242,7 +283,10 @@ def markdown(results: dict) -> str:
                          f"{kept} | {m['params_added']:,} | {m['bytes_added'] / 1024:.0f} KB | "
                          f"{m['train_s_per_task']:.1f} | "
                          f"{m['sample_s_per_image']:.3f} |")
-        lines += ["", f"Base model (class word, nothing learned): IA {data['base_model']['image_alignment']:.1f}.", ""]
+        lines += ["", f"Base model (class word, nothing learned): IA {data['base_model']['image_alignment']:.1f}.", "",
+                  "Training loss by quarter of each task's steps (mean over tasks and seeds): "
+                  + "; ".join(f"{name} " + " / ".join(f"{v:.3f}" for v in m["loss_by_quarter"])
+                              for name, m in data["methods"].items() if m.get("loss_by_quarter")) + ".", ""]
     return "\n".join(lines)
 
 
@@ -258,7 +302,8 @@ def main() -> None:
     parser.add_argument("--spread-seeds", default="1,2",
                         help="more seeds on both tracks for --spread-methods only (the 3-seed spread of the "
                              "comparisons the goals name, at a third of the cost of every method on every seed)")
-    parser.add_argument("--spread-methods", default="r2moe,lora_sequential,c_lora,lora_per_concept")
+    parser.add_argument("--spread-methods",
+                        default="r2moe,textual_inversion,lora_sequential,c_lora,lora_per_concept")
     parser.add_argument("--photo-seeds", default=None,
                         help="seeds every method runs on in the real-photo track (default: the same as --seeds)")
     parser.add_argument("--steps", type=int, default=Budget.steps, help="training steps per task")
@@ -287,10 +332,8 @@ def main() -> None:
         settings = EvalSettings(images_per_concept=2, steps=6, contexts=2)
         eval_images, eval_epochs = 600, 2
     started = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # float sums depend on the thread count: one thread gives the committed evaluator
-    evaluator, report = train_evaluator(train_images=eval_images, epochs=eval_epochs)
-    torch.set_num_threads(threads)
+    cache = None if opts.no_cache else opts.out / ".cache"
+    evaluator, report = cached_evaluator(cache, eval_images, eval_epochs)
     LOG.info("world evaluator held-out accuracy: %s", {k: round(v, 3) for k, v in report.accuracy.items()})
     opts.out.mkdir(parents=True, exist_ok=True)
     name = "lifelong_quick" if opts.quick else "lifelong"
@@ -303,7 +346,6 @@ def main() -> None:
         "tracks": {},
     }
 
-    cache = None if opts.no_cache else opts.out / ".cache"
     init = (opts.checkpoint, evaluator.state_dict(), 1 if opts.workers > 1 else torch.get_num_threads())
     _worker_init(*init)  # the parent scores references and the base model too
     context = multiprocessing.get_context("spawn")

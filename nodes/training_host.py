@@ -175,7 +175,7 @@ def train_concept(
         text.tokenizer = ConceptTokenizer(base_tokenizer, {token: token_init})
         with torch.no_grad():
             concept_inputs = prompt_gate_inputs()
-            plain = plain_prompts([class_word, *(c.class_word for c in bank.concepts)])
+            plain = plain_prompts([class_word, *(c.class_word for c in bank.concepts)], prompts, token)
             neutral_inputs = gate_input(encode(plain)).float().cpu()
         trainer = ExpertTrainer(bank, token_init, settings, concept_inputs, neutral_inputs)
     text.tokenizer = ConceptTokenizer(base_tokenizer, {token: trainer.token})

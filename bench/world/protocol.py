@@ -144,7 +144,7 @@ def train_task(world: World, method: Method, concept: ConceptData, steps: int, s
     started = time.perf_counter()
     with torch.no_grad():
         start = world.text(concept.captions, method.tokens | {concept.token: token_init})
-        plain = plain_prompts([*method.class_words, concept.class_word])
+        plain = plain_prompts([*method.class_words, concept.class_word], concept.captions, concept.token)
         gates = GatePrompts(gate_input(start), gate_input(world.text(plain, method.tokens)))
     task = method.begin(concept.token, concept.class_word, token_init, gates)
     optimizer = task.optimizer()

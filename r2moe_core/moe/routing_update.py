@@ -6,7 +6,8 @@ a router step taken in the full embedding space moves every concept's scores tog
 the gate only through two fixed directions computed once from the prompts:
 
 - `own` (u): scores exactly 1 on the new concept's prompts and exactly 0 on every protected prompt (the old
-  concepts' stored gate inputs, the empty prompt and the plain class prompts). Each expert e gets a learnable
+  concepts' stored gate inputs, the empty prompt, the plain class prompts and the concept's captions without the
+  trigger, so u keys on what the token adds rather than on the captions' scene words). Each expert e gets a learnable
   score a_e along u, so the gate learns, per projection and in score units, how much of each expert the new
   concept needs, while every protected prompt keeps its scores bit for bit.
 - `away` (w): scores 0 on the new concept's prompts and -1 on every protected prompt. The new expert's column
@@ -67,7 +68,21 @@ def routing_directions(concept: torch.Tensor, protected: torch.Tensor) -> Routin
     return RoutingDirections(own.float(), away.float(), share)
 
 
-def plain_prompts(class_words: Iterable[str]) -> list[str]:
-    """Prompts that must not route to a new expert: the empty prompt and `photo of a {class}` for every class."""
+def plain_prompts(class_words: Iterable[str], captions: Iterable[str] = (), token: str = "") -> list[str]:
+    """Prompts that must not route to a new expert: the empty prompt, `photo of a {class}` for every class and,
+    when given, the concept's own captions with its trigger token taken out.
+
+    The captions without the trigger are what makes the gate key on the token: the captions' scene words
+    (backgrounds, places, styles) are then protected too, so the new expert's direction is left with what the
+    token adds to the prompt, and a prompt that names the concept without those words still routes to it.
+    """
     words = sorted({w.strip() for w in class_words if w.strip()})
-    return ["", *(f"photo of a {w}" for w in words)]
+    plain = ["", *(f"photo of a {w}" for w in words)]
+    if token:
+        plain += [without_trigger(c, token) for c in captions]
+    return list(dict.fromkeys(plain))
+
+
+def without_trigger(caption: str, token: str) -> str:
+    """The caption with every occurrence of the trigger token removed (spaces tidied)."""
+    return " ".join(caption.replace(token, " ").split())

@@ -12,9 +12,10 @@ plus the top-k' old experts (k' = min(t-1, K-1)).
 Routing distillation (RDM), `exact` (default): the gate changes only along a direction that scores 0 on every
 old concept's stored prompt embedding, so old concepts keep their gate scores bit for bit, and the new expert
 scores `-margin` there (its share of an old mixture is at most e^-margin of the auxiliary expert's). The plain
-prompts (empty, `photo of a {class}`) are protected the same way in every mode, so a prompt without a trigger
-does not start routing to the new expert. `soft`: the direction ignores old prompts and the reference penalty
-λ·Σ‖M_old·ΔR_t‖_F is added to the loss; `off`: no protection of old concepts (ablation).
+prompts (empty, `photo of a {class}`, the concept's captions without the trigger) are protected the same way in
+every mode, so a prompt without a trigger does not start routing to the new expert. `soft`: the direction
+ignores old prompts and the reference penalty λ·Σ‖M_old·ΔR_t‖_F is added to the loss; `off`: no protection of
+old concepts (ablation).
 
 The new expert starts at half of its mixture in every projection whatever the old experts' scores, so what is
 kept after pruning depends on what training finds, not on which old experts happen to be alive there.
@@ -76,8 +77,8 @@ class ExpertTrainer(torch.nn.Module):
     """The trainable state of one task over a frozen bank; `export()` turns it into the next bank.
 
     `concept_inputs` [N, D] are the gate inputs of the concept's captions with the token at its start value;
-    `neutral_inputs` [Z, D] those of prompts that must not route to the new expert (the empty prompt and the
-    plain class prompts).
+    `neutral_inputs` [Z, D] those of prompts that must not route to the new expert (`plain_prompts`: the empty
+    prompt, the plain class prompts and the concept's captions without the trigger).
     """
 
     def __init__(

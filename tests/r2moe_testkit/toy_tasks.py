@@ -9,6 +9,7 @@ from world.sampler import ddpm_sigmas
 
 import r2moe_core as core
 from r2moe_core.moe.delta_cache import BankRuntime
+from r2moe_core.moe.routing_update import plain_prompts
 from r2moe_core.train.class_prior import PriorData
 from r2moe_core.train.trainer import ExpertTrainer, TrainSettings, training_step
 
@@ -40,19 +41,21 @@ def concept_latents(seed: int) -> torch.Tensor:
 
 def learn(
     world: ToyWorld, bank, name: str, seed: int, steps: int = 300, class_word: str | None = None,
-    photos_seed: int | None = None, prior: PriorData | None = None, **settings,
+    photos_seed: int | None = None, prior: PriorData | None = None, scenes: tuple[str, ...] = (), **settings,
 ) -> tuple[object, list[float]]:
     """Train concept `<name1> {class_word}` (class word: the name by default) on the latents of `photos_seed`
-    (default `seed`), with class-prior rows when `prior` is given; returns the exported (unpruned) bank and the
-    losses."""
+    (default `seed`), with class-prior rows when `prior` is given; captions end in `on {scene}` when scenes are
+    given. Returns the exported (unpruned) bank and the losses."""
     token = f"<{name}1>"
     class_word = class_word or name
     defaults = {"lr_experts": 3e-2, "lr_router": 3e-2, "lr_token": 1e-2, "seed": seed}
-    captions = [f"photo of {token} {class_word}"] * 4
+    captions = [f"photo of {token} {class_word}" + (f" on {scenes[i % len(scenes)]}" if scenes else "")
+                for i in range(4)]
     start = world.encoder.word(class_word)[None]
-    concept_in = core.gate_input(world.encoder(captions[:1], {token: start}))
+    concept_in = core.gate_input(world.encoder(list(dict.fromkeys(captions)), {token: start}))
     classes = sorted({c.class_word for c in bank.concepts} | {class_word})
-    neutral_in = core.gate_input(world.encoder(["", *(f"photo of {c}" for c in classes)], {}))
+    plain = plain_prompts(classes, captions, token)
+    neutral_in = core.gate_input(world.encoder([p.replace("photo of a ", "photo of ") for p in plain], {}))
     trainer = ExpertTrainer(
         bank, start, TrainSettings(steps=steps, **(defaults | settings)), concept_in, neutral_in
     )
@@ -70,7 +73,7 @@ def learn(
         training_step(trainer, optimizer, predict, encode, latents, captions, SIGMAS, gen, prior=prior).mse
         for _ in range(steps)
     ]
-    gate_in = core.gate_input(encode(captions[:1])).detach()
+    gate_in = core.gate_input(encode(list(dict.fromkeys(captions)))).detach()
     return trainer.export(name, token, class_word, gate_in), losses
 
 

@@ -11,6 +11,7 @@ import torch
 
 import r2moe_core as core
 from r2moe_core.moe.routing import gate_input, inference_coefficients
+from r2moe_core.moe.routing_update import plain_prompts
 from r2moe_testkit.toy_tasks import ToyWorld, eval_loss, learn
 
 TAU = 0.4
@@ -86,3 +87,25 @@ def test_each_prompt_routes_to_its_own_expert_and_a_plain_prompt_to_none(world, 
     assert sum(int(torch.argmax(g[1:])) + 1 == own["dog"] for g in mix.values()) >= 0.75 * len(mix)
     plain = _mixture(bank, world, "photo of dog")
     assert all(float(g[0]) > 0.99 for g in plain.values()), "a prompt without a trigger uses no expert"
+
+
+
+def test_the_trigger_routes_without_the_captions_scene_words(world):
+    """Captions name a scene; the gate must key on the trigger token, not on the scene words. The new expert
+    starts at half of its mixture (the no-op auxiliary expert holds the other half), so "routes to it" means a
+    weight near that on the bare prompt and on a scene it never saw, and none on the scene without the trigger.
+    (Protecting only the plain prompts gave the bare prompt 0.01.)"""
+    learned, _ = learn(world, world.bank, "dog", seed=1, scenes=("grass", "snow"))
+    for prompt in ("photo of <dog1> dog", "photo of <dog1> dog on beach"):
+        mix = _mixture(learned, world, prompt)
+        routed = sum(float(g[1]) >= 0.2 for g in mix.values())
+        assert routed >= 0.75 * len(mix), f"{prompt!r}: the expert has weight >= 0.2 in {routed} of {len(mix)}"
+    for prompt in ("photo of dog on grass", "photo of cat on grass"):
+        mix = _mixture(learned, world, prompt)
+        assert all(float(g[0]) > 0.99 for g in mix.values()), f"{prompt!r} (no trigger) uses an expert"
+
+
+def test_protected_prompts_include_the_captions_without_their_trigger():
+    plain = plain_prompts(["dog", "dog"], ["photo of <d1> dog on grass", "<d1> dog, snow"], "<d1>")
+    assert plain == ["", "photo of a dog", "photo of dog on grass", "dog, snow"]
+    assert plain_prompts(["dog"]) == ["", "photo of a dog"]
