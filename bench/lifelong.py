@@ -111,10 +111,9 @@ _WORKER: dict = {}
 def _worker_init(checkpoint: Path, evaluator_state: dict, threads: int) -> None:
     """Each worker process loads its own world and evaluator once (one thread each: small ops scale badly)."""
     torch.set_num_threads(threads)
-    evaluator = WorldEvaluator()
-    evaluator.load_state_dict(evaluator_state)
+    evaluator = evaluator_from_state(evaluator_state)
     state = hashlib.sha256(b"".join(v.numpy().tobytes() for v in evaluator_state.values())).hexdigest()
-    _WORKER.update(world=World(*load_world(checkpoint)), evaluator=evaluator.eval(), photo=None,
+    _WORKER.update(world=World(*load_world(checkpoint)), evaluator=evaluator, photo=None,
                    checkpoint=checkpoint, evaluator_digest=state, code_digest=code_digest())
 
 
@@ -150,9 +149,7 @@ def cached_evaluator(cache: Path | None, images: int, epochs: int) -> tuple[Worl
     path = cache / f"evaluator_{digest}.pkl" if cache else None
     if path is not None and path.is_file():
         state, report = pickle.loads(path.read_bytes())
-        evaluator = WorldEvaluator()
-        evaluator.load_state_dict(state)
-        return evaluator.eval(), report
+        return evaluator_from_state(state), report
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # float sums depend on the thread count: one thread gives the committed evaluator
     try:
@@ -160,11 +157,22 @@ def cached_evaluator(cache: Path | None, images: int, epochs: int) -> tuple[Worl
     finally:
         torch.set_num_threads(threads)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps((evaluator.state_dict(), report)))
-        tmp.replace(path)
+        write_pickle(path, (evaluator.state_dict(), report))
     return evaluator, report
+
+
+def evaluator_from_state(state: dict) -> WorldEvaluator:
+    evaluator = WorldEvaluator()
+    evaluator.load_state_dict(state)
+    return evaluator.eval()
+
+
+def write_pickle(path: Path, value: object) -> None:
+    """Atomic: a cache entry is either whole or absent, whatever interrupts the run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(value))
+    tmp.replace(path)
 
 
 def _job_key(args: tuple, checkpoint: Path) -> str:
@@ -189,10 +197,7 @@ def _job(args: tuple) -> MethodRun | dict[str, list[np.ndarray]]:
         return pickle.loads(path.read_bytes())
     result = _run_job(job)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps(result))
-        tmp.replace(path)
+        write_pickle(path, result)
     return result
 
 

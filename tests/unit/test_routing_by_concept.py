@@ -89,7 +89,6 @@ def test_each_prompt_routes_to_its_own_expert_and_a_plain_prompt_to_none(world, 
     assert all(float(g[0]) > 0.99 for g in plain.values()), "a prompt without a trigger uses no expert"
 
 
-
 def test_the_trigger_routes_without_the_captions_scene_words(world):
     """Captions name a scene; the gate must key on the trigger token, not on the scene words. The new expert
     starts at half of its mixture (the no-op auxiliary expert holds the other half), so "routes to it" means a
