@@ -1,5 +1,13 @@
-"""How well does a world checkpoint draw what captions say? Samples random captions, then asks the world's
-evaluator (trained here, its held-out accuracy printed) whether each generated image shows the asked attributes."""
+"""How well does a world checkpoint draw what captions say?
+
+Samples fixed captions (one kind of object, and two different objects in named halves), then asks the world's
+evaluator (trained here; its held-out accuracy, and its score on clean renders of the same two-object captions,
+are written beside) whether each generated image shows what was asked. Also reports the multi-concept judge's
+balanced accuracy on clean renders of four learned concepts, so a reader knows how far either can be trusted.
+
+    python bench/eval_world.py                      # the shipped world; writes bench/results/eval_world.json
+    python bench/eval_world.py CKPT --out X.json --grid X.png
+"""
 
 from __future__ import annotations
 
@@ -16,39 +24,84 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
-from world.checkpoint import load_world
-from world.evaluators import ATTRIBUTES, labels, to_tensor, train_evaluator
+from world.checkpoint import SHIPPED, load_world
+from world.concepts import load_concepts
+from world.evaluators import ATTRIBUTES, WorldEvaluator, labels, to_tensor, train_evaluator, two_object_scores
+from world.multiconcept import BOXES, PLACES
+from world.recogniser import build_recogniser
 from world.sampler import LATENT_SCALE, sample
-from world.scenes import caption, random_scene
+from world.scenes import caption, random_composite, random_scene, render
+from world.vocab import SIZE
 
 LOG = logging.getLogger("r2moe.bench.eval_world")
+HERE = Path(__file__).resolve().parent
+
+
+def generate(checkpoint: Path, captions: list[str], steps: int, cfg: float) -> list[np.ndarray]:
+    unet, text, vae = load_world(checkpoint)
+    images: list[np.ndarray] = []
+    with torch.no_grad():
+        empty = text([""])
+        for start in range(0, len(captions), 32):
+            context = text(captions[start:start + 32])
+            with unet.fixed_contexts():
+                latents = sample(lambda x, t, c: unet(x, t, c), context, empty, steps=steps, cfg=cfg)
+            decoded = vae.decode(latents / LATENT_SCALE).permute(0, 2, 3, 1)
+            images += list((decoded * 255).round().byte().numpy())
+    return images
+
+
+def judge_accuracy(evaluator: WorldEvaluator, concepts: Path) -> dict:
+    """The multi-concept judge built on clean renders (no VAE) of four concepts, in the halves and thirds it reads."""
+    def features(images: list[np.ndarray]) -> torch.Tensor:
+        with torch.no_grad():
+            return evaluator.embed(to_tensor(images))
+
+    boxes = [(box, p) for n in (2, 3) for box, p in zip(BOXES[n], PLACES[n], strict=True)]
+    _, report = build_recogniser(load_concepts(concepts)[:4], boxes, features, lambda images: images, 6)
+    return report
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--prompts", type=int, default=64)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, nargs="?", default=SHIPPED)
+    parser.add_argument("--prompts", type=int, default=64, help="captions with one kind of object")
+    parser.add_argument("--two-object-prompts", type=int, default=32, help="captions with two different objects")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--grid", type=Path, default=None, help="write a PNG grid of the samples")
     parser.add_argument("--eval-images", type=int, default=4000, help="training images of the evaluator")
+    parser.add_argument("--concepts", type=Path, default=HERE / "world" / "concepts_10.json",
+                        help="concepts whose first four the judge is built on")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "eval_world.json")
     opts = parser.parse_args()
+    torch.set_num_threads(2)
     evaluator, report = train_evaluator(train_images=opts.eval_images)
-    LOG.info("evaluator held-out accuracy: %s", {k: round(v, 3) for k, v in report.accuracy.items()})
-    unet, text, vae = load_world(opts.checkpoint)
-    rng = random.Random(12345)
-    scenes = [random_scene(rng) for _ in range(opts.prompts)]
+    singles = [random_scene(rng) for rng in [random.Random(12345)] for _ in range(opts.prompts)]
+    pairs = [random_composite(rng, 2) for rng in [random.Random(54321)] for _ in range(opts.two_object_prompts)]
+    images = generate(opts.checkpoint, [caption(s) for s in singles + pairs], opts.steps, opts.cfg)
     with torch.no_grad():
-        context, empty = text([caption(s) for s in scenes]), text([""])
-        with unet.fixed_contexts():
-            latents = sample(lambda x, t, c: unet(x, t, c), context, empty, steps=opts.steps, cfg=opts.cfg)
-        images = (vae.decode(latents / LATENT_SCALE).permute(0, 2, 3, 1) * 255).round().byte().numpy()
-        predicted = evaluator(to_tensor(list(images)))
-    truth = [labels(s) for s in scenes]
-    alignment = {k: float(np.mean([int(predicted[k][i].argmax()) == truth[i][k] for i in range(len(scenes))]))
-                 for k in ATTRIBUTES}
-    LOG.info("text alignment of generated images: %s", json.dumps({k: round(v, 3) for k, v in alignment.items()}))
+        predicted = evaluator(to_tensor(images[:len(singles)]))
+    truth = [labels(s) for s in singles]
+    accuracy = {k: float(np.mean([int(predicted[k][i].argmax()) == truth[i][k] for i in range(len(singles))]))
+                for k in ATTRIBUTES} | two_object_scores(evaluator, images[len(singles):], pairs)
+    clean = two_object_scores(evaluator, [render(p, SIZE) for p in pairs], pairs)
+    judge = judge_accuracy(evaluator, opts.concepts)
+    results = {
+        "accuracy": {k: round(v, 3) for k, v in accuracy.items()},
+        "evaluator_accuracy": {k: round(v, 3) for k, v in (report.accuracy | clean).items()},
+        "judge_accuracy": judge["balanced"],
+        "judge": {k: judge[k] for k in ("per_class", "concept_vs_concept", "method")},
+        "settings": {"checkpoint": opts.checkpoint.name, "prompts": opts.prompts,
+                     "two_object_prompts": opts.two_object_prompts, "steps": opts.steps, "cfg": opts.cfg,
+                     "evaluator_images": opts.eval_images, "size": SIZE},
+    }
+    LOG.info("drawn as asked: %s", json.dumps(results["accuracy"]))
+    LOG.info("evaluator held out: %s; judge balanced accuracy on clean renders: %.3f",
+             json.dumps(results["evaluator_accuracy"]), results["judge_accuracy"])
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(results, indent=1) + "\n")
     if opts.grid:
         from PIL import Image
 

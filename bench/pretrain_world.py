@@ -28,11 +28,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from world.resumable import Allowance, AllowanceSpentError, RecipeMismatchError, Stage, WorkDir, run_stage
 from world.sampler import LATENT_SCALE, ddpm_sigmas
-from world.scenes import caption, random_scene, render
+from world.scenes import caption, random_composite, random_scene, render
 from world.text import TEXT_INITS, TextEncoder, random_text_encoder
 from world.unet import UNet
 from world.vae import WorldVAE
+from world.vocab import SIZE
 
 LOG = logging.getLogger("r2moe.bench.pretrain")
 # 64 channels at the first level, not 32: ComfyUI's UNet ends in GroupNorm(32 groups), and with one channel per
@@ -44,11 +46,28 @@ WORLD_UNETS = {64: {"model_channels": 64, "channel_mult": (1, 1, 2, 2)},  # the 
 DEFAULT_OUT = Path(__file__).resolve().parent / "world" / "weights" / "world_sd15.safetensors"
 
 
-def scene_pool(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+def scene_pool(count: int, seed: int, size: int = SIZE, composites: float = 0.0) -> tuple[torch.Tensor, list[str]]:
+    """`composites` of the scenes (two thirds of them with two objects, one third with three) show different
+    objects in named places; 0 draws the shipped world's pool exactly."""
     rng = random.Random(seed)
-    scenes = [random_scene(rng) for _ in range(count)]
-    images = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 255.0
+    scenes = [random_scene(rng) if composites == 0 or rng.random() >= composites else
+              random_composite(rng, 2 if rng.random() < 2 / 3 else 3) for _ in range(count)]
+    images = torch.from_numpy(np.stack([render(s, size) for s in scenes])).permute(0, 3, 1, 2).float() / 255.0
     return images, [caption(s) for s in scenes]
+
+
+def random_crops(images: torch.Tensor, batch: int, crop: int, gen: torch.Generator) -> torch.Tensor:
+    """`batch` crops of crop x crop pixels at offsets on the VAE's 8-pixel grid (the whole image when it is not
+    larger). The VAE is convolutional, so crops teach it the same local code at a fraction of the cost: at 64
+    channels every full-resolution layer costs about 150 MMAC per 64x64 image."""
+    rows = torch.randint(0, len(images), (batch,), generator=gen)
+    side = images.shape[-1]
+    if crop >= side:
+        return images[rows]
+    cells = (side - crop) // 8 + 1
+    ys, xs = (torch.randint(0, cells, (batch,), generator=gen) * 8 for _ in range(2))
+    return torch.stack([images[r, :, y:y + crop, x:x + crop] for r, y, x in zip(rows.tolist(), ys.tolist(),
+                                                                                xs.tolist(), strict=True)])
 
 
 @torch.no_grad()
@@ -88,18 +107,24 @@ def init_vae_(vae: WorldVAE) -> WorldVAE:
     return vae
 
 
-def train_vae(images: torch.Tensor, steps: int, batch: int, gen: torch.Generator) -> WorldVAE:
+def train_vae(images: torch.Tensor, steps: int, batch: int, gen: torch.Generator, crop: int = 0,
+              lr: float = 3e-4, work: WorkDir | None = None, allowance: Allowance | None = None) -> WorldVAE:
+    """From `init_vae_`; `crop` > 0 trains on random crops of that many pixels (0: whole images, world v2)."""
     vae = init_vae_(WorldVAE())
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=3e-4)  # refining a good start, not finding one
-    for step in range(steps):
-        x = images[torch.randint(0, len(images), (batch,), generator=gen)]
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)  # refining a good start, not finding one
+
+    def step(_: int) -> float:
+        x = random_crops(images, batch, crop, gen) if crop else images[torch.randint(0, len(images), (batch,),
+                                                                                      generator=gen)]
         z = vae.taesd_encoder(x)
         loss = torch.nn.functional.mse_loss(vae.taesd_decoder(z), x) + 1e-4 * z.square().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % max(steps // 10, 1) == 0:
-            LOG.info("vae step %d/%d: reconstruction loss %.4f", step, steps, loss.item())
+        return loss.item()
+
+    run_stage(Stage("vae", steps, vae, optimizer, step, gen, log_every=max(steps // 10, 1)),
+              work or WorkDir(None, {}), allowance or Allowance())
     with torch.no_grad():  # scale latents so that, after ComfyUI's x0.18215, they have unit spread
         spread = vae.taesd_encoder(images[:256]).std()
         vae.vae_scale.fill_(float(spread) * LATENT_SCALE)
@@ -108,7 +133,8 @@ def train_vae(images: torch.Tensor, steps: int, batch: int, gen: torch.Generator
 
 def train_unet(latents: torch.Tensor, contexts: torch.Tensor, empty: torch.Tensor, steps: int, batch: int,
                gen: torch.Generator, lr: float = 5e-4, high_noise: float = 0.0, unet: UNet | None = None,
-               loss_weight: str = "v", channels: int = 64) -> UNet:
+               loss_weight: str = "v", channels: int = 64, work: WorkDir | None = None,
+               allowance: Allowance | None = None) -> UNet:
     """ε-prediction with uniform t, weighted as the v-prediction loss (`loss_weight="v"`), plus an optional
     `high_noise` share of each batch at t >= 750.
 
@@ -122,7 +148,9 @@ def train_unet(latents: torch.Tensor, contexts: torch.Tensor, empty: torch.Tenso
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / 100) * (0.55 + 0.45 * math.cos(math.pi * min(s / steps, 1.0))))
     sigmas = ddpm_sigmas()
-    for step in range(steps):
+    every = max(steps // 10, 1)
+
+    def step(i: int) -> float:
         rows = torch.randint(0, len(latents), (batch,), generator=gen)
         t = torch.randint(0, len(sigmas), (batch,), generator=gen)
         if high_noise > 0:  # drawn only when asked, so `--high-noise 0` replays the first world's random stream
@@ -143,9 +171,13 @@ def train_unet(latents: torch.Tensor, contexts: torch.Tensor, empty: torch.Tenso
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if step % max(steps // 10, 1) == 0 or step == steps - 1:
-            LOG.info("unet step %d/%d: loss %.4f, ε MSE at t=999 %.4f", step, steps, loss.item(),
+        if i % every == 0 or i == steps - 1:
+            LOG.info("unet step %d/%d: loss %.4f, ε MSE at t=999 %.4f", i, steps, loss.item(),
                      eps_error_at_max_noise(unet, latents[:64], contexts[:64]))
+        return loss.item()
+
+    run_stage(Stage("unet", steps, unet, optimizer, step, gen, scheduler), work or WorkDir(None, {}),
+              allowance or Allowance())
     return unet.eval()
 
 
@@ -202,16 +234,38 @@ def main() -> None:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="continue from this world checkpoint: its VAE is kept (no VAE training) and its UNet "
                              "is trained further against the chosen text encoder")
+    parser.add_argument("--size", type=int, default=SIZE, help="image side in pixels (latents are 1/8 of it)")
+    parser.add_argument("--composites", type=float, default=0.0,
+                        help="share of pretraining scenes with two or three different objects in named places "
+                             "(0: the shipped world's one-kind scenes only)")
+    parser.add_argument("--vae-crop", type=int, default=0, help="train the VAE on random crops of this side (0: "
+                                                                  "whole images)")
+    parser.add_argument("--vae-lr", type=float, default=3e-4)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep resumable state here (every 5 min and at a stop); the same command continues it")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop after this many minutes, state saved in --work; exit status 75 until finished")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps "
+                                                                     "(VAE and UNet together), like --max-minutes")
     parser.add_argument("--quick", action="store_true", help="tiny run to check the pipeline")
     opts = parser.parse_args()
     if opts.quick:
         opts.images, opts.vae_steps, opts.unet_steps, opts.batch, opts.vae_batch = 64, 3, 3, 8, 8
+    if (opts.max_minutes is not None or opts.max_steps is not None) and opts.work is None:
+        parser.error("--max-minutes and --max-steps need --work DIR, where the state is kept to continue from")
+    recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(opts).items()
+              if k not in ("out", "work", "max_minutes", "max_steps")}
+    try:
+        work = WorkDir(opts.work, recipe)
+    except RecipeMismatchError as error:
+        parser.error(str(error))
+    allowance = Allowance(opts.max_minutes, opts.max_steps)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
     gen = torch.Generator().manual_seed(opts.seed)
     started = time.perf_counter()
-    images, captions = scene_pool(opts.images, opts.seed)
+    images, captions = scene_pool(opts.images, opts.seed, opts.size, opts.composites)
     start_unet = None
     if opts.init_from:
         from world.checkpoint import load_world
@@ -220,17 +274,21 @@ def main() -> None:
         vae = vae.requires_grad_(False).eval()
         LOG.info("continuing from %s (VAE kept)", opts.init_from)
     else:
-        vae = train_vae(images, opts.vae_steps, opts.vae_batch, gen)
+        vae = train_vae(images, opts.vae_steps, opts.vae_batch, gen, opts.vae_crop, opts.vae_lr, work, allowance)
     text = random_text_encoder(opts.seed, opts.text_init)
     with torch.no_grad():
         latents = torch.cat([vae.encode(images[i : i + 256]) for i in range(0, len(images), 256)]) * LATENT_SCALE
         contexts = torch.cat([text(captions[i : i + 256]) for i in range(0, len(captions), 256)])
         empty = text([""])
     unet = train_unet(latents, contexts, empty, opts.unet_steps, opts.batch, gen, opts.lr, opts.high_noise,
-                      start_unet, opts.loss, opts.channels)
+                      start_unet, opts.loss, opts.channels, work, allowance)
     save_checkpoint(opts.out, unet, text, vae, opts.seed, opts.text_init)
     LOG.info("world model written to %s in %.0f s", opts.out, time.perf_counter() - started)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except AllowanceSpentError as where:
+        LOG.info("paused at %s, state kept in the --work directory: run the same command again to continue", where)
+        sys.exit(75)

@@ -7,14 +7,16 @@ alignment (cosine to a concept's reference photos). Its own held-out accuracy is
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .scenes import Scene, random_scene, render
-from .vocab import BACKGROUNDS, COLOURS, COUNTS, POSITIONS, SHAPES, TEXTURES
+from .recogniser import crop  # the multi-concept judge's crop: both metrics read a region the same way
+from .scenes import Composite, Scene, random_scene, render
+from .vocab import BACKGROUNDS, COLOURS, COUNTS, POSITIONS, SHAPES, SIZE, TEXTURES
 
 ATTRIBUTES: dict[str, list] = {
     "shape": list(SHAPES),
@@ -43,8 +45,11 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
 
 
 class WorldEvaluator(torch.nn.Module):
-    def __init__(self, width: int = 32, feature_dim: int = 128) -> None:
+    """`size` is the image side it reads: one stride-2 block per halving down to 8x8 (3 blocks at 64 px)."""
+
+    def __init__(self, width: int = 32, feature_dim: int = 128, size: int = SIZE) -> None:
         super().__init__()
+        self.size = size
 
         def block(cin: int, cout: int) -> torch.nn.Sequential:
             return torch.nn.Sequential(
@@ -52,7 +57,8 @@ class WorldEvaluator(torch.nn.Module):
                 torch.nn.Conv2d(cout, cout, 3, padding=1, stride=2), torch.nn.SiLU(),
             )
 
-        self.body = torch.nn.Sequential(block(3, width), block(width, width * 2), block(width * 2, width * 4))
+        widths = [3, width, width * 2] + [width * 4] * (max(size // 8, 1).bit_length() - 3)
+        self.body = torch.nn.Sequential(*(block(a, b) for a, b in itertools.pairwise(widths)))
         self.features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(width * 4 * 8 * 8, feature_dim))
         self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(feature_dim, len(v)) for k, v in ATTRIBUTES.items()})
 
@@ -72,21 +78,21 @@ class EvaluatorReport:
     epochs: int
 
 
-def _dataset(count: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _dataset(count: int, seed: int, size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     rng = random.Random(seed)
     scenes = [random_scene(rng) for _ in range(count)]
     ys = [labels(s) for s in scenes]
-    return to_tensor([render(s) for s in scenes]), {k: torch.tensor([y[k] for y in ys]) for k in ATTRIBUTES}
+    return to_tensor([render(s, size) for s in scenes]), {k: torch.tensor([y[k] for y in ys]) for k in ATTRIBUTES}
 
 
 def train_evaluator(
-    train_images: int = 4000, test_images: int = 800, epochs: int = 6, seed: int = 0
+    train_images: int = 4000, test_images: int = 800, epochs: int = 6, seed: int = 0, size: int = SIZE
 ) -> tuple[WorldEvaluator, EvaluatorReport]:
     """Deterministic for a seed; returns the model in eval mode and its held-out accuracy."""
     torch.manual_seed(seed)
-    x, y = _dataset(train_images, seed)
-    x_test, y_test = _dataset(test_images, seed + 1_000_003)
-    model = WorldEvaluator()
+    x, y = _dataset(train_images, seed, size)
+    x_test, y_test = _dataset(test_images, seed + 1_000_003, size)
+    model = WorldEvaluator(size=size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -110,3 +116,29 @@ def image_alignment(model: WorldEvaluator, generated: list[np.ndarray], referenc
     with torch.no_grad():
         a, b = model.embed(to_tensor(generated)), model.embed(to_tensor(references))
     return float((a @ b.T).mean())
+
+
+# The half of the canvas a composite's object is named to be in, as a (x0, y0, x1, y1) box of fractions.
+HALVES: dict[str, tuple[float, float, float, float]] = {
+    "left": (0.0, 0.0, 0.5, 1.0), "right": (0.5, 0.0, 1.0, 1.0), "top": (0.0, 0.0, 1.0, 0.5),
+    "bottom": (0.0, 0.5, 1.0, 1.0)}
+
+
+def two_object_scores(model: WorldEvaluator, images: list[np.ndarray], scenes: list[Composite]) -> dict[str, float]:
+    """Share of two-object images in which both objects are drawn in their named halves: each half is cropped,
+    padded to a square with its border colour and read by the single-object heads. `two_objects` asks shape and
+    colour of both, `two_objects_colour` colour only (the easier half of the question)."""
+    crops, truth = [], []
+    for image, scene in zip(images, scenes, strict=True):
+        if len(scene.parts) != 2:
+            raise ValueError("two_object_scores takes two-object composites only")
+        for part in scene.parts:
+            crops.append(crop(image, HALVES[part.position], model.size))
+            truth.append((SHAPES.index(part.words["shape"]), list(COLOURS).index(part.words["colour"])))
+    with torch.no_grad():
+        out = model(to_tensor(crops))
+    shape_ok = out["shape"].argmax(-1) == torch.tensor([t[0] for t in truth])
+    colour_ok = out["colour"].argmax(-1) == torch.tensor([t[1] for t in truth])
+    both = (shape_ok & colour_ok).view(-1, 2).all(1)
+    return {"two_objects": float(both.float().mean()), "two_objects_colour": float(colour_ok.view(-1, 2).all(1)
+                                                                                     .float().mean())}

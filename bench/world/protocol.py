@@ -127,7 +127,7 @@ class MethodRun:
         } | ({} if self.kept_share is None else {"expert_kept_share": round(self.kept_share, 4)})
 
 
-def _predictor(unet: UNet, delta: Callable) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def noise_predictor(unet: UNet, delta: Callable) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """x_t = x0 + σε -> ε̂, the ε-prediction convention of `training_step`, on the world UNet."""
     def predict(x_t: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         t = torch.searchsorted(SIGMAS, sigma.float().contiguous()).clamp_max(len(SIGMAS) - 1).float()
@@ -136,8 +136,17 @@ def _predictor(unet: UNet, delta: Callable) -> Callable[[torch.Tensor, torch.Ten
     return predict
 
 
-def train_task(world: World, method: Method, concept: ConceptData, steps: int, seed: int) -> tuple[float, list[float]]:
-    """One task through `r2moe_core.training_step`; returns (seconds, losses)."""
+StepHook = Callable[[int, Callable[[str, torch.Tensor], torch.Tensor | None], Callable[[Sequence[str]], torch.Tensor]],
+                    None]
+
+
+def train_task(world: World, method: Method, concept: ConceptData, steps: int, seed: int,
+               on_step: StepHook | None = None) -> tuple[float, list[float]]:
+    """One task through `r2moe_core.training_step`; returns (seconds, losses).
+
+    `on_step(step, delta, encode)` runs before the first step and after each one (the budget check reads a
+    held-out loss there); it must not change the training state.
+    """
     table = world.text.text_model.embeddings.token_embedding.weight
     class_ids = world.text.tokenizer(concept.class_word, add_special_tokens=False)["input_ids"]
     token_init = table[class_ids].mean(0, keepdim=True)
@@ -150,14 +159,20 @@ def train_task(world: World, method: Method, concept: ConceptData, steps: int, s
     optimizer = task.optimizer()
     latents = world.encode_images(concept.images)
     gen = torch.Generator().manual_seed(seed)
-    predict = _predictor(world.unet, task.delta)
+    predict = noise_predictor(world.unet, task.delta)
 
     def encode(texts: Sequence[str]) -> torch.Tensor:
         return world.text(list(texts), method.tokens | {concept.token: task.token})
 
     prior = class_prior(world, concept.class_word, method.prior_images, method.budget.prior_weight)
-    losses = [training_step(task, optimizer, predict, encode, latents, concept.captions, SIGMAS, gen, prior=prior).mse
-              for _ in range(steps)]
+    losses = []
+    for step in range(steps):
+        if on_step is not None:
+            on_step(step, task.delta, encode)
+        losses.append(training_step(task, optimizer, predict, encode, latents, concept.captions, SIGMAS, gen,
+                                    prior=prior).mse)
+    if on_step is not None:
+        on_step(steps, task.delta, encode)
     with torch.no_grad():
         gate_inputs = gate_input(encode(concept.captions))
     method.end(task, concept.token, concept.class_word, gate_inputs)

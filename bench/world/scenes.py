@@ -48,11 +48,46 @@ def random_scene(rng: random.Random) -> Scene:
     )
 
 
-def caption(scene: Scene) -> str:
-    w = scene.words
+@dataclass(frozen=True)
+class Composite:
+    """Two or three *different* objects (no shape or colour shared), each alone in its own named place: the
+    pretraining scenes that teach the base model a multi-object prompt before any concept exists."""
+
+    parts: tuple[Scene, ...]  # one-object scenes, each at its place, all on `background`
+    background: str
+
+
+# Places of a composite's objects, in caption order; their centres never let two objects of the size range touch.
+COMPOSITE_PLACES = {2: (("left", "right"), ("right", "left"), ("top", "bottom"), ("bottom", "top")),
+                    3: (("left", "center", "right"), ("right", "center", "left"))}
+COMPOSITE_SIZES = {2: (0.26, 0.34), 3: (0.17, 0.21)}
+
+
+def random_composite(rng: random.Random, parts: int) -> Composite:
+    shapes, colours = rng.sample(SHAPES, parts), rng.sample(list(COLOURS), parts)
+    background = rng.choice(list(BACKGROUNDS))
+    places, (low, high) = rng.choice(COMPOSITE_PLACES[parts]), COMPOSITE_SIZES[parts]
+    members = []
+    for shape, colour, where in zip(shapes, colours, places, strict=True):
+        texture = rng.choice(TEXTURES)
+        members.append(Scene(objects=(WorldObject(shape=shape, colour=COLOURS[colour], texture=texture),), count=1,
+                             position=where, background=background, size=rng.uniform(low, high),
+                             words={"colour": colour, "texture": texture, "shape": shape}))
+    return Composite(tuple(members), background)
+
+
+def caption(scene: Scene | Composite) -> str:
+    if isinstance(scene, Composite):
+        return " and ".join(_phrase(p.words, 0) + f" {place(p.position)}" for p in scene.parts) + \
+            f", {scene.background} background"
+    return f"{_phrase(scene.words, scene.count)} {place(scene.position)}, {scene.background} background"
+
+
+def _phrase(w: dict, count: int) -> str:
+    """`one red striped star`, `two blue circles`; count 0 is a composite's object: `a red striped star`."""
     texture = "" if w["texture"] == "plain" else f" {w['texture']}"
-    noun = w["shape"] + (("es" if w["shape"].endswith("s") else "s") if scene.count > 1 else "")
-    return f"{COUNTS[scene.count]} {w['colour']}{texture} {noun} {place(scene.position)}, {scene.background} background"
+    noun = w["shape"] + (("es" if w["shape"].endswith("s") else "s") if count > 1 else "")
+    return f"{COUNTS[count] if count else 'a'} {w['colour']}{texture} {noun}"
 
 
 def place(position: str) -> str:
@@ -129,10 +164,11 @@ def draw_object(canvas: Image.Image, obj: WorldObject, centre: tuple[float, floa
                        fill=obj.texture_colour)
 
 
-def render(scene: Scene, size: int = SIZE) -> np.ndarray:
+def render(scene: Scene | Composite, size: int = SIZE) -> np.ndarray:
     """RGB uint8 [size, size, 3]; drawn at 4x and downsampled, so edges are antialiased."""
     big = size * SUPERSAMPLE
     canvas = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
-    for obj, centre in zip(scene.objects, _centres(scene.count, scene.position, scene.size), strict=True):
-        draw_object(canvas, obj, centre, scene.size)
+    for part in scene.parts if isinstance(scene, Composite) else (scene,):
+        for obj, centre in zip(part.objects, _centres(part.count, part.position, part.size), strict=True):
+            draw_object(canvas, obj, centre, part.size)
     return np.asarray(canvas.resize((size, size), Image.Resampling.BOX))

@@ -1,0 +1,44 @@
+"""World pretraining stops and continues: a run cut into chunks writes the same weights as one run straight
+through, and a work directory refuses a run with other settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[2]
+# a few steps of both stages, with composites and VAE crops: every random draw of the v3 recipe is exercised
+QUICK = ["--quick", "--composites", "0.3", "--vae-crop", "32", "--threads", "1"]  # 3 VAE and 3 UNet steps
+
+
+def pretrain(*extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bench" / "pretrain_world.py"), *QUICK, *extra],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_a_chunked_run_writes_the_weights_of_a_straight_run(tmp_path) -> None:
+    straight, chunked = tmp_path / "straight.safetensors", tmp_path / "chunked.safetensors"
+    assert pretrain("--out", str(straight)).returncode == 0
+    work = tmp_path / "work"
+    stops = 0
+    while (run := pretrain("--out", str(chunked), "--work", str(work), "--max-steps", "2")).returncode == 75:
+        stops += 1
+        assert "run the same command again" in run.stderr
+        assert not chunked.exists(), "nothing is written before the run ends"
+    assert run.returncode == 0, run.stderr
+    assert stops == 2  # 6 steps in chunks of 2: stopped inside the VAE stage, inside the UNet stage, then done
+    a, b = load_file(str(straight)), load_file(str(chunked))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "the chunked run drew other weights"
+
+
+def test_a_work_directory_refuses_other_settings(tmp_path) -> None:
+    work = tmp_path / "work"
+    assert pretrain("--out", str(tmp_path / "a.safetensors"), "--work", str(work), "--max-steps", "1").returncode == 75
+    other = pretrain("--out", str(tmp_path / "b.safetensors"), "--work", str(work), "--seed", "1")
+    assert other.returncode == 2 and "seed" in other.stderr and "another --work directory" in other.stderr
+    assert "--work" in pretrain("--max-minutes", "5").stderr  # a time limit without a place to keep the state
