@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
+from world.cache import cached_evaluator, code_digest, evaluator_from_state, write_pickle
 from world.checkpoint import SHIPPED, load_world
 from world.concepts import load_concepts
-from world.evaluators import EvaluatorReport, WorldEvaluator, train_evaluator
 from world.methods import METHODS, SIMPLIFICATIONS, Budget
 from world.plots import grid_image, heatmap, line_plot
 from world.protocol import ConceptData, EvalSettings, MethodRun, World, run_method
@@ -132,47 +132,6 @@ def _features(kind: str):
         with torch.no_grad():
             return evaluator.embed(to_tensor(images))
     return embed
-
-
-def code_digest() -> bytes:
-    """The training and evaluation code (the core and the benchmark world): a cached job from other code is stale."""
-    digest = hashlib.sha256()
-    for folder in (HERE.parent / "r2moe_core", HERE / "world"):
-        for path in sorted(folder.rglob("*.py")):
-            digest.update(str(path.relative_to(HERE.parent)).encode() + path.read_bytes())
-    return digest.digest()
-
-
-def cached_evaluator(cache: Path | None, images: int, epochs: int) -> tuple[WorldEvaluator, EvaluatorReport]:
-    """The world evaluator, trained once per world code and settings (minutes on 2 cores), then read from cache."""
-    digest = hashlib.sha256(code_digest() + repr((images, epochs)).encode()).hexdigest()[:16]
-    path = cache / f"evaluator_{digest}.pkl" if cache else None
-    if path is not None and path.is_file():
-        state, report = pickle.loads(path.read_bytes())
-        return evaluator_from_state(state), report
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # float sums depend on the thread count: one thread gives the committed evaluator
-    try:
-        evaluator, report = train_evaluator(train_images=images, epochs=epochs)
-    finally:
-        torch.set_num_threads(threads)
-    if path is not None:
-        write_pickle(path, (evaluator.state_dict(), report))
-    return evaluator, report
-
-
-def evaluator_from_state(state: dict) -> WorldEvaluator:
-    evaluator = WorldEvaluator()
-    evaluator.load_state_dict(state)
-    return evaluator.eval()
-
-
-def write_pickle(path: Path, value: object) -> None:
-    """Atomic: a cache entry is either whole or absent, whatever interrupts the run."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(value))
-    tmp.replace(path)
 
 
 def _job_key(args: tuple, checkpoint: Path) -> str:

@@ -1,19 +1,21 @@
-"""`make demo`: a headless ComfyUI with the pack learns two concepts and generates both, through the HTTP API.
+"""`make demo`: a headless ComfyUI with the pack learns concepts and shows them, through the HTTP API.
 
-Without --ckpt it uses the built-in tiny SD1.5-layout model (random weights: the images are noise, the point is
-that the whole graph runs, end to end) at 128 px with short training; --ckpt world uses the pretrained world
-model (bench/world: SD1.x-layout UNet, CLIP-L and TAESD trained on a procedural 64 px world of shapes, shipped in
-the repo) with two of the world's concepts; with
---ckpt path/to/sd15.safetensors it uses that checkpoint with the reference settings (800 steps at 512 px: hours on
-a CPU, minutes on a GPU). Concept photos come from --images dir1,dir2 (each with an optional caption.txt), else
-from sets drawn here.
+By default it uses the pretrained world model (bench/world: an SD1.x-layout UNet, CLIP-L and TAESD trained on a
+procedural world of shapes, shipped in the repo) and learns two of the world's concepts, then any photo folders
+given with --images (each with an optional caption.txt). --ckpt tiny uses the built-in tiny SD1.5-layout model
+(random weights: its images are noise, the point is that the whole graph runs); --ckpt path/to/sd15.safetensors
+learns the --images folders on that checkpoint with the reference settings (800 steps at 512 px: hours on a CPU,
+minutes on a GPU).
 
-Then a second workflow (scripts/api_workflows/api_regional_two_concepts.json) draws both concepts in one image: the
-rule-based layout planner (no network) puts the first concept on the left and the second on the right,
-R2MoERegionalApply gives each box its own concept, and the stock KSampler samples it; the image and the layout
-preview are saved as r2moe_demo_regional_*.png and r2moe_demo_layout_*.png. With a SAM checkpoint in the host's
-models/sams (or --sam NAME) the R2MoEHierarchicalSampler refines the boxes with SAM instead; without one, box masks
-are used. """
+Every concept is sampled with the bank and, with the same prompt and seed, with the base model alone;
+`output/r2moe_demo_before_after.png` shows per concept its reference photo, the base model's image and the image
+after learning (with the world model, the image alignment before and after, as the lifelong benchmark measures
+it). Then a second workflow (scripts/api_workflows/api_regional_two_concepts.json) draws the first two concepts in
+one image: the rule-based layout planner (no network) puts the first on the left and the second on the right,
+R2MoERegionalApply gives each box its own concept, and the stock KSampler samples it; the image and its layout
+preview close the picture. With a SAM checkpoint in the host's models/sams (or --sam NAME) the
+R2MoEHierarchicalSampler refines the boxes with SAM instead; without one, box masks are used.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from typing import Any
 
 from comfy_server import HOST_ROOT, REPO, ComfyServer, ensure_tiny_checkpoint
 from demo_concepts import draw_concept_sets
+from demo_graph import DemoConcept, training_graph
+from demo_report import ConceptRow, before_after_picture
 
 LOG = logging.getLogger("r2moe.demo")
 WORKFLOW = REPO / "scripts" / "api_workflows" / "api_train_two_concepts.json"
@@ -40,15 +44,26 @@ WORLD = REPO / "bench" / "world" / "weights" / "world_sd15.safetensors"
 WORLD_NAME = "r2moe_world_sd15.safetensors"
 
 
+# Per model kind: training inputs of R2MoETrainConcept (yours: the template's reference settings), sampling
+# (size, steps, images per prompt), and the places of the concept prompts.
+TRAIN_INPUTS = {"world": {"steps": 150, "resolution": 64, "lr_experts": 2e-3, "lr_router": 2e-3, "lr_token": 5e-3,
+                          "preview_every": 25},
+                "tiny": {"steps": 120, "resolution": 128, "lr_experts": 5e-3, "lr_router": 5e-3, "lr_token": 5e-3,
+                         "preview_every": 20}}
+SAMPLING = {"world": (64, 20, 4), "tiny": (128, 8, 1), "user": (512, 25, 1)}
+PLACES = {"world": ("on the left, grass background", "on the right, snow background", "in the center, sky background"),
+          "tiny": ("on the grass", "by the sea"), "user": ("on the grass", "by the sea")}
+EVALUATOR_IMAGES, EVALUATOR_EPOCHS = 2000, 4  # the demo's world evaluator: trained once, then cached
+
 DESCRIBE = {"world": "built-in world model, SD1.x layout pretrained on a procedural 64 px world",
             "tiny": "built-in tiny SD1.5-layout model, random weights", "user": "yours"}
 
 
 def _bench_on_path() -> None:
-    """The world model's code lives in bench/ (plain PyTorch), imported only when the world model is used."""
-    bench = str(REPO / "bench")
-    if bench not in sys.path:
-        sys.path.insert(0, bench)
+    """The world model's code lives in bench/ (plain PyTorch, using r2moe_core), imported only for the world model."""
+    for folder in (str(REPO), str(REPO / "bench")):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
 
 
 def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
@@ -94,17 +109,26 @@ def world_concept_sets(root: Path) -> list[tuple[str, Path, str]]:
     return out
 
 
-def concept_sets(images: str, output: Path, kind: str) -> list[tuple[str, Path, str]]:
-    """(name, folder, class word) for the two concepts: the user's folders, or drawn ones."""
+def concept_folders(images: str) -> list[Path]:
+    """The IMAGES folders, checked before anything is set up."""
     folders = [Path(p.strip()).expanduser() for p in images.split(",") if p.strip()]
-    if not folders and kind == "world":
-        return world_concept_sets(output / "demo_concepts")
-    if not folders:
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise SystemExit(f"IMAGES names folders that do not exist: {', '.join(missing)}; give concept photo "
+                         "folders, comma-separated.")
+    empty = [str(f) for f in folders if not photos(f)]
+    if empty:
+        raise SystemExit(f"IMAGES folders without .png/.jpg/.webp photos: {', '.join(empty)}.")
+    return folders
+
+
+def concept_sets(folders: list[Path], output: Path, kind: str) -> list[tuple[str, Path, str]]:
+    """(name, folder, class word) per concept: the world's two concepts and then the user's folders (world
+    model), the user's folders alone (your checkpoint), or two drawn sets (tiny model without folders)."""
+    out = world_concept_sets(output / "demo_concepts") if kind == "world" else []
+    if not folders and kind != "world":
         drawn = draw_concept_sets(output / "demo_concepts")
         return [(name, folder, cls) for name, (folder, cls) in drawn.items()]
-    if len(folders) != 2 or not all(f.is_dir() for f in folders):
-        raise SystemExit(f"IMAGES must name two existing folders, comma-separated; got {images!r}.")
-    out = []
     for folder in folders:
         captions = folder / "caption.txt"
         words = captions.read_text().split() if captions.is_file() else []
@@ -167,12 +191,49 @@ def saved_images(entry: dict[str, Any], nodes: Iterable[str], output: Path) -> l
     return images
 
 
+def world_alignment(rows: list[tuple[list[Path], list[Path], list[Path]]], cache: Path) -> list[tuple[float, float]]:
+    """Image alignment (x100: mean cosine of the world evaluator's features, as the lifelong benchmark measures it)
+    of the base model's and the learned images to each concept's reference photos."""
+    _bench_on_path()
+    import numpy as np
+    from PIL import Image
+    from world.cache import cached_evaluator
+    from world.evaluators import image_alignment
+    from world.vocab import SIZE
+
+    evaluator, report = cached_evaluator(cache, EVALUATOR_IMAGES, EVALUATOR_EPOCHS)
+    LOG.info("world evaluator held-out accuracy: %s", {k: round(v, 2) for k, v in report.accuracy.items()})
+
+    def pixels(paths: list[Path]) -> list[np.ndarray]:
+        return [np.asarray(Image.open(p).convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+                for p in paths]
+
+    return [(100 * image_alignment(evaluator, pixels(base), pixels(refs)),
+             100 * image_alignment(evaluator, pixels(after), pixels(refs))) for refs, base, after in rows]
+
+
+def demo_concepts(folders: list[tuple[str, Path, str]], places: tuple[str, ...]) -> list[DemoConcept]:
+    out = []
+    for i, (name, folder, class_word) in enumerate(folders):
+        slug = re.sub(r"[^0-9a-z]", "", name.lower())[:12] or "concept"
+        token = f"<{slug}>" if slug[-1].isdigit() else f"<{slug}1>"
+        out.append(DemoConcept(name, folder, class_word, token,
+                               f"photo of a {token} {class_word} {places[i % len(places)]}"))
+    return out
+
+
+def photos(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ckpt", type=Path, default=None,
-                        help="an SD1.5 checkpoint, or 'world' for the pretrained world model; default: the tiny model")
-    parser.add_argument("--images", default="", help="two concept photo folders, comma-separated")
+    parser.add_argument("--ckpt", type=Path, default=Path("world"),
+                        help="world (default: the pretrained world model), tiny (random weights, for a quick check "
+                             "of the graph) or the path of an SD1.5 checkpoint")
+    parser.add_argument("--images", default="", help="concept photo folders, comma-separated: learned after the "
+                                                     "world's two concepts (world model) or alone (your checkpoint)")
     parser.add_argument("--steps", type=int, default=0,
                         help="training steps per concept (default: 150 world, 120 tiny, 800 yours)")
     parser.add_argument("--output", type=Path, default=REPO / "output")
@@ -182,38 +243,23 @@ def main() -> None:
     parser.add_argument("--host", type=Path, default=HOST_ROOT, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     opts.output.mkdir(parents=True, exist_ok=True)
+    folders = concept_folders(opts.images)  # checked before anything is set up
     ckpt_name, kind = prepare_checkpoint(opts.ckpt)
     built_in = kind != "user"  # the tiny or the world model: small canvas, short sampling, 2-layer CLIP
-
-    graph = json.loads(WORKFLOW.read_text())
-    graph["1"]["inputs"]["ckpt_name"] = ckpt_name
-    concepts = concept_sets(opts.images, opts.output, kind)
-    places = ("on the left, grass background", "on the right, snow background") if kind == "world" else (
-        "on the grass", "by the sea")
-    subjects: list[str] = []  # "<token> class" per concept, for the two-concept prompt
-    for (name, folder, class_word), train_id, prompt_id, where in zip(
-        concepts, ("3", "4"), ("7", "8"), places, strict=True
-    ):
-        token = f"<{re.sub(r'[^0-9a-z]', '', name.lower())[:12] or 'concept'}1>"
-        graph[train_id]["inputs"].update(concept_name=name, trigger_token=token, class_word=class_word,
-                                         folder=str(folder))
-        graph[prompt_id]["inputs"]["text"] = f"photo of a {token} {class_word} {where}"
-        subjects.append(f"{token} {class_word}")
-        if kind == "world":
-            graph[train_id]["inputs"].update(steps=opts.steps or 150, resolution=64, lr_experts=2e-3,
-                                             lr_router=2e-3, lr_token=5e-3, preview_every=25)
-        elif built_in:
-            graph[train_id]["inputs"].update(steps=opts.steps or 120, resolution=128, lr_experts=5e-3,
-                                             lr_router=5e-3, lr_token=5e-3, preview_every=20)
-        elif opts.steps:
-            graph[train_id]["inputs"]["steps"] = opts.steps
-    size, sample_steps = {"world": (64, 20), "tiny": (128, 8)}.get(kind, (512, 25))
-    if built_in:
-        graph["10"]["inputs"].update(width=size, height=size, batch_size=4 if kind == "world" else 1)
-        for sampler in ("11", "12"):
-            graph[sampler]["inputs"]["steps"] = sample_steps
+    concepts = demo_concepts(concept_sets(folders, opts.output, kind), PLACES[kind])
+    if len(concepts) < 2:
+        raise SystemExit("the demo needs two concepts for its two-concept image: give two IMAGES folders, "
+                         "comma-separated, with your own checkpoint")
+    train_inputs = dict(TRAIN_INPUTS.get(kind, {}))
+    if opts.steps or kind in TRAIN_INPUTS:
+        train_inputs["steps"] = opts.steps or train_inputs["steps"]
+    size, sample_steps, batch = SAMPLING[kind]
+    graph, nodes = training_graph(json.loads(WORKFLOW.read_text()), ckpt_name, concepts, train_inputs, size, batch,
+                                  sample_steps)
     scene = "grass background" if kind == "world" else "by the sea"
-    two_prompt = f"photo of a {subjects[0]} on the left and a {subjects[1]} on the right, {scene}"
+    first, second = concepts[:2]
+    two_prompt = (f"photo of a {first.token} {first.class_word} on the left and a {second.token} "
+                  f"{second.class_word} on the right, {scene}")
     bank_file = f"{graph['5']['inputs']['name']}.safetensors"  # what R2MoESaveBank writes into models/r2moe
 
     log_path = opts.output / "r2moe_demo_server.log"
@@ -225,7 +271,8 @@ def main() -> None:
         t0 = time.monotonic()
         entry = server.run(graph, timeout=WORKFLOW_TIMEOUT_S)
         run_s = time.monotonic() - t0
-        images = saved_images(entry, ("15", "16", "17", "18", "20"), opts.output)
+        saved = {n: saved_images(entry, (n,), opts.output) for c in nodes for n in (c.after, c.base, c.loss)}
+        saved["20"] = saved_images(entry, ("20",), opts.output)
         sam_name = pick_sam(server, opts.sam)
         sampling = f"R2MoEHierarchicalSampler with SAM {sam_name}" if sam_name else "box masks, stock KSampler"
         LOG.info("Two concepts in one image: %r (%s)", two_prompt, sampling)
@@ -234,30 +281,50 @@ def main() -> None:
         regional = server.run(regional_graph_, timeout=WORKFLOW_TIMEOUT_S)
         regional_s = time.monotonic() - t0
         regional_image, layout_image = saved_images(regional, ("10", "12"), opts.output)
+    references = [photos(c.folder) for c in concepts]
+    alignment = (world_alignment([(refs, saved[n.base], saved[n.after]) for refs, n in zip(references, nodes,
+                                                                                           strict=True)],
+                                 opts.output / ".cache") if kind == "world" else [None] * len(concepts))
+    picture = before_after_picture(
+        [ConceptRow(f"{c.token} {c.class_word}: {c.prompt}", refs[0], saved[n.base][0], saved[n.after][0], a)
+         for c, n, refs, a in zip(concepts, nodes, references, alignment, strict=True)],
+        (regional_image, layout_image, two_prompt), opts.output / "r2moe_demo_before_after.png")
     report = opts.output / "r2moe_demo_report.md"
     bank_text = entry["outputs"]["19"]["text"][0]
-    training = "\n\n".join(entry["outputs"][n]["text"][0] for n in ("3", "4"))
+    training = "\n\n".join(entry["outputs"][n.train]["text"][0] for n in nodes)
+    scores = "".join(
+        f"| {c.token} {c.class_word} | `{c.prompt}` | " + ("– | – |" if a is None else f"{a[0]:.1f} | {a[1]:.1f} |")
+        + "\n" for c, a in zip(concepts, alignment, strict=True))
+    images = [p for paths in saved.values() for p in paths]
     report.write_text(
         "# R2MoE demo run\n\n"
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
         f"- checkpoint: {ckpt_name} ({DESCRIBE[kind]})\n"
         f"- device: {'GPU' if server.gpu else 'CPU'}; server start {boot_s:.1f} s, workflow {run_s:.1f} s\n"
         f"- R2MoE nodes listed by /object_info: {', '.join(ours)}\n"
-        f"- workflow: {WORKFLOW.relative_to(REPO)}\n"
-        f"- images:\n" + "".join(f"  - {p}\n" for p in images)
+        f"- training workflow: built from {WORKFLOW.relative_to(REPO)} (one training node per concept, each "
+        "concept sampled with the bank and with the base model alone, same seed)\n"
+        f"- before/after picture: {picture}\n"
+        "\n## Concepts learned\n\n"
+        "Image alignment: mean cosine (x100) between the world evaluator's features of the generated images and "
+        "of the concept's photos, as the lifelong benchmark measures it; before = the base model given the same "
+        "prompt (it does not know the trigger token), after = with the bank.\n\n"
+        "| concept | prompt | image alignment before | after |\n|---|---|---|---|\n" + scores
         + "\n## Two concepts in one image\n\n"
         f"- workflow: {REGIONAL_WORKFLOW.relative_to(REPO)}, {regional_s:.1f} s\n"
         f"- prompt: `{two_prompt}` (rule-based layout planner)\n"
         f"- sampling: {sampling}\n"
         f"- image: {regional_image}\n"
         f"- layout preview: {layout_image}\n"
+        + "\n## Images\n\n" + "".join(f"- {p}\n" for p in images)
         + f"\n## Training and pruning\n\n```\n{training}\n```\n"
         + f"\n## Bank\n\n```\n{bank_text}\n```\n"
     )
     LOG.info("R2MoE demo finished: training workflow %.1f s, two-concept workflow %.1f s.", run_s, regional_s)
-    LOG.info("Images: %s", ", ".join(str(p) for p in images))
-    LOG.info("Two-concept image: %s", regional_image)
-    LOG.info("Its layout preview: %s", layout_image)
+    for c, a in zip(concepts, alignment, strict=True):
+        if a is not None:
+            LOG.info("%s: image alignment %.1f before learning, %.1f after", c.token, *a)
+    LOG.info("Before/after picture: %s", picture)
     LOG.info("Report: %s", report)
 
 

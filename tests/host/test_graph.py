@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from comfy_inprocess import call_node, run_graph
@@ -48,3 +49,40 @@ def test_demo_two_concept_workflow_writes_the_image_and_its_layout(host, tiny, s
         path = os.path.join(folder_paths.get_output_directory(), image["subfolder"], image["filename"])
         with Image.open(path) as picture:
             assert picture.size == (64, 64)
+
+
+def test_demo_training_graph_learns_every_concept_and_samples_bank_and_base_side_by_side(host, tmp_path):
+    """`make demo`'s training graph for three concepts: one chained training node each, every concept drawn with the
+    bank and with the base model alone (same seed), and the before/after picture built from what it saved."""
+    import folder_paths
+    import numpy as np
+    from demo import demo_concepts, photos
+    from demo_concepts import draw_concept_sets
+    from demo_graph import training_graph
+    from demo_report import ConceptRow, before_after_picture
+    from PIL import Image
+
+    drawn = draw_concept_sets(tmp_path / "sets")
+    folders = [(name, folder, cls) for name, (folder, cls) in drawn.items()]
+    concepts = demo_concepts([*folders, ("third", folders[0][1], "thing")], ("on the grass", "by the sea"))
+    template = load_api_workflow("api_train_two_concepts.json")
+    graph, nodes = training_graph(template, host.checkpoint.name, concepts,
+                                  {"steps": 2, "resolution": 64, "preview_every": 0}, size=64, batch=1, sample_steps=2)
+    assert [graph[n.train]["inputs"]["bank"][0] for n in nodes] == ["2", nodes[0].train, nodes[1].train]
+    result = run_graph(graph, prompt_id="demo-training")
+    assert result.success, result.messages
+    assert "3 concept(s)" in result.outputs["19"]["text"][0]
+
+    def image(node: str) -> Path:
+        saved = result.outputs[node]["images"][0]
+        return Path(folder_paths.get_output_directory()) / saved["subfolder"] / saved["filename"]
+
+    for n in nodes:
+        after, base = (np.asarray(Image.open(image(x))) for x in (n.after, n.base))
+        assert after.shape == base.shape == (64, 64, 3)
+        assert not np.array_equal(after, base), "the bank changes what the same prompt and seed draw"
+    rows = [ConceptRow(c.prompt, photos(c.folder)[0], image(n.base), image(n.after), (10.0, 20.0))
+            for c, n in zip(concepts, nodes, strict=True)]
+    picture = before_after_picture(rows, (image(nodes[0].after), image(nodes[1].after), "two"), tmp_path / "p.png")
+    with Image.open(picture) as shown:
+        assert shown.width == 3 * 192 and shown.height > 4 * 192

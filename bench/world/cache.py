@@ -1,0 +1,56 @@
+"""Caches of the benchmark world: what is costly to compute (the evaluator, finished jobs) is stored once per
+version of the code that computes it, atomically, so a changed core or world never reads a stale entry."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import torch
+
+from .evaluators import EvaluatorReport, WorldEvaluator, train_evaluator
+
+WORLD = Path(__file__).resolve().parent
+REPO = WORLD.parents[1]
+
+
+def code_digest() -> bytes:
+    """The training and evaluation code (the core and the benchmark world): a cached job from other code is stale."""
+    digest = hashlib.sha256()
+    for folder in (REPO / "r2moe_core", WORLD):
+        for path in sorted(folder.rglob("*.py")):
+            digest.update(str(path.relative_to(REPO)).encode() + path.read_bytes())
+    return digest.digest()
+
+
+def cached_evaluator(cache: Path | None, images: int, epochs: int) -> tuple[WorldEvaluator, EvaluatorReport]:
+    """The world evaluator, trained once per world code and settings (minutes on 2 cores), then read from cache."""
+    digest = hashlib.sha256(code_digest() + repr((images, epochs)).encode()).hexdigest()[:16]
+    path = cache / f"evaluator_{digest}.pkl" if cache else None
+    if path is not None and path.is_file():
+        state, report = pickle.loads(path.read_bytes())
+        return evaluator_from_state(state), report
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums depend on the thread count: one thread gives the committed evaluator
+    try:
+        evaluator, report = train_evaluator(train_images=images, epochs=epochs)
+    finally:
+        torch.set_num_threads(threads)
+    if path is not None:
+        write_pickle(path, (evaluator.state_dict(), report))
+    return evaluator, report
+
+
+def evaluator_from_state(state: dict) -> WorldEvaluator:
+    evaluator = WorldEvaluator()
+    evaluator.load_state_dict(state)
+    return evaluator.eval()
+
+
+def write_pickle(path: Path, value: object) -> None:
+    """Atomic: a cache entry is either whole or absent, whatever interrupts the run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(value))
+    tmp.replace(path)

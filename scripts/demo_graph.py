@@ -1,0 +1,71 @@
+"""The demo's training workflow for any number of concepts, built from the shipped two-concept template: each
+concept is learned in turn into one bank, then sampled with the bank and, for comparison, with the base model
+alone (same prompt, seed and settings)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+NEGATIVE = "blurry, low quality"
+
+
+@dataclass(frozen=True)
+class DemoConcept:
+    name: str
+    folder: Path
+    class_word: str
+    token: str
+    prompt: str  # what the demo samples it with
+
+
+@dataclass(frozen=True)
+class ConceptNodes:
+    """Ids of the nodes whose outputs the report reads for one concept."""
+
+    train: str
+    after: str  # SaveImage of the bank's image
+    base: str  # SaveImage of the base model's image
+    loss: str  # SaveImage of the loss curve
+
+
+def training_graph(template: dict[str, Any], ckpt_name: str, concepts: list[DemoConcept],
+                   train_inputs: dict[str, Any], size: int, batch: int, sample_steps: int | None
+                   ) -> tuple[dict[str, Any], list[ConceptNodes]]:
+    """The template's loader, bank, save, apply and info nodes, with one training chain link and one pair of
+    samplers (bank / base model) per concept. `sample_steps` None keeps the template's sampler settings."""
+    graph = {k: copy.deepcopy(template[k]) for k in ("1", "2", "5", "6", "9", "10", "19", "20")}
+    graph["1"]["inputs"]["ckpt_name"] = ckpt_name
+    graph["10"]["inputs"].update(width=size, height=size, batch_size=batch)
+    graph["9"]["inputs"]["text"] = NEGATIVE
+    graph["90"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": NEGATIVE}}
+    sampler = copy.deepcopy(template["11"])
+    if sample_steps is not None:
+        sampler["inputs"]["steps"] = sample_steps
+    previous = ["2", 0]
+    nodes = []
+    for i, concept in enumerate(concepts):
+        ids = [str(100 + 10 * i + k) for k in range(10)]
+        train = copy.deepcopy(template["3"])
+        train["inputs"].update(bank=previous, concept_name=concept.name, trigger_token=concept.token,
+                               class_word=concept.class_word, folder=str(concept.folder), **train_inputs)
+        graph[ids[0]] = train
+        previous = [ids[0], 0]
+        for model, clip, negative, offset, label in ((["6", 0], ["6", 1], ["9", 0], 1, "after"),
+                                                     (["1", 0], ["1", 1], ["90", 0], 5, "base")):
+            encode, sample, decode, save = ids[offset:offset + 4]
+            graph[encode] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": concept.prompt}}
+            graph[sample] = copy.deepcopy(sampler)
+            graph[sample]["inputs"].update(model=model, positive=[encode, 0], negative=negative,
+                                           latent_image=["10", 0])
+            graph[decode] = {"class_type": "VAEDecode", "inputs": {"samples": [sample, 0], "vae": ["1", 2]}}
+            graph[save] = {"class_type": "SaveImage", "inputs": {"images": [decode, 0],
+                                                                  "filename_prefix": f"r2moe_demo_{label}_{i}"}}
+        graph[ids[9]] = {"class_type": "SaveImage", "inputs": {"images": [ids[0], 1],
+                                                                "filename_prefix": f"r2moe_demo_loss_{i}"}}
+        nodes.append(ConceptNodes(train=ids[0], after=ids[4], base=ids[8], loss=ids[9]))
+    for node in ("5", "6", "19"):
+        graph[node]["inputs"]["bank"] = previous
+    return graph, nodes
