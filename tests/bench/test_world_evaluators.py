@@ -33,3 +33,21 @@ def test_image_alignment_tells_concepts_apart(evaluator):
     more_a = [img for img, _ in concept_images(a, 5, seed=1)]
     more_b = [img for img, _ in concept_images(b, 5, seed=1)]
     assert image_alignment(model, more_a, refs_a) > image_alignment(model, more_b, refs_a) + 0.05
+
+
+def test_two_object_score_reads_each_object_in_its_named_half(evaluator):
+    import random
+
+    import numpy as np
+    from world.evaluators import two_object_scores
+    from world.scenes import caption, random_composite, render
+
+    model, _ = evaluator
+    rng = random.Random(5)
+    pairs = [s for s in (random_composite(rng, 2) for _ in range(80)) if s.parts[0].position in ("left", "right")]
+    assert " and a " in caption(pairs[0]) and caption(pairs[0]).endswith(" background")
+    drawn = [render(s) for s in pairs]
+    swapped = [np.ascontiguousarray(image[:, ::-1]) for image in drawn]  # each object in the other half
+    clean, wrong = two_object_scores(model, drawn, pairs), two_object_scores(model, swapped, pairs)
+    assert clean["two_objects_colour"] >= 0.7, clean
+    assert wrong["two_objects_colour"] <= 0.2 and wrong["two_objects"] <= clean["two_objects"], wrong
