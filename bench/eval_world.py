@@ -28,10 +28,10 @@ from world.checkpoint import SHIPPED, load_world
 from world.concepts import load_concepts
 from world.evaluators import ATTRIBUTES, WorldEvaluator, labels, to_tensor, train_evaluator, two_object_scores
 from world.multiconcept import BOXES, PLACES
-from world.recogniser import build_recogniser
+from world.recogniser import build_recogniser, draw_many
 from world.sampler import LATENT_SCALE, sample
 from world.scenes import caption, random_composite, random_scene, render
-from world.vocab import SIZE
+from world.vocab import BACKGROUNDS, SIZE
 
 LOG = logging.getLogger("r2moe.bench.eval_world")
 HERE = Path(__file__).resolve().parent
@@ -52,14 +52,27 @@ def generate(checkpoint: Path, captions: list[str], steps: int, cfg: float) -> l
 
 
 def judge_accuracy(evaluator: WorldEvaluator, concepts: Path) -> dict:
-    """The multi-concept judge built on clean renders (no VAE) of four concepts, in the halves and thirds it reads."""
+    """The multi-concept judge built on clean renders (no VAE) of four concepts, in the halves and thirds it reads;
+    plus how often it finds both concepts of a clean two-concept render in their own halves."""
     def features(images: list[np.ndarray]) -> torch.Tensor:
         with torch.no_grad():
             return evaluator.embed(to_tensor(images))
 
+    specs = load_concepts(concepts)[:4]
     boxes = [(box, p) for n in (2, 3) for box, p in zip(BOXES[n], PLACES[n], strict=True)]
-    _, report = build_recogniser(load_concepts(concepts)[:4], boxes, features, lambda images: images, 6)
-    return report
+    recogniser, report = build_recogniser(specs, boxes, features, lambda images: images, 6)
+    rng, hits, trials = random.Random(99), 0, 0
+    for left in specs:
+        for right in specs:
+            if left is right:
+                continue
+            for background in rng.sample(list(BACKGROUNDS), 2):
+                image = draw_many(background, [(left.object(), (0.27, 0.5), rng.uniform(0.26, 0.34)),
+                                               (right.object(), (0.73, 0.5), rng.uniform(0.26, 0.34))])
+                found = recogniser.locate(image, list(BOXES[2]))
+                hits += found.get(left.token) == BOXES[2][0] and found.get(right.token) == BOXES[2][1]
+                trials += 1
+    return report | {"two_concepts_located": round(hits / trials, 3), "two_concept_renders": trials}
 
 
 def main() -> None:
@@ -72,12 +85,15 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--grid", type=Path, default=None, help="write a PNG grid of the samples")
     parser.add_argument("--eval-images", type=int, default=4000, help="training images of the evaluator")
+    parser.add_argument("--half-crops", type=float, default=0.25,
+                        help="share of the evaluator's training images that are one object cropped from its half of "
+                             "a two-object scene, as the two-object score reads them")
     parser.add_argument("--concepts", type=Path, default=HERE / "world" / "concepts_10.json",
                         help="concepts whose first four the judge is built on")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "eval_world.json")
     opts = parser.parse_args()
     torch.set_num_threads(2)
-    evaluator, report = train_evaluator(train_images=opts.eval_images)
+    evaluator, report = train_evaluator(train_images=opts.eval_images, half_crops=opts.half_crops)
     singles = [random_scene(rng) for rng in [random.Random(12345)] for _ in range(opts.prompts)]
     pairs = [random_composite(rng, 2) for rng in [random.Random(54321)] for _ in range(opts.two_object_prompts)]
     images = generate(opts.checkpoint, [caption(s) for s in singles + pairs], opts.steps, opts.cfg)
@@ -92,14 +108,16 @@ def main() -> None:
         "accuracy": {k: round(v, 3) for k, v in accuracy.items()},
         "evaluator_accuracy": {k: round(v, 3) for k, v in (report.accuracy | clean).items()},
         "judge_accuracy": judge["balanced"],
-        "judge": {k: judge[k] for k in ("per_class", "concept_vs_concept", "method")},
+        "judge": {k: judge[k] for k in ("per_class", "concept_vs_concept", "two_concepts_located",
+                                         "two_concept_renders", "method")},
         "settings": {"checkpoint": opts.checkpoint.name, "prompts": opts.prompts,
                      "two_object_prompts": opts.two_object_prompts, "steps": opts.steps, "cfg": opts.cfg,
-                     "evaluator_images": opts.eval_images, "size": SIZE},
+                     "evaluator_images": opts.eval_images, "evaluator_half_crops": opts.half_crops, "size": SIZE},
     }
     LOG.info("drawn as asked: %s", json.dumps(results["accuracy"]))
-    LOG.info("evaluator held out: %s; judge balanced accuracy on clean renders: %.3f",
-             json.dumps(results["evaluator_accuracy"]), results["judge_accuracy"])
+    LOG.info("evaluator held out: %s; judge balanced accuracy on clean renders: %.3f, both concepts of a clean "
+             "two-concept render found in their halves: %.3f", json.dumps(results["evaluator_accuracy"]),
+             results["judge_accuracy"], judge["two_concepts_located"])
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(results, indent=1) + "\n")
     if opts.grid:

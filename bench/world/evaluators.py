@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from .recogniser import crop  # the multi-concept judge's crop: both metrics read a region the same way
-from .scenes import Composite, Scene, random_scene, render
+from .scenes import Composite, Scene, random_composite, random_scene, render
 from .vocab import BACKGROUNDS, COLOURS, COUNTS, POSITIONS, SHAPES, SIZE, TEXTURES
 
 ATTRIBUTES: dict[str, list] = {
@@ -78,19 +78,33 @@ class EvaluatorReport:
     epochs: int
 
 
-def _dataset(count: int, seed: int, size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _dataset(count: int, seed: int, size: int, half_crops: float = 0.0
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`half_crops` of the images are one object of a two-object scene, cropped from its named half as
+    `two_object_scores` reads it (labelled as one object in the centre); 0 draws exactly the one-kind scenes."""
     rng = random.Random(seed)
-    scenes = [random_scene(rng) for _ in range(count)]
-    ys = [labels(s) for s in scenes]
-    return to_tensor([render(s, size) for s in scenes]), {k: torch.tensor([y[k] for y in ys]) for k in ATTRIBUTES}
+    images, ys = [], []
+    for _ in range(count):
+        if half_crops and rng.random() < half_crops:
+            scene = random_composite(rng, 2)
+            part = scene.parts[rng.randrange(2)]
+            images.append(crop(render(scene, size), HALVES[part.position], size))
+            ys.append(labels(replace(part, position="center")))
+        else:
+            one = random_scene(rng)
+            images.append(render(one, size))
+            ys.append(labels(one))
+    return to_tensor(images), {k: torch.tensor([y[k] for y in ys]) for k in ATTRIBUTES}
 
 
 def train_evaluator(
-    train_images: int = 4000, test_images: int = 800, epochs: int = 6, seed: int = 0, size: int = SIZE
+    train_images: int = 4000, test_images: int = 800, epochs: int = 6, seed: int = 0, size: int = SIZE,
+    half_crops: float = 0.0,
 ) -> tuple[WorldEvaluator, EvaluatorReport]:
-    """Deterministic for a seed; returns the model in eval mode and its held-out accuracy."""
+    """Deterministic for a seed; returns the model in eval mode and its held-out accuracy (on one-kind scenes,
+    whatever `half_crops`: see `_dataset`)."""
     torch.manual_seed(seed)
-    x, y = _dataset(train_images, seed, size)
+    x, y = _dataset(train_images, seed, size, half_crops)
     x_test, y_test = _dataset(test_images, seed + 1_000_003, size)
     model = WorldEvaluator(size=size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)

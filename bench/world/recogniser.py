@@ -116,6 +116,18 @@ class Recogniser:
                 for b, i in zip(best, index, strict=True)]
 
 
+    def locate(self, image: np.ndarray, boxes: Sequence[Box]) -> dict[str, Box]:
+        """Where each concept is: of the boxes whose crop is labelled with it, the one it scores highest."""
+        crops = [crop(image, box) for box in boxes]
+        scores = self.features(crops) @ self.centroids.T
+        found: dict[str, Box] = {}
+        for i, label in enumerate(self.labels(crops)):
+            k = self.tokens.index(label) if label != NONE else -1
+            if k >= 0 and (label not in found or scores[i, k] > scores[boxes.index(found[label]), k]):
+                found[label] = boxes[i]
+        return found
+
+
 def build_recogniser(specs: Sequence[ConceptSpec], boxes: Sequence[tuple[Box, str]], features: Features,
                      decode: Decode, per_box: int, seed: int = 0) -> tuple[Recogniser, dict]:
     """Fit on even-numbered reference crops, report accuracy on the odd (held-out) ones."""

@@ -20,6 +20,7 @@ def test_a_small_run_writes_every_attribute_and_the_judge(tmp_path) -> None:
         assert set(results[part]) >= KEYS
         assert all(0.0 <= v <= 1.0 for v in results[part].values())
     assert 0.0 <= results["judge_accuracy"] <= 1.0 and "none" in results["judge"]["per_class"]
+    assert 0.0 <= results["judge"]["two_concepts_located"] <= 1.0 and results["judge"]["two_concept_renders"] == 24
 
 
 def test_the_committed_evaluation_has_the_same_shape() -> None:
