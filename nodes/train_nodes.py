@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+import time
 
 import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
+from ..r2moe_core.bank.expert_bank import check_trigger_token
 from ..r2moe_core.bank.report import short_layer_name
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
 from ..r2moe_core.train.augment import augmented_views
-from ..r2moe_core.train.concept_photos import load_concept_folder, make_captions, square_resize
+from ..r2moe_core.train.concept_photos import concept_files, load_concept_folder, make_captions, square_resize
 from ..r2moe_core.train.loss_plot import loss_curve
 from ..r2moe_core.train.request import DEFAULT_CAPTION_TEMPLATE, MAX_PRIOR_IMAGES, MAX_VIEWS, ConceptRequest
 from ..r2moe_core.train.trainer import OPTIMIZERS
@@ -22,6 +24,7 @@ from .training_host import train_concept
 from .types import Bank
 
 CATEGORY = "R2MoE"
+TIMED_STEPS = 5  # steps timed before the log says how long the run will take
 
 
 def _images(images: torch.Tensor | None, folder: str, resolution: int) -> tuple[list[torch.Tensor], list[str] | None]:
@@ -158,6 +161,22 @@ class R2MoETrainConcept(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, concept_name: str | None = None, trigger_token: str | None = None,
+                        folder: str | None = None) -> bool | str:
+        """Before the graph runs (no model loaded yet): a blank name, a token with a space or a folder without
+        readable photos is refused in seconds, not after the training loop. Linked values arrive as None."""
+        try:
+            if concept_name is not None and not concept_name.strip():
+                raise InvalidInputError("A concept needs a non-empty name.")
+            if trigger_token is not None:
+                check_trigger_token(trigger_token.strip())
+            if folder is not None and folder.strip():
+                concept_files(folder.strip())
+        except InvalidInputError as err:
+            return str(err)
+        return True
+
+    @classmethod
     def execute(cls, model, clip, vae, bank, images=None, **options) -> io.NodeOutput:
         request = ConceptRequest.from_options(options)
         bank.check_new_concept(request.name, request.token, request.replace_existing)
@@ -178,7 +197,14 @@ class R2MoETrainConcept(io.ComfyNode):
         steps = request.settings.steps
         bar = comfy.utils.ProgressBar(steps)
 
+        timing: dict[int, float] = {}
+
         def on_step(step: int, loss: float, losses: list[float]) -> None:
+            timing.setdefault(step, time.monotonic())
+            if step == min(TIMED_STEPS + 1, steps) and 1 in timing and step > 1:
+                per_step = (timing[step] - timing[1]) / (step - 1)
+                LOGGER.info("R2MoE training '%s': %.2f s per step, about %.0f s left for the %d steps", request.name,
+                            per_step, per_step * (steps - step), steps)
             if not math.isfinite(loss):
                 return
             preview = None

@@ -30,19 +30,34 @@ def square_resize(image: torch.Tensor, resolution: int) -> torch.Tensor:
 
 def load_image(path: Path) -> torch.Tensor:
     """RGB float [H, W, 3] with the EXIF orientation applied (phone photos are often stored rotated)."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
-        return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise _unreadable(path, err) from err
 
 
-def load_concept_folder(folder: str | Path) -> tuple[list[torch.Tensor], list[str] | None]:
-    """Images sorted by name, plus the lines of caption.txt (one per image) when present."""
+def _unreadable(path: Path, err: Exception) -> InvalidInputError:
+    return InvalidInputError(f"{path.name} in {path.parent} is not a readable image ({str(err)[:120]}); remove it "
+                             "or replace it with a JPEG, PNG or WebP photo.")
+
+
+def concept_files(folder: str | Path) -> tuple[list[Path], list[str] | None]:
+    """The folder's image files sorted by name (each checked to decode, without loading its pixels) and the lines
+    of caption.txt (one per image) when present: cheap, so a bad folder is refused before any model loads."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise InvalidInputError(f"Concept folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise InvalidInputError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise _unreadable(path, err) from err
     captions = None
     caption_file = folder / "caption.txt"
     if caption_file.is_file():
@@ -52,6 +67,12 @@ def load_concept_folder(folder: str | Path) -> tuple[list[torch.Tensor], list[st
                 f"{caption_file} has {len(captions)} captions for {len(files)} images; write one line per image, "
                 "in the order of the sorted file names."
             )
+    return files, captions
+
+
+def load_concept_folder(folder: str | Path) -> tuple[list[torch.Tensor], list[str] | None]:
+    """Images sorted by name, plus the lines of caption.txt (one per image) when present."""
+    files, captions = concept_files(folder)
     return [load_image(p) for p in files], captions
 
 

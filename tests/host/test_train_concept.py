@@ -210,3 +210,69 @@ def test_class_prior_images_are_drawn_once_by_the_stock_sampler_and_survive_chec
     assert "no class-prior images" in plain[2]
     assert any(not torch.allclose(p.experts[2].up, plain[0].projections[n].experts[2].up)
                for n, p in first[0].projections.items()), "the prior images changed nothing"
+
+
+def _training_graph(host, **inputs) -> dict:
+    train = {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "bank": ["2", 0], "concept_name": "mug",
+             "trigger_token": "<mug1>", "class_word": "mug", "folder": "", **(FAST | {"steps": 2}), **inputs}
+    return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": host.checkpoint.name}},
+            "2": {"class_type": "R2MoENewBank", "inputs": {"model": ["1", 0], "rank": 4, "top_k": 3,
+                                                             "prune_threshold": 0.4, "distill_lambda": 1e-5}},
+            "3": {"class_type": "R2MoETrainConcept", "inputs": train}}
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"trigger_token": "<my mug>"}, "one word"),
+        ({"trigger_token": "  "}, "one word"),
+        ({"concept_name": "   "}, "non-empty name"),
+        ({"folder": "/nonexistent/photos"}, "not found"),
+        ({"folder": "BROKEN"}, r"notaphoto\.png .* is not a readable image"),
+    ],
+)
+def test_bad_inputs_are_refused_before_any_model_loads(host, tmp_path, inputs, message):
+    """ComfyUI validates the graph before it runs a node: these inputs never reach the checkpoint loader."""
+    import asyncio
+    import re
+
+    import execution
+
+    if inputs.get("folder") == "BROKEN":  # one real photo and one file that only calls itself a PNG
+        from PIL import Image
+
+        Image.new("RGB", (32, 32), "red").save(tmp_path / "a.png")
+        (tmp_path / "notaphoto.png").write_bytes(b"this is text, not a picture")
+        inputs = {"folder": str(tmp_path)}
+    valid = asyncio.run(execution.validate_prompt("bad-input", _training_graph(host, **inputs), None))
+    assert not valid[0]
+    details = " ".join(e["details"] for node in valid[3].values() for e in node["errors"])
+    assert re.search(message, details), details
+
+
+def test_a_non_image_in_the_folder_is_named_when_training_loads_it(host, tiny, after_dog, tmp_path):
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    model, clip, vae = tiny
+    with pytest.raises(host.core.R2MoEError, match=r"b\.png .* is not a readable image"):
+        call_node("R2MoETrainConcept", model=model, clip=clip, vae=vae, bank=after_dog[0], class_word="cat",
+                  concept_name="cat", trigger_token="<cat1>", folder=str(tmp_path), **(FAST | {"steps": 2}))
+
+
+def test_a_name_from_another_node_is_checked_when_it_arrives_not_refused_as_blank(host):
+    import asyncio
+
+    import execution
+
+    graph = _training_graph(host, concept_name=["4", 0])
+    graph["4"] = {"class_type": "PrimitiveString", "inputs": {"value": "mug"}}
+    valid = asyncio.run(execution.validate_prompt("linked-name", graph, None))
+    assert valid[0], valid[3]
+
+
+def test_the_log_says_how_long_the_run_will_take_once_the_first_steps_are_timed(tiny, empty, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        train(tiny, empty, "eta", "<eta1>", "thing", pictures(3), steps=8, preview_every=0)
+    lines = [r.getMessage() for r in caplog.records if "s per step" in r.getMessage()]
+    assert len(lines) == 1 and "about" in lines[0] and "for the 8 steps" in lines[0], lines
