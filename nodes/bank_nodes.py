@@ -86,6 +86,15 @@ class R2MoELoadBank(io.ComfyNode):
         return f"{bank_name}:{stat.st_mtime_ns}:{stat.st_size}"
 
     @classmethod
+    def validate_inputs(cls, bank_name: str) -> bool | str:
+        # The pinned host does not check combo values: a posted name outside the list must not reach the loader.
+        try:
+            bank_path(bank_name)
+        except InvalidInputError as err:
+            return str(err)
+        return True
+
+    @classmethod
     def execute(cls, bank_name) -> io.NodeOutput:
         return io.NodeOutput(load_bank(bank_path(bank_name)))
 

@@ -55,10 +55,12 @@ def bank_files() -> list[str]:
 
 
 def bank_path(name: str) -> str:
-    path = folder_paths.get_full_path(BANK_FOLDER, name)
+    """The file of a listed bank; any other name (a save's temporary file, a path, a typo) is refused."""
+    path = folder_paths.get_full_path(BANK_FOLDER, name) if name in bank_files() else None
     if path is None:
         raise InvalidInputError(
-            f"Bank '{name}' is not in models/r2moe (folders: {folder_paths.get_folder_paths(BANK_FOLDER)}). "
+            f"Bank '{name[:200]}' is not a bank in models/r2moe "
+            f"(folders: {folder_paths.get_folder_paths(BANK_FOLDER)}). "
             "Save one with R2MoE Save Bank, or refresh the page after copying a file there."
         )
     return path

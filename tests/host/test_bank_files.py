@@ -76,3 +76,25 @@ def test_prune_node_shrinks_the_saved_file_and_reports_it(host, bank):
     assert saved > 0.9 * bank.expert_bytes(), "a pruned expert must not leave tensors in the file"
     unchanged, _ = call_node("R2MoEPruneBank", bank=bank, prune_threshold=0.0)
     assert unchanged.expert_count() == bank.expert_count()
+
+
+@pytest.mark.parametrize("posted", [".crashy.safetensors.4242.tmp", "nope.safetensors", "../models/r2moe/x"])
+def test_the_loader_refuses_any_name_that_is_not_a_listed_bank(host, bank, posted):
+    """The pinned host does not check combo values: a save's temporary file or a made-up name posted over the API
+    is refused when the graph is validated, and the node refuses it too."""
+    import asyncio
+
+    import execution
+    import folder_paths
+
+    (path,) = call_node("R2MoESaveBank", bank=bank, name="crashy")
+    Path(path).with_name(".crashy.safetensors.4242.tmp").write_bytes(Path(path).read_bytes())
+    folder_paths.filename_list_cache.clear()
+    graph = {"1": {"class_type": "R2MoELoadBank", "inputs": {"bank_name": posted}},
+             "2": {"class_type": "R2MoEBankInfo", "inputs": {"bank": ["1", 0]}}}
+    valid = asyncio.run(execution.validate_prompt("posted-bank", graph, None))
+    assert not valid[0] and "is not a bank in models/r2moe" in str(valid[3])
+    with pytest.raises(host.core.InvalidInputError, match="is not a bank in models/r2moe"):
+        call_node("R2MoELoadBank", bank_name=posted)
+    assert valid[0] is False and call_node("R2MoELoadBank", bank_name="crashy.safetensors")[0].num_tasks == 1
+    Path(path).with_name(".crashy.safetensors.4242.tmp").unlink()
