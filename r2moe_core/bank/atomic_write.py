@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import time
 from pathlib import Path
+
+STALE_AFTER_S = 3600.0  # a temporary file this old is a leftover whatever wrote it (a save takes seconds)
+DEAD_WRITER_GRACE_S = 60.0  # a younger one is removed only when its writer is gone from this machine
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -26,14 +31,47 @@ def backup_path(path: Path) -> Path:
     return path.with_name(path.name + ".bak")
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's), or this platform cannot tell: keep its file
+    return True
+
+
+def sweep_stale_temporaries(path: Path) -> list[Path]:
+    """Remove what killed saves of `path` left behind (`.<name>.<pid>.tmp`, `.<name>.<pid>.bak.tmp`): files of a
+    writer that is gone from this machine, or older than an hour. A live writer's file is never touched, so two
+    processes saving at once (or two machines on a network folder) do not break each other's save."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)(\.bak)?\.tmp$")
+    removed, now = [], time.time()
+    for candidate in path.parent.glob(f".{path.name}.*.tmp"):
+        match = pattern.match(candidate.name)
+        if match is None or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            age = now - candidate.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if age > STALE_AFTER_S or (age > DEAD_WRITER_GRACE_S and not _process_alive(int(match.group(1)))):
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes, keep_previous: bool = True) -> None:
     """Write to a temporary file beside `path`, flush and fsync it, then rename it over `path`.
 
     If `path` exists and `keep_previous` is set, it is first copied to `<path>.bak` (also atomically).
-    On any failure the temporary file is removed and `path` is untouched.
+    On any failure the temporary file is removed and `path` is untouched; leftovers of earlier killed saves of
+    the same file are swept first (`sweep_stale_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as handle:

@@ -94,3 +94,27 @@ def test_missing_tensor_is_named(empty_bank):
     tensors.pop("concept.1.gate_input")
     with pytest.raises(core.BankFormatError, match=r"concept\.1\.gate_input"):
         core.bank_from_bytes(save(tensors, metadata=metadata), source="b")
+
+
+def test_a_save_sweeps_what_killed_saves_left_but_never_a_live_writers_file(empty_bank, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "bank.safetensors"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(gone.stdout), os.getppid()
+    old = time.time() - 2 * atomic.DEAD_WRITER_GRACE_S
+    leftovers = {name: tmp_path / name for name in (
+        f".bank.safetensors.{dead_pid}.tmp", f".bank.safetensors.{dead_pid}.bak.tmp",  # killed: swept
+        f".bank.safetensors.{live_pid}.tmp",  # a live process mid-save: kept
+        f".other.safetensors.{dead_pid}.tmp",  # another bank's: not this save's business
+    )}
+    for file in leftovers.values():
+        file.write_bytes(b"x" * 100)
+        os.utime(file, (old, old))
+    fresh = tmp_path / f".bank.safetensors.{dead_pid + 1}.tmp"  # a just-started writer on another machine
+    fresh.write_bytes(b"x")
+    core.save_bank(empty_bank, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["bank.safetensors", fresh.name, f".bank.safetensors.{live_pid}.tmp", f".other.safetensors.{dead_pid}.tmp"])
