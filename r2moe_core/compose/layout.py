@@ -31,6 +31,9 @@ from ..errors import InvalidInputError
 LAYOUT_VERSION = 1
 MAX_REGIONS = 8
 MAX_CANVAS = 8192
+MAX_TEXT = 4000  # characters of a prompt or background: far beyond what the text encoder reads
+MAX_LAYOUT_JSON = 1_000_000  # characters of a layout's JSON text (a planner's answer included)
+_QUOTED = 200  # characters of a bad value an error message repeats
 CANVAS_MULTIPLE = 8  # the VAE downsamples by 8: other sizes cannot map onto the latent grid exactly
 STRENGTH_RANGE = (0.0, 2.0)
 BOX_TOLERANCE = 1e-6  # float rounding of a box edge computed as e.g. 1/3 + 2/3; clamped instead of rejected
@@ -104,6 +107,17 @@ class _Problems:
         raise InvalidInputError("Invalid layout:\n- " + "\n- ".join(shown) + tail)
 
 
+def quoted(value: Any) -> str:
+    """`repr(value)`, cut to a couple of hundred characters: an error message must not repeat a huge value."""
+    text = repr(value)
+    return text if len(text) <= _QUOTED else f"{text[:_QUOTED]}... ({len(text)} characters)"
+
+
+def _text_length(text: str, where: str, problems: _Problems) -> None:
+    if len(text) > MAX_TEXT:
+        problems.add(where, f"is {len(text)} characters; keep it under {MAX_TEXT} (the text encoder reads far less)")
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -113,7 +127,7 @@ def _canvas_side(value: Any, name: str, problems: _Problems) -> int:
         problems.add(name, "is missing; give the image size in pixels")
         return 0
     if not _is_number(value) or not math.isfinite(value) or value != int(value):
-        problems.add(name, f"must be a whole number of pixels, got {value!r}")
+        problems.add(name, f"must be a whole number of pixels, got {quoted(value)}")
         return 0
     side = int(value)
     if side <= 0 or side % CANVAS_MULTIPLE or side > MAX_CANVAS:
@@ -123,7 +137,7 @@ def _canvas_side(value: Any, name: str, problems: _Problems) -> int:
 
 def _edge(value: Any, where: str, name: str, problems: _Problems) -> float | None:
     if not _is_number(value):
-        problems.add(where, f"{name} must be a number, got {value!r}")
+        problems.add(where, f"{name} must be a number, got {quoted(value)}")
         return None
     value = float(value)
     if not math.isfinite(value):
@@ -142,7 +156,7 @@ def _edge(value: Any, where: str, name: str, problems: _Problems) -> float | Non
 
 def _box(value: Any, where: str, width: int, height: int, problems: _Problems) -> Box | None:
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or len(value) != 4:
-        problems.add(where, f"must be 4 numbers [x0, y0, x1, y1] (left, top, right, bottom), got {value!r}")
+        problems.add(where, f"must be 4 numbers [x0, y0, x1, y1] (left, top, right, bottom), got {quoted(value)}")
         return None
     edges = [_edge(v, where, n, problems) for v, n in zip(value, ("x0", "y0", "x1", "y1"), strict=True)]
     if any(e is None for e in edges):
@@ -175,14 +189,15 @@ def _tokens(value: Any, prompt: str, where: str, known: set[str] | None, problem
     elif isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value):
         tokens = tuple(dict.fromkeys(value))
     else:
-        problems.add(where, f'must be a list of trigger tokens such as ["<dog1>"], got {value!r}')
+        problems.add(where, f'must be a list of trigger tokens such as ["<dog1>"], got {quoted(value)}')
         return ()
     for token in tokens:
         if known is not None and token not in known:
             listed = ", ".join(sorted(known)) if known else "none: the bank has no concepts yet"
-            problems.add(where, f"{token!r} is not a known concept token (known: {listed}); use one of those")
+            problems.add(where, f"{quoted(token)} is not a known concept token (known: {listed}); use one of those")
         elif not trigger_pattern(token).search(prompt):
-            problems.add(where, f"{token!r} does not appear in the region prompt; add it to the prompt or drop it")
+            problems.add(where,
+                         f"{quoted(token)} does not appear in the region prompt; add it to the prompt or drop it")
     return tokens
 
 
@@ -191,7 +206,7 @@ def _strength(value: Any, where: str, problems: _Problems) -> float | None:
         return None
     low, high = STRENGTH_RANGE
     if not _is_number(value) or not math.isfinite(value) or not low <= value <= high:
-        problems.add(where, f"must be a number in [{low:g}, {high:g}] or null, got {value!r}")
+        problems.add(where, f"must be a number in [{low:g}, {high:g}] or null, got {quoted(value)}")
         return None
     return float(value)
 
@@ -214,6 +229,9 @@ def _region(
     if not isinstance(prompt, str) or not prompt.strip():
         problems.add(f"{where} prompt", "is missing or empty; describe what goes in this box")
         prompt = None
+    elif len(prompt) > MAX_TEXT:
+        _text_length(prompt, f"{where} prompt", problems)
+        prompt = None
     box = _box(data.get("box"), f"{where} box", width, height, problems) if "box" in data else None
     if "box" not in data:
         problems.add(f"{where} box", "is missing; give [x0, y0, x1, y1] as fractions of the image")
@@ -234,7 +252,7 @@ def _parse(data: Any, known_tokens: Iterable[str] | None, max_regions: int) -> L
     if version != LAYOUT_VERSION or isinstance(version, bool):
         problems.add(
             "version",
-            f"{version!r} is not supported (this pack reads version {LAYOUT_VERSION}); "
+            f"{quoted(version)} is not supported (this pack reads version {LAYOUT_VERSION}); "
             "update the pack or write version 1",
         )
     width = _canvas_side(data.get("width"), "width", problems)
@@ -243,6 +261,7 @@ def _parse(data: Any, known_tokens: Iterable[str] | None, max_regions: int) -> L
     if not isinstance(background, str):
         problems.add("background", 'is missing or not text; give the scene prompt ("" for none)')
         background = ""
+    _text_length(background, "background", problems)
     raw_regions = data.get("regions", ())
     regions: list[Region] = []
     if isinstance(raw_regions, (str, bytes)) or not isinstance(raw_regions, (list, tuple)):
@@ -303,6 +322,9 @@ def layout_from_json(
     """Parse and validate a layout; missing `tokens` are read from each region prompt, `strength` defaults to None."""
     data: Any = text_or_dict
     if isinstance(text_or_dict, (str, bytes)):
+        if len(text_or_dict) > MAX_LAYOUT_JSON:
+            raise InvalidInputError(f"Invalid layout: the JSON is {len(text_or_dict)} characters; at most "
+                                    f"{MAX_LAYOUT_JSON} are read (a layout is a few hundred)")
         try:
             data = json.loads(text_or_dict)
         except json.JSONDecodeError as err:
@@ -363,7 +385,8 @@ def boxes_from_pixels(boxes: Any, width: int, height: int) -> list[Box]:
         try:
             x, y, w, h = (float(box[k]) for k in ("x", "y", "width", "height"))
         except (KeyError, TypeError, ValueError) as err:
-            raise InvalidInputError(f"bounding box {i + 1} needs numeric x, y, width and height, got {box!r}.") from err
+            raise InvalidInputError(
+                f"bounding box {i + 1} needs numeric x, y, width and height, got {quoted(box)}.") from err
         out.append((x / width, y / height, (x + w) / width, (y + h) / height))
     return out
 

@@ -209,3 +209,18 @@ def test_core_pixel_bounding_boxes_replace_region_boxes_in_order():
         core.with_boxes(layout, core.boxes_from_pixels([{"x": 0, "y": 0, "width": 8, "height": 8}] * 3, 512, 256))
     with pytest.raises(core.InvalidInputError, match="needs numeric x, y, width and height"):
         core.boxes_from_pixels([{"x": 1}], 512, 256)
+
+
+def test_huge_text_is_refused_and_a_bad_value_is_quoted_short():
+    with pytest.raises(InvalidInputError, match=r"background: is 5000000 characters; keep it under 4000") as err:
+        layout_from_json(_layout(background="x" * 5_000_000), KNOWN)
+    assert len(str(err.value)) < 1000
+    with pytest.raises(InvalidInputError, match=r"region 0 prompt: is 10000 characters") as err:
+        layout_from_json(_with_region(prompt="a <dog1> dog " + "y" * 9987), KNOWN)
+    assert len(str(err.value)) < 1000
+    huge_box = ["z" * 5_000_000, 0, 1, 1]
+    with pytest.raises(InvalidInputError, match=r"\(5000\d{3} characters\)") as err:
+        layout_from_json(_with_region(box=huge_box), KNOWN)
+    assert len(str(err.value)) < 1000, "the bad value is repeated whole"
+    with pytest.raises(InvalidInputError, match="at most 1000000 are read"):
+        layout_from_json(json.dumps(_layout(background="x" * 1_000_001)), KNOWN)
