@@ -61,11 +61,12 @@ class HeldOutLoss:
 
 
 def curve_for(world: World, name: str, concepts: list[ConceptData], held_out: list[ConceptData], tasks: int,
-              steps: int, every: int, seed: int) -> list[dict]:
-    """Train `tasks` tasks of one method; the fixed-σ losses of the last one, every `every` steps."""
+              budget: int, steps: int, every: int, seed: int) -> list[dict]:
+    """Train `tasks` tasks of one method (the earlier ones for `budget` steps); the fixed-σ losses of the last one,
+    every `every` steps up to `steps`."""
     method = make_method(name, world.unet, Budget(steps=steps), seed)
     for t in range(tasks - 1):
-        train_task(world, method, concepts[t], Budget.steps, seed * 1000 + t)
+        train_task(world, method, concepts[t], budget, seed * 1000 + t)
     concept, other = concepts[tasks - 1], held_out[tasks - 1]
     train_loss = HeldOutLoss(world, concept.images, concept.captions, seed)
     test_loss = HeldOutLoss(world, other.images, other.captions, seed + 1)
@@ -134,7 +135,7 @@ def main() -> None:
     for name in args.methods.split(","):
         tasks = 2 if name.startswith("r2moe") else 1
         started = time.perf_counter()
-        points = curve_for(world, name, concepts, held_out, tasks, steps, args.every, args.seed)
+        points = curve_for(world, name, concepts, held_out, tasks, args.budget, steps, args.every, args.seed)
         results["methods"][name] = {"task": tasks, "curve": points, "verdict": verdict(points, args.budget),
                                     "seconds": round(time.perf_counter() - started, 1)}
         LOG.info("%s: %s (%.0f s)", name, results["methods"][name]["verdict"], time.perf_counter() - started)

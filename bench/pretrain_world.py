@@ -57,12 +57,12 @@ def scene_pool(count: int, seed: int, size: int = SIZE, composites: float = 0.0)
 
 
 def random_crops(images: torch.Tensor, batch: int, crop: int, gen: torch.Generator) -> torch.Tensor:
-    """`batch` crops of crop x crop pixels at offsets on the VAE's 8-pixel grid (the whole image when it is not
-    larger). The VAE is convolutional, so crops teach it the same local code at a fraction of the cost: at 64
-    channels every full-resolution layer costs about 150 MMAC per 64x64 image."""
+    """`batch` crops of crop x crop pixels at offsets on the VAE's 8-pixel grid (whole images for crop 0 or one
+    not smaller than them). The VAE is convolutional, so crops teach it the same local code at a fraction of the
+    cost: at 64 channels every full-resolution layer costs about 150 MMAC per 64x64 image."""
     rows = torch.randint(0, len(images), (batch,), generator=gen)
     side = images.shape[-1]
-    if crop >= side:
+    if crop == 0 or crop >= side:
         return images[rows]
     cells = (side - crop) // 8 + 1
     ys, xs = (torch.randint(0, cells, (batch,), generator=gen) * 8 for _ in range(2))
@@ -114,8 +114,7 @@ def train_vae(images: torch.Tensor, steps: int, batch: int, gen: torch.Generator
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)  # refining a good start, not finding one
 
     def step(_: int) -> float:
-        x = random_crops(images, batch, crop, gen) if crop else images[torch.randint(0, len(images), (batch,),
-                                                                                      generator=gen)]
+        x = random_crops(images, batch, crop, gen)
         z = vae.taesd_encoder(x)
         loss = torch.nn.functional.mse_loss(vae.taesd_decoder(z), x) + 1e-4 * z.square().mean()
         optimizer.zero_grad()

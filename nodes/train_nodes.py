@@ -197,12 +197,13 @@ class R2MoETrainConcept(io.ComfyNode):
         steps = request.settings.steps
         bar = comfy.utils.ProgressBar(steps)
 
-        timing: dict[int, float] = {}
+        after_first_step: list[float] = []  # when step 1 ended: the steps after it are timed
 
         def on_step(step: int, loss: float, losses: list[float]) -> None:
-            timing.setdefault(step, time.monotonic())
-            if step == min(TIMED_STEPS + 1, steps) and 1 in timing and step > 1:
-                per_step = (timing[step] - timing[1]) / (step - 1)
+            if step == 1:
+                after_first_step.append(time.monotonic())
+            elif after_first_step and step == min(TIMED_STEPS + 1, steps):
+                per_step = (time.monotonic() - after_first_step[0]) / (step - 1)
                 LOGGER.info("R2MoE training '%s': %.2f s per step, about %.0f s left for the %d steps", request.name,
                             per_step, per_step * (steps - step), steps)
             if not math.isfinite(loss):

@@ -59,8 +59,8 @@ DESCRIBE = {"world": "built-in world model, SD1.x layout pretrained on a procedu
             "tiny": "built-in tiny SD1.5-layout model, random weights", "user": "yours"}
 
 
-def _bench_on_path() -> None:
-    """The world model's code lives in bench/ (plain PyTorch, using r2moe_core), imported only for the world model."""
+def _repo_code_on_path() -> None:
+    """r2moe_core and the world model's code in bench/ (plain PyTorch), imported only where the demo needs them."""
     for folder in (str(REPO), str(REPO / "bench")):
         if folder not in sys.path:
             sys.path.insert(0, folder)
@@ -76,7 +76,7 @@ def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
     if str(ckpt) == "world":
         target = folder / WORLD_NAME
         if not target.is_file() or target.stat().st_mtime < WORLD.stat().st_mtime:
-            _bench_on_path()
+            _repo_code_on_path()
             from world.checkpoint import assemble
 
             assemble(WORLD, target)  # the shipped UNet + VAE plus the text encoder rebuilt from its seed
@@ -92,7 +92,7 @@ def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
 
 def world_concept_sets(root: Path) -> list[tuple[str, Path, str]]:
     """The first two concepts of the world's default set, as photo folders with caption.txt."""
-    _bench_on_path()
+    _repo_code_on_path()
     from PIL import Image
     from world.concepts import concept_images, load_concepts
 
@@ -116,9 +116,8 @@ def concept_folders(images: str) -> list[Path]:
     if missing:
         raise SystemExit(f"IMAGES names folders that do not exist: {', '.join(missing)}; give concept photo "
                          "folders, comma-separated.")
-    empty = [str(f) for f in folders if not photos(f)]
-    if empty:
-        raise SystemExit(f"IMAGES folders without .png/.jpg/.webp photos: {', '.join(empty)}.")
+    for folder in folders:
+        photos(folder)  # a folder the training node would refuse stops the demo before the server starts
     return folders
 
 
@@ -194,7 +193,7 @@ def saved_images(entry: dict[str, Any], nodes: Iterable[str], output: Path) -> l
 def world_alignment(rows: list[tuple[list[Path], list[Path], list[Path]]], cache: Path) -> list[tuple[float, float]]:
     """Image alignment (x100: mean cosine of the world evaluator's features, as the lifelong benchmark measures it)
     of the base model's and the learned images to each concept's reference photos."""
-    _bench_on_path()
+    _repo_code_on_path()
     import numpy as np
     from PIL import Image
     from world.cache import cached_evaluator
@@ -223,7 +222,15 @@ def demo_concepts(folders: list[tuple[str, Path, str]], places: tuple[str, ...])
 
 
 def photos(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    """The folder's photos in the order the training node reads them, checked as it checks them."""
+    _repo_code_on_path()
+    from r2moe_core.errors import InvalidInputError
+    from r2moe_core.train.concept_photos import concept_files
+
+    try:
+        return concept_files(folder)[0]
+    except InvalidInputError as err:
+        raise SystemExit(f"IMAGES: {err}") from err
 
 
 def main() -> None:
@@ -251,8 +258,8 @@ def main() -> None:
         raise SystemExit("the demo needs two concepts for its two-concept image: give two IMAGES folders, "
                          "comma-separated, with your own checkpoint")
     train_inputs = dict(TRAIN_INPUTS.get(kind, {}))
-    if opts.steps or kind in TRAIN_INPUTS:
-        train_inputs["steps"] = opts.steps or train_inputs["steps"]
+    if opts.steps:
+        train_inputs["steps"] = opts.steps
     size, sample_steps, batch = SAMPLING[kind]
     graph, nodes = training_graph(json.loads(WORKFLOW.read_text()), ckpt_name, concepts, train_inputs, size, batch,
                                   sample_steps)

@@ -115,17 +115,17 @@ class Recogniser:
         return [self.tokens[int(i)] if float(b) >= float(self.thresholds[int(i)]) else NONE
                 for b, i in zip(best, index, strict=True)]
 
-
     def locate(self, image: np.ndarray, boxes: Sequence[Box]) -> dict[str, Box]:
         """Where each concept is: of the boxes whose crop is labelled with it, the one it scores highest."""
         crops = [crop(image, box) for box in boxes]
         scores = self.features(crops) @ self.centroids.T
-        found: dict[str, Box] = {}
-        for i, label in enumerate(self.labels(crops)):
-            k = self.tokens.index(label) if label != NONE else -1
-            if k >= 0 and (label not in found or scores[i, k] > scores[boxes.index(found[label]), k]):
-                found[label] = boxes[i]
-        return found
+        best: dict[str, tuple[float, Box]] = {}
+        for box, row, label in zip(boxes, scores, self.labels(crops), strict=True):
+            if label != NONE:
+                score = float(row[self.tokens.index(label)])
+                if label not in best or score > best[label][0]:
+                    best[label] = (score, box)
+        return {label: box for label, (_, box) in best.items()}
 
 
 def build_recogniser(specs: Sequence[ConceptSpec], boxes: Sequence[tuple[Box, str]], features: Features,

@@ -113,9 +113,11 @@ def quoted(value: Any) -> str:
     return text if len(text) <= _QUOTED else f"{text[:_QUOTED]}... ({len(text)} characters)"
 
 
-def _text_length(text: str, where: str, problems: _Problems) -> None:
-    if len(text) > MAX_TEXT:
-        problems.add(where, f"is {len(text)} characters; keep it under {MAX_TEXT} (the text encoder reads far less)")
+def _text_too_long(text: str, where: str, problems: _Problems) -> bool:
+    if len(text) <= MAX_TEXT:
+        return False
+    problems.add(where, f"is {len(text)} characters; keep it under {MAX_TEXT} (the text encoder reads far less)")
+    return True
 
 
 def _is_number(value: Any) -> bool:
@@ -229,8 +231,7 @@ def _region(
     if not isinstance(prompt, str) or not prompt.strip():
         problems.add(f"{where} prompt", "is missing or empty; describe what goes in this box")
         prompt = None
-    elif len(prompt) > MAX_TEXT:
-        _text_length(prompt, f"{where} prompt", problems)
+    elif _text_too_long(prompt, f"{where} prompt", problems):
         prompt = None
     box = _box(data.get("box"), f"{where} box", width, height, problems) if "box" in data else None
     if "box" not in data:
@@ -261,7 +262,7 @@ def _parse(data: Any, known_tokens: Iterable[str] | None, max_regions: int) -> L
     if not isinstance(background, str):
         problems.add("background", 'is missing or not text; give the scene prompt ("" for none)')
         background = ""
-    _text_length(background, "background", problems)
+    _text_too_long(background, "background", problems)
     raw_regions = data.get("regions", ())
     regions: list[Region] = []
     if isinstance(raw_regions, (str, bytes)) or not isinstance(raw_regions, (list, tuple)):
