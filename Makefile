@@ -11,7 +11,7 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 NEW_FRONTEND := 1.58.1
 NEW_FRONTEND_ROOT := .host/frontend-$(NEW_FRONTEND)/static
 
-.PHONY: env browser-env test test-unit test-host test-bench test-e2e test-browser lint templates demo serve bench bench-lifelong bench-lifelong-quick clean
+.PHONY: env browser-env test test-unit test-host test-bench test-e2e test-faults test-browser lint templates demo serve bench bench-lifelong bench-lifelong-quick clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ test-host: env
 test-e2e: env
 	$(VENV)/bin/pytest -q tests/e2e
 
+# Faults and abuse: kill -9 during saves, two processes saving one bank, hostile LLM servers, oversized input,
+# failed and cancelled training, a load run; a real server and loopback sockets only.
+test-faults: env
+	$(VENV)/bin/pytest -q tests/faults
+
 # The benchmark world and the benchmark scripts' quick modes (bench/ is never imported by the pack).
 test-bench: env
 	$(VENV)/bin/pytest -q tests/bench
@@ -58,7 +63,7 @@ test-browser: browser-env
 
 # Every tier, in order: plain-PyTorch core, in-process ComfyUI, real server over HTTP, benchmark world, browser.
 test: lint browser-env
-	$(VENV)/bin/pytest -q tests/unit tests/host tests/e2e tests/bench
+	$(VENV)/bin/pytest -q tests/unit tests/host tests/e2e tests/faults tests/bench
 	$(MAKE) --no-print-directory test-browser
 
 # Rebuild example_workflows/ (UI-format templates and their thumbnails from a real run on the tiny model).

@@ -6,6 +6,7 @@ of an environment variable and reads the key from there.
 
 from __future__ import annotations
 
+import comfy.model_management
 import numpy as np
 import torch
 from comfy_api.latest import io, ui
@@ -23,7 +24,7 @@ from ..r2moe_core.compose.layout_preview import draw_layout, layout_masks
 from ..r2moe_core.compose.llm_planner import LLMPlanner, check_key_env_name
 from ..r2moe_core.compose.planner import check_prompt_tokens
 from ..r2moe_core.compose.rule_planner import RuleBasedPlanner
-from ..r2moe_core.errors import InvalidInputError
+from ..r2moe_core.errors import InvalidInputError, PlannerCancelledError
 from ..r2moe_core.log import LOGGER
 from .model_folders import planner_cache_dir
 from .types import LAYOUT_TIP, Bank, Layout
@@ -149,8 +150,14 @@ class R2MoELayoutPlanner(io.ComfyNode):
         if planner == "rule-based":
             layout = RuleBasedPlanner().plan(prompt, tokens, width, height, seed)
         elif planner == "llm":
-            llm = LLMPlanner(base_url, model, check_key_env_name(api_key_env), timeout_s, cache_dir=planner_cache_dir())
-            layout = llm.plan(prompt, tokens, width, height, seed)
+            llm = LLMPlanner(base_url, model, check_key_env_name(api_key_env), timeout_s, cache_dir=planner_cache_dir(),
+                             should_stop=comfy.model_management.processing_interrupted)
+            try:
+                layout = llm.plan(prompt, tokens, width, height, seed)
+            except PlannerCancelledError:
+                # Cancel pressed while the server was being asked: report it the way the host reports any cancel.
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                raise
         else:
             raise InvalidInputError(f"planner must be one of {', '.join(PLANNERS)}, got {planner!r}.")
         warnings = check_prompt_tokens(prompt, tokens, layout)

@@ -20,7 +20,7 @@ from ..r2moe_core.train.request import DEFAULT_CAPTION_TEMPLATE, MAX_PRIOR_IMAGE
 from ..r2moe_core.train.trainer import OPTIMIZERS
 from .class_prior_host import class_prior
 from .model_inspection import check_bank_serves
-from .training_host import train_concept
+from .training_host import frames_released_on_failure, train_concept
 from .types import Bank
 
 CATEGORY = "R2MoE"
@@ -178,6 +178,11 @@ class R2MoETrainConcept(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, bank, images=None, **options) -> io.NodeOutput:
+        with frames_released_on_failure():
+            return cls._train(model, clip, vae, bank, images, options)
+
+    @classmethod
+    def _train(cls, model, clip, vae, bank, images, options: dict) -> io.NodeOutput:
         request = ConceptRequest.from_options(options)
         bank.check_new_concept(request.name, request.token, request.replace_existing)
         check_bank_serves(bank, model, clip, new_concept=True)

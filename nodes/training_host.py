@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -65,6 +66,27 @@ def gradient_checkpointing(unet: torch.nn.Module, enabled: bool = True) -> Itera
     finally:
         for module in patched:
             del module.forward
+
+
+@contextlib.contextmanager
+def frames_released_on_failure() -> Iterator[None]:
+    """Free the locals of the frames a failure or Cancel passes through, as it passes.
+
+    The traceback would keep a run's training clones of the MODEL alive until a garbage collection frees them all
+    at once; ComfyUI tracks a loaded clone by weak reference to it and to its parent, and when both die in the
+    same collection it loses the parent, keeps the entry, warns "memory leak with model BaseModel" and runs a
+    full collection on every later model load. Freed here, the clones go one by one, child first, as on success.
+    """
+    try:
+        yield
+    except BaseException as failure:
+        seen: set[int] = set()
+        error: BaseException | None = failure
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            traceback.clear_frames(error.__traceback__)
+            error = error.__cause__ or error.__context__
+        raise
 
 
 def _math_attention() -> contextlib.AbstractContextManager:

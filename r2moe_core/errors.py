@@ -15,3 +15,7 @@ class BankMismatchError(R2MoEError):
 
 class InvalidInputError(R2MoEError):
     """A node or function argument is out of range or inconsistent."""
+
+
+class PlannerCancelledError(R2MoEError):
+    """The user cancelled while a planner request was in flight (the node turns it into the host's interrupt)."""

@@ -6,11 +6,17 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from ..errors import R2MoEError
 
 STALE_AFTER_S = 3600.0  # a temporary file this old is a leftover whatever wrote it (a save takes seconds)
 DEAD_WRITER_GRACE_S = 60.0  # a younger one is removed only when its writer is gone from this machine
+LOCK_WAIT_S = 30.0  # how long a save waits for another process's save of the same file (that takes under 1 s)
+LOCK_STALE_S = 120.0  # a lock this old was left by a killed save, whichever machine took it
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -62,10 +68,58 @@ def sweep_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
+def _lock_is_stale(lock: Path) -> bool:
+    """A lock whose holder is gone from this machine, or that is older than any save takes."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+        holder = lock.read_text().split()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return False  # released meanwhile (or being written): look again
+    if age > LOCK_STALE_S:
+        return True
+    if len(holder) == 2 and holder[0] == socket.gethostname() and holder[1].isdigit():
+        return age > 1.0 and not _process_alive(int(holder[1]))
+    return False
+
+
+@contextlib.contextmanager
+def replace_lock(path: Path) -> Iterator[None]:
+    """Hold `.<name>.lock` beside `path` while the previous version is kept and the new file renamed in.
+
+    Two processes (two ComfyUI instances, or two machines on a network folder) saving the same name then take
+    turns: the second keeps the first one's file as the previous version instead of both keeping the older one
+    and one write being lost. O_EXCL creation is atomic on local disks and on NFS v3+ and SMB."""
+    lock = path.with_name(f".{path.name}.lock")
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if _lock_is_stale(lock):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock)
+                continue
+            if time.monotonic() > deadline:
+                raise R2MoEError(
+                    f"Another process has been saving {path.name} for over {LOCK_WAIT_S:.0f} s (lock file {lock}). "
+                    "Wait for it and save again; if no other ComfyUI uses this folder, delete the lock file."
+                ) from None
+            time.sleep(0.01)
+    try:
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+        os.close(fd)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+
+
 def atomic_write_bytes(path: Path, data: bytes, keep_previous: bool = True) -> None:
     """Write to a temporary file beside `path`, flush and fsync it, then rename it over `path`.
 
-    If `path` exists and `keep_previous` is set, it is first copied to `<path>.bak` (also atomically).
+    If `path` exists and `keep_previous` is set, it is first copied to `<path>.bak` (also atomically), under
+    `replace_lock`, so that of two processes saving at once neither write is lost.
     On any failure the temporary file is removed and `path` is untouched; leftovers of earlier killed saves of
     the same file are swept first (`sweep_stale_temporaries`).
     """
@@ -78,15 +132,19 @@ def atomic_write_bytes(path: Path, data: bytes, keep_previous: bool = True) -> N
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        if keep_previous and path.exists():
-            bak_tmp = path.with_name(f".{path.name}.{os.getpid()}.bak.tmp")
-            try:
-                shutil.copy2(path, bak_tmp)
-                os.replace(bak_tmp, backup_path(path))
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(bak_tmp)
-        os.replace(tmp, path)
+        if not keep_previous:
+            os.replace(tmp, path)
+        else:
+            with replace_lock(path):
+                if path.exists():
+                    bak_tmp = path.with_name(f".{path.name}.{os.getpid()}.bak.tmp")
+                    try:
+                        shutil.copy2(path, bak_tmp)
+                        os.replace(bak_tmp, backup_path(path))
+                    finally:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(bak_tmp)
+                os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):

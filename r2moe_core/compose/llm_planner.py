@@ -17,17 +17,19 @@ canvas, or concepts the prompt does not mention are rejected, and the model gets
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..bank.atomic_write import atomic_write_bytes
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, PlannerCancelledError
 from ..log import LOGGER
+from .chat_http import HTTPExchangeError, HTTPReply, post_json
 from .layout import (
     LAYOUT_VERSION,
     MAX_REGIONS,
@@ -44,6 +46,8 @@ PLACEHOLDER_KEY = "not-needed"
 _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 _THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)  # reasoning models served locally (e.g. R1 via Ollama)
 _MODES = ("json_schema", "json_object", "none")
+MAX_ANSWER_BYTES = 2 * 1024 * 1024  # a layout answer is a few KB; reasoning models add some
+_TAG = re.compile(r"<[^>]*>")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 _SYSTEM_PROMPT = """You plan image layouts for regional prompting in Stable Diffusion.
@@ -133,7 +137,10 @@ class LLMPlanner(Planner):
         max_retries: int = 2,
         cache_dir: Path | str | None = None,
         max_regions: int = MAX_REGIONS,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
+        """`timeout_s` bounds each request as a whole (connect + answer); `should_stop` is polled while one is in
+        flight and between tries (ComfyUI's Cancel), and ends the plan with PlannerCancelledError."""
         if not isinstance(base_url, str) or not re.match(r"^https?://", base_url.strip()):
             raise InvalidInputError(f"base_url must start with http:// or https://, got {base_url!r}")
         if not isinstance(model, str) or not model.strip():
@@ -147,6 +154,7 @@ class LLMPlanner(Planner):
         self.max_retries = int(max_retries)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.max_regions = max_regions
+        self.should_stop = should_stop
 
     def __repr__(self) -> str:  # names the variable, never its value
         return (
@@ -214,23 +222,17 @@ class LLMPlanner(Planner):
             LOGGER.warning("Could not write planner cache %s: %s", path, err)
 
     def _ask(self, prompt: str, mentioned: list[str], width: int, height: int, seed: int) -> Layout:
-        openai = _openai()
-        api_key = os.environ.get(self.api_key_env, "").strip() or PLACEHOLDER_KEY
-        client = openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout_s, max_retries=0)
+        api_key = os.environ.get(self.api_key_env, "").strip() if self.api_key_env else ""
         request = {"prompt": prompt, "concept_tokens": mentioned, "width": width, "height": height}
         messages: list[dict[str, str]] = [
             {"role": "system", "content": _SYSTEM_PROMPT},
             {"role": "user", "content": json.dumps(request, ensure_ascii=False)},
         ]
         schema = _schema(mentioned, self.max_regions)
-        try:
-            return self._converse(client, messages, schema, mentioned, (width, height), seed, api_key)
-        finally:
-            client.close()
+        return self._converse(messages, schema, mentioned, (width, height), seed, api_key or PLACEHOLDER_KEY)
 
     def _converse(
         self,
-        client: Any,
         messages: list[dict[str, str]],
         schema: dict[str, Any],
         mentioned: list[str],
@@ -241,9 +243,11 @@ class LLMPlanner(Planner):
         mode_index = 0
         error = ""
         for attempt in range(self.max_retries + 1):
+            if self.should_stop is not None and self.should_stop():
+                raise PlannerCancelledError(f"LLM planner request to {self.base_url} cancelled")
             while True:
                 try:
-                    content = self._complete(client, messages, _MODES[mode_index], schema, seed, api_key)
+                    content = self._complete(messages, _MODES[mode_index], schema, seed, api_key)
                     break
                 except _FormatRejectedError as rejected:
                     if mode_index + 1 >= len(_MODES):
@@ -253,7 +257,7 @@ class LLMPlanner(Planner):
             try:
                 layout = self._validate(_extract_json(content), mentioned, *size)
             except InvalidInputError as err:
-                error = str(err)
+                error = _masked(str(err), api_key)
                 LOGGER.warning("Planner answer rejected (try %d of %d): %s", attempt + 1, self.max_retries + 1, error)
                 messages = [
                     *messages,
@@ -273,54 +277,87 @@ class LLMPlanner(Planner):
         )
 
     def _complete(
-        self,
-        client: Any,
-        messages: list[dict[str, str]],
-        mode: str,
-        schema: dict[str, Any],
-        seed: int,
-        api_key: str,
+        self, messages: list[dict[str, str]], mode: str, schema: dict[str, Any], seed: int, api_key: str
     ) -> str | None:
-        openai = _openai()
-        extra: dict[str, Any] = {}
+        """One chat request within `timeout_s` (connect + answer); every failure becomes a message that says
+        what happened and what to do."""
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0, "seed": seed}
         response_format = _response_format(mode, schema)
         if response_format is not None:
-            extra["response_format"] = response_format
+            body["response_format"] = response_format
         try:
-            completion = client.chat.completions.create(
-                model=self.model, messages=messages, temperature=0, seed=seed, **extra
+            reply = post_json(
+                f"{self.base_url}/chat/completions",
+                body,
+                {"Authorization": f"Bearer {api_key}"},
+                self.timeout_s,
+                MAX_ANSWER_BYTES,
+                self.should_stop,
             )
-        except openai.APITimeoutError:
-            raise self._error(
-                f"it did not answer within {self.timeout_s:g} s (timeout). Check that the server is running and "
-                f"has model {self.model!r} loaded, or raise timeout_s",
-                api_key,
-            ) from None
-        except openai.APIConnectionError as err:
-            raise self._error(
-                f"could not connect ({type(err).__name__}). Check that the server is running and that base_url "
-                "is right (it usually ends in /v1)",
-                api_key,
-            ) from None
-        except openai.AuthenticationError:
-            raise self._error(
-                f"it rejected the API key; set the environment variable {self.api_key_env} to a valid key",
-                api_key,
-            ) from None
-        except openai.NotFoundError:
-            raise self._error(
-                f"it does not know model {self.model!r} or the URL is wrong; check the model name and base_url",
-                api_key,
-            ) from None
-        except openai.APIStatusError as err:
-            message = _status_message(err)
+        except HTTPExchangeError as failure:
+            raise self._transport_error(failure, api_key) from None
+        if reply.status >= 400:
+            message = _masked(_server_text(reply), api_key)
+            if reply.status in (401, 403):
+                raise self._error(
+                    f"it rejected the API key (HTTP {reply.status}: {message}); set the environment variable "
+                    f"{self.api_key_env or 'named in api_key_env'} to a valid key",
+                    api_key,
+                )
+            if reply.status == 404:
+                raise self._error(
+                    f"it does not know model {self.model!r} or the URL is wrong (HTTP 404: {message}); check the "
+                    "model name and base_url (it usually ends in /v1)",
+                    api_key,
+                )
             if response_format is not None and (
-                err.status_code in (400, 422) or re.search(r"response_format|json_schema", message, re.I)
+                reply.status in (400, 422) or re.search(r"response_format|json_schema", message, re.I)
             ):
-                raise _FormatRejectedError(message) from None
-            raise self._error(f"it answered HTTP {err.status_code}: {message}", api_key) from None
-        choices = getattr(completion, "choices", None) or []
-        return choices[0].message.content if choices else None
+                raise _FormatRejectedError(message)
+            raise self._error(f"it answered HTTP {reply.status}: {message}", api_key)
+        return self._content(reply, api_key)
+
+    def _content(self, reply: HTTPReply, api_key: str) -> str | None:
+        text = reply.body.decode("utf-8", "replace")
+        if _looks_like_html(reply, text):
+            raise self._error(
+                f"it answered with a web page ({_html_title(text)}), not the chat API: base_url must point at "
+                "the OpenAI-compatible API, which usually ends in /v1",
+                api_key,
+            )
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            start = _masked(" ".join(text.split())[:80], api_key)
+            raise self._error(
+                f"it answered with something that is not JSON (it starts {start!r}): base_url must point at the "
+                "OpenAI-compatible API, which usually ends in /v1",
+                api_key,
+            ) from None
+        try:
+            return data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise self._error(
+                "its answer has no choices[0].message.content: is this an OpenAI-compatible chat/completions "
+                "endpoint?",
+                api_key,
+            ) from None
+
+    def _transport_error(self, failure: HTTPExchangeError, api_key: str) -> Exception:
+        if failure.kind == "cancelled":
+            return PlannerCancelledError(f"LLM planner request to {self.base_url} cancelled")
+        advice = {
+            "refused": "Start the server (e.g. `ollama serve`) or fix the port in base_url",
+            "unreachable": "Check base_url (host and port) and the network",
+            "tls": "Check whether the server speaks https or http and fix base_url",
+            "timeout": f"Check that the server is running and has model {self.model!r} loaded, or raise timeout_s "
+            "(a first request that loads the model can take a minute)",
+            "broken": "Check that base_url points at an OpenAI-compatible server",
+            "too_large": "A layout answer is a few KB: check base_url and the model",
+        }[failure.kind]
+        what = f"it did not answer within {self.timeout_s:g} s (connect + answer)" if failure.kind == "timeout" else (
+            str(failure))
+        return self._error(f"{what}. {advice}", api_key)
 
     def _validate(self, data: Any, mentioned: list[str], width: int, height: int) -> Layout:
         if not isinstance(data, dict):
@@ -335,27 +372,38 @@ class LLMPlanner(Planner):
         return layout
 
     def _error(self, problem: str, api_key: str) -> InvalidInputError:
-        message = f"LLM planner at {self.base_url} (model {self.model!r}): {problem}."
-        if api_key and api_key != PLACEHOLDER_KEY:
-            message = message.replace(api_key, "***")
-        return InvalidInputError(message)
+        problem = problem.rstrip(".")
+        return InvalidInputError(_masked(f"LLM planner at {self.base_url} (model {self.model!r}): {problem}.", api_key))
 
 
-def _openai() -> Any:
-    try:
-        import openai
-    except ImportError as err:
-        raise InvalidInputError(
-            "The LLM planner needs the 'openai' package: pip install openai (or use the rule-based planner)"
-        ) from err
-    return openai
+def _masked(text: str, api_key: str) -> str:
+    """`text` with the key replaced: a server may echo request headers in its errors or answers."""
+    return text.replace(api_key, "***") if api_key and api_key != PLACEHOLDER_KEY else text
 
 
-def _status_message(err: Any) -> str:
-    body = getattr(err, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        text = inner.get("message") if isinstance(inner, dict) else inner
-        if text:
-            return str(text)[:300]
-    return str(getattr(err, "message", err))[:300]
+def _server_text(reply: HTTPReply) -> str:
+    """The server's own error text, shortened: JSON `error.message` / `error` / `detail`, else the page text."""
+    text = reply.body.decode("utf-8", "replace")
+    with contextlib.suppress(json.JSONDecodeError, AttributeError, TypeError):
+        data = json.loads(text)
+        inner = data.get("error", data.get("detail", data.get("message", "")))
+        inner = inner.get("message", inner) if isinstance(inner, dict) else inner
+        if inner:
+            text = str(inner)
+    if "<" in text:
+        text = _TAG.sub(" ", text)
+    text = " ".join(text.split())
+    return _short(text, 200) if text else "no error text"
+
+
+def _looks_like_html(reply: HTTPReply, text: str) -> bool:
+    return "html" in reply.headers.get("content-type", "").lower() or text.lstrip()[:1] == "<"
+
+
+def _html_title(text: str) -> str:
+    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.I | re.S)
+    return f"titled {_short(' '.join(title.group(1).split()), 80)!r}" if title else "HTML"
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

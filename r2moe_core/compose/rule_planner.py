@@ -11,7 +11,7 @@ plus the shared scene, and the scene with the mentions removed becomes the backg
 
 Boxes: one column per concept up to three, a grid beyond; "on the left"/"to the right of"-style hints in a
 concept's clause move it to that side. Tokens that are not in the bank stay plain text.
-`LLMPlanner` lives in `llm_planner` (it needs the optional `openai` package).
+`LLMPlanner` lives in `llm_planner` (it talks to any OpenAI-compatible server with the standard library alone).
 """
 
 from __future__ import annotations

@@ -276,3 +276,40 @@ def test_the_log_says_how_long_the_run_will_take_once_the_first_steps_are_timed(
         train(tiny, empty, "eta", "<eta1>", "thing", pictures(3), steps=8, preview_every=0)
     lines = [r.getMessage() for r in caplog.records if "s per step" in r.getMessage()]
     assert len(lines) == 1 and "about" in lines[0] and "for the 8 steps" in lines[0], lines
+
+
+def test_a_failed_training_run_leaves_no_dead_model_in_the_hosts_list(host, tmp_path, monkeypatch):
+    """One executor across prompts, as in a server: a run that fails after the models are cloned and loaded must
+    not leave ComfyUI's loaded-model list holding a clone whose parent it lost (the host then warns "memory leak
+    with model BaseModel" and runs a full garbage collection on every later load)."""
+    import asyncio
+    import gc
+
+    import comfy.model_management
+    import execution
+    from comfy_inprocess import SilentServer
+    from PIL import Image
+
+    for i, colour in enumerate(["red", "darkred", "firebrick"]):
+        Image.new("RGB", (64, 64), colour).save(tmp_path / f"{i}.png")
+    training_host = __import__(host.pack.__name__ + ".nodes.training_host", fromlist=["x"])
+    real_step, calls = training_host.training_step, {"n": 0}
+
+    def fails_at_the_second_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:
+            raise RuntimeError("out of memory (injected)")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training_host, "training_step", fails_at_the_second_step)
+    executor = execution.PromptExecutor(SilentServer(), cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0})
+    dead = []
+    for run in range(3):
+        graph = _training_graph(host, folder=str(tmp_path), steps=5, seed=run)
+        valid = asyncio.run(execution.validate_prompt(f"fail-{run}", graph, None))
+        executor.execute(graph, f"fail-{run}", {}, valid[2])
+        assert not executor.success
+        gc.collect()
+        dead.append(sum(1 for m in comfy.model_management.current_loaded_models if m.is_dead()))
+    assert dead == [0, 0, 0], f"dead loaded-model entries after each failed run: {dead}"

@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -247,11 +248,12 @@ def test_llm_timeout_names_the_server_and_the_fix(server):
     with pytest.raises(InvalidInputError) as info:
         _planner(server, timeout_s=0.5).plan(PROMPT, KNOWN, 512, 512, 0)
     message = str(info.value)
-    assert "timeout" in message and "0.5 s" in message and server.url in message and "running" in message
+    assert "within 0.5 s (connect + answer)" in message and server.url in message and "running" in message
 
 
 def test_llm_unreachable_server_is_explained():
-    with pytest.raises(InvalidInputError, match="could not connect"):
+    expected = re.escape("nothing accepts connections at 127.0.0.1:9 (refused). Start the server")
+    with pytest.raises(InvalidInputError, match=expected):
         LLMPlanner("http://127.0.0.1:9/v1", "m", api_key_env="R2MOE_TEST_KEY", timeout_s=2).plan(
             PROMPT, KNOWN, 512, 512, 0
         )
