@@ -17,7 +17,7 @@ from ..r2moe_core.train.augment import augmented_views
 from ..r2moe_core.train.concept_photos import concept_files, load_concept_folder, make_captions, square_resize
 from ..r2moe_core.train.loss_plot import loss_curve
 from ..r2moe_core.train.request import DEFAULT_CAPTION_TEMPLATE, MAX_PRIOR_IMAGES, MAX_VIEWS, ConceptRequest
-from ..r2moe_core.train.trainer import OPTIMIZERS
+from ..r2moe_core.train.trainer import DISTILL_MODES, OPTIMIZERS
 from .class_prior_host import class_prior
 from .model_inspection import check_bank_serves
 from .training_host import frames_released_on_failure, train_concept
@@ -110,7 +110,7 @@ class R2MoETrainConcept(io.ComfyNode):
                                tooltip="Learning rate of the trigger token's embedding (reference: 1e-3)."),
                 io.Float.Input("distill_lambda", default=1e-5, min=0.0, max=10.0, step=1e-6,
                                tooltip="Weight of routing distillation, which keeps old concepts routed as before."),
-                io.Combo.Input("distill_mode", options=["exact", "soft", "off"], default="exact",
+                io.Combo.Input("distill_mode", options=list(DISTILL_MODES), default="exact",
                                tooltip="exact: old concepts keep their gate scores exactly (the gate changes only "
                                        "along a direction that is zero on their prompts); soft: the reference "
                                        "penalty only; off: no distillation (for comparison)."),
@@ -162,7 +162,8 @@ class R2MoETrainConcept(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, concept_name: str | None = None, trigger_token: str | None = None,
-                        folder: str | None = None) -> bool | str:
+                        folder: str | None = None, distill_mode: str | None = None,
+                        optimizer: str | None = None) -> bool | str:
         """Before the graph runs (no model loaded yet): a blank name, a token with a space or a folder without
         readable photos is refused in seconds, not after the training loop. Linked values arrive as None."""
         try:
@@ -172,6 +173,11 @@ class R2MoETrainConcept(io.ComfyNode):
                 check_trigger_token(trigger_token.strip())
             if folder is not None and folder.strip():
                 concept_files(folder.strip())
+            # The pinned host does not check posted combo values: an API client's typo is caught here.
+            for name, value, options in (("distill_mode", distill_mode, DISTILL_MODES),
+                                         ("optimizer", optimizer, OPTIMIZERS)):
+                if value is not None and value not in options:
+                    raise InvalidInputError(f"{name} must be one of {', '.join(options)}, got {str(value)[:200]!r}.")
         except InvalidInputError as err:
             return str(err)
         return True

@@ -225,6 +225,8 @@ def _training_graph(host, **inputs) -> dict:
     ("inputs", "message"),
     [
         ({"trigger_token": "<my mug>"}, "one word"),
+        ({"optimizer": "adamw"}, "optimizer must be one of AdamW, Adam, SGD, got 'adamw'"),
+        ({"distill_mode": "x" * 5000}, "distill_mode must be one of exact, soft, off, got 'x{200}'\\."),
         ({"trigger_token": "  "}, "one word"),
         ({"concept_name": "   "}, "non-empty name"),
         ({"folder": "/nonexistent/photos"}, "not found"),
