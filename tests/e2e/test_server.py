@@ -9,7 +9,7 @@ from comfy_inprocess import CACHE, TINY_CKPT_NAME, make_base_dir, require_host
 from comfy_server import ComfyServer, ensure_tiny_checkpoint
 
 from r2moe_testkit.pack_nodes import pack_node_ids
-from r2moe_testkit.workflows import load_api_workflow, with_steps
+from r2moe_testkit.workflows import load_api_workflow, training_graph, with_steps
 
 
 @pytest.fixture(scope="module")
@@ -61,18 +61,8 @@ def test_training_a_concept_over_http(server, tmp_path):
     for i, colour in enumerate([(200, 40, 40), (190, 50, 45), (210, 35, 50)]):
         Image.new("RGB", (80 + 16 * i, 64), colour).save(photos / f"{i:02d}.png")
     (photos / "caption.txt").write_text("<new1> mug on a table\n<new1> mug, close up\n<new1> mug in a kitchen\n")
-    graph = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT_NAME}},
-        "2": {"class_type": "R2MoENewBank", "inputs": {"model": ["1", 0], "rank": 4, "top_k": 3,
-                                                       "prune_threshold": 0.4, "distill_lambda": 1e-05}},
-        "3": {"class_type": "R2MoETrainConcept", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "bank": ["2", 0], "concept_name": "mug",
-            "trigger_token": "<mug1>", "class_word": "mug", "folder": str(photos), "steps": 3, "batch_size": 2,
-            "resolution": 64, "lr_experts": 1e-3, "lr_router": 1e-3, "lr_token": 1e-3, "distill_lambda": 1e-05,
-            "distill_mode": "exact", "prune_threshold": 0.4, "seed": 0, "optimizer": "AdamW"}},
-        "4": {"class_type": "R2MoESaveBank", "inputs": {"bank": ["3", 0], "name": "trained_over_http"}},
-        "5": {"class_type": "SaveImage", "inputs": {"images": ["3", 1], "filename_prefix": "loss"}},
-    }
+    graph = training_graph(TINY_CKPT_NAME, str(photos), "trained_over_http")
+    graph["5"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 1], "filename_prefix": "loss"}}
     entry = server.run(graph, timeout=300)
     assert "learned 'mug' as <mug1>" in entry["outputs"]["3"]["text"][0]
     assert (Path(server.base) / "models" / "r2moe" / "trained_over_http.safetensors").is_file()

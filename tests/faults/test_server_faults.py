@@ -11,6 +11,7 @@ import pytest
 from comfy_inprocess import TINY_CKPT_NAME
 
 from r2moe_testkit.faults import status_messages
+from r2moe_testkit.workflows import training_graph
 
 LAYOUT = {"version": 1, "width": 512, "height": 512, "background": "a beach",
           "regions": [{"prompt": "a <dog1> dog", "box": [0.04, 0.1, 0.48, 0.95]}]}
@@ -47,17 +48,7 @@ def test_a_photo_folder_with_a_fake_png_is_refused_before_anything_runs(server, 
 
     Image.new("RGB", (64, 64), "red").save(tmp_path / "a.png")
     (tmp_path / "b.png").write_bytes(b"<html>not a photo</html>")
-    graph = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT_NAME}},
-        "2": {"class_type": "R2MoENewBank", "inputs": {"model": ["1", 0], "rank": 4, "top_k": 3,
-                                                       "prune_threshold": 0.4, "distill_lambda": 1e-05}},
-        "3": {"class_type": "R2MoETrainConcept", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "bank": ["2", 0], "concept_name": "mug",
-            "trigger_token": "<mug1>", "class_word": "mug", "folder": str(tmp_path), "steps": 800, "batch_size": 1,
-            "resolution": 64, "lr_experts": 1e-3, "lr_router": 1e-3, "lr_token": 1e-3, "distill_lambda": 1e-05,
-            "distill_mode": "exact", "prune_threshold": 0.4, "seed": 0, "optimizer": "AdamW"}},
-        "4": {"class_type": "R2MoESaveBank", "inputs": {"bank": ["3", 0], "name": "never_written"}},
-    }
+    graph = training_graph(TINY_CKPT_NAME, str(tmp_path), "never_written", steps=800)
     started = time.monotonic()
     status, answer = server.submit(graph)
     assert status == 400 and time.monotonic() - started < 5

@@ -10,6 +10,7 @@ from comfy_inprocess import TINY_CKPT_NAME
 from PIL import Image
 
 from r2moe_testkit.faults import status_messages
+from r2moe_testkit.workflows import training_graph
 
 LEAK = "memory leak with model"
 STEP_TIMING = "s per step, about"
@@ -24,23 +25,12 @@ def photos(tmp_path_factory):
     return folder
 
 
-def training_graph(folder, steps: int, seed: int, fault_at: int | None = None) -> dict:
-    bank = ["2", 0]
-    graph = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT_NAME}},
-        "2": {"class_type": "R2MoENewBank", "inputs": {"model": ["1", 0], "rank": 4, "top_k": 3,
-                                                       "prune_threshold": 0.4, "distill_lambda": 1e-05}},
-    }
-    if fault_at is not None:
-        graph["9"] = {"class_type": "R2MoETestFaultAt", "inputs": {"bank": bank, "at_step": fault_at}}
-        bank = ["9", 0]
-    graph["3"] = {"class_type": "R2MoETrainConcept", "inputs": {
-        "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "bank": bank, "concept_name": "mug",
-        "trigger_token": "<mug1>", "class_word": "mug", "folder": str(folder), "steps": steps, "batch_size": 1,
-        "resolution": 64, "lr_experts": 1e-3, "lr_router": 1e-3, "lr_token": 1e-3, "distill_lambda": 1e-05,
-        "distill_mode": "exact", "prune_threshold": 0.4, "seed": seed, "optimizer": "AdamW",
-        "gradient_checkpointing": False, "preview_every": 0, "augment_views": 0}}
-    graph["4"] = {"class_type": "R2MoESaveBank", "inputs": {"bank": ["3", 0], "name": "faults_training"}}
+def faulty_training(folder, steps: int, seed: int, fault_at: int | None = None) -> dict:
+    graph = training_graph(TINY_CKPT_NAME, str(folder), "faults_training", steps=steps, seed=seed, batch_size=1,
+                           gradient_checkpointing=False, preview_every=0, augment_views=0)
+    if fault_at is not None:  # the bank passes through the fault node, which arms a failure at that step
+        graph["9"] = {"class_type": "R2MoETestFaultAt", "inputs": {"bank": ["2", 0], "at_step": fault_at}}
+        graph["3"]["inputs"]["bank"] = ["9", 0]
     return graph
 
 
@@ -68,7 +58,7 @@ def sampling_seconds(server, seeds: range) -> float:
 
 def cancel_while_training(server, folder, seed: int) -> dict:
     timed = server.log_text().count(STEP_TIMING)
-    _, answer = server.submit(training_graph(folder, steps=100000, seed=seed))
+    _, answer = server.submit(faulty_training(folder, steps=100000, seed=seed))
     deadline = time.monotonic() + 120
     while server.log_text().count(STEP_TIMING) == timed:  # the steps are running
         assert time.monotonic() < deadline, "training never started"
@@ -84,7 +74,7 @@ def test_failed_and_cancelled_training_leave_no_model_behind(server, photos):
     clean = sampling_seconds(server, range(3))
     before = server.log_text().count(LEAK)
     for seed in range(3):
-        entry = server.finished(server.submit(training_graph(photos, steps=50, seed=seed, fault_at=3))[1]["prompt_id"])
+        entry = server.finished(server.submit(faulty_training(photos, steps=50, seed=seed, fault_at=3))[1]["prompt_id"])
         (error,) = status_messages(entry, "execution_error")
         assert "injected fault at training step 3" in error["exception_message"]
     for seed in range(10, 12):
