@@ -177,6 +177,15 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, sampler_name: str | None = None, scheduler: str | None = None) -> bool | str:
+        """The pinned host does not check posted combo values; a typo from an API client is named here."""
+        for name, value, options in (("sampler_name", sampler_name, comfy.samplers.SAMPLER_NAMES),
+                                     ("scheduler", scheduler, comfy.samplers.SCHEDULER_NAMES)):
+            if value is not None and value not in options:
+                return f"{name} {str(value)[:200]!r} is not one of this ComfyUI's: {', '.join(options)}."
+        return True
+
+    @classmethod
     def execute(
         cls, model, clip, vae, bank, layout, sam, positive, negative, latent_image, seed, steps, cfg, sampler_name,
         scheduler, denoise, switch_at, strength, expert_strength=1.0, min_coverage=0.1, clip_to_box=True, dilate=0,

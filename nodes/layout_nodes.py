@@ -133,6 +133,13 @@ class R2MoELayoutPlanner(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, planner: str | None = None) -> bool | str:
+        """The pinned host does not check posted combo values: refuse an unknown planner when the graph is queued."""
+        if planner is not None and planner not in PLANNERS:
+            return f"planner must be one of {', '.join(PLANNERS)}, got {str(planner)[:200]!r}."
+        return True
+
+    @classmethod
     def execute(
         cls,
         prompt,

@@ -11,7 +11,7 @@ import pytest
 from comfy_inprocess import TINY_CKPT_NAME
 
 from r2moe_testkit.faults import status_messages
-from r2moe_testkit.workflows import training_graph
+from r2moe_testkit.workflows import load_api_workflow, training_graph
 
 LAYOUT = {"version": 1, "width": 512, "height": 512, "background": "a beach",
           "regions": [{"prompt": "a <dog1> dog", "box": [0.04, 0.1, 0.48, 0.95]}]}
@@ -112,4 +112,41 @@ def test_a_few_hundred_small_prompts_keep_the_servers_memory_flat(server):
     for prompt_id in ids:
         assert server.finished(prompt_id)["status"]["status_str"] == "success"
     assert rss[239] - rss[79] < 25, f"memory grew {rss[79]:.1f} -> {rss[239]:.1f} MB over 160 prompts"
+    assert server.alive()
+
+
+def _hierarchical(sampler_name: str) -> dict:
+    graph = load_api_workflow("api_regional_hierarchical.json")
+    graph["8"]["inputs"]["sampler_name"] = sampler_name
+    return graph
+
+
+def _planner(planner: str) -> dict:
+    graph = training_graph(TINY_CKPT_NAME, "", "unused")
+    graph["3"] = {"class_type": "R2MoELayoutPlanner", "inputs": {
+        "prompt": "a dog", "bank": ["2", 0], "width": 512, "height": 512, "planner": planner, "seed": 0}}
+    graph["4"] = {"class_type": "R2MoELayoutPreview", "inputs": {"layout": ["3", 0]}}
+    graph["5"] = {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}
+    return graph
+
+
+@pytest.mark.parametrize(
+    ("graph", "node", "expected"),
+    [
+        (lambda: _hierarchical("eulr"), "8", "sampler_name 'eulr' is not one of this ComfyUI's: euler"),
+        (lambda: _planner("gpt"), "3", "planner must be one of rule-based, llm, got 'gpt'"),
+        (lambda: training_graph(TINY_CKPT_NAME, "", "unused", optimizer="adamw"), "3",
+         "optimizer must be one of AdamW, Adam, SGD"),
+        (lambda: {"1": {"class_type": "R2MoELoadBank", "inputs": {"bank_name": "../../secrets.safetensors"}},
+                  "2": {"class_type": "R2MoEBankInfo", "inputs": {"bank": ["1", 0]}}}, "1",
+         "is not a bank in models/r2moe"),
+    ],
+    ids=["sampler", "planner", "optimizer", "bank-name"],
+)
+def test_posted_values_outside_a_list_are_refused_when_queued(server, graph, node, expected):
+    """The pinned host does not check combo values itself: an API client's typo is named before anything runs."""
+    status, answer = server.submit(graph())
+    assert status == 400
+    details = " ".join(e.get("details", "") for e in answer["node_errors"].get(node, {}).get("errors", []))
+    assert expected in details, answer["node_errors"]
     assert server.alive()
