@@ -25,6 +25,7 @@ from comfy_api.latest import io
 from ..r2moe_core.compose.layout import box_masks
 from ..r2moe_core.compose.mask_refinement import RefineOptions
 from ..r2moe_core.errors import InvalidInputError
+from ..r2moe_core.log import LOGGER
 from .regional_patch import apply_regions, prepare_regions
 from .sam_nodes import refine_inputs, refine_with_sam
 from .types import BANK_TIP, LAYOUT_TIP, SAM_TIP, Bank, Layout, Sam
@@ -120,7 +121,8 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="Decodes the x0 estimate for SAM."),
                 Bank.Input("bank", tooltip=BANK_TIP),
                 Layout.Input("layout", tooltip=LAYOUT_TIP),
-                Sam.Input("sam", tooltip=SAM_TIP),
+                Sam.Input("sam", optional=True, tooltip=SAM_TIP + " Optional: without one, regions follow their "
+                          "boxes all the way (the same as Regional Apply + KSampler)."),
                 io.Conditioning.Input("positive", tooltip="Replaced by the layout in the regional attention."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt, as for KSampler (not regional)."),
                 io.Latent.Input(
@@ -187,11 +189,14 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model, clip, vae, bank, layout, sam, positive, negative, latent_image, seed, steps, cfg, sampler_name,
+        cls, model, clip, vae, bank, layout, positive, negative, latent_image, seed, steps, cfg, sampler_name,
         scheduler, denoise, switch_at, strength, expert_strength=1.0, min_coverage=0.1, clip_to_box=True, dilate=0,
-        allow_other_weights=False,
+        allow_other_weights=False, sam=None,
     ) -> io.NodeOutput:  # fmt: skip
         switch = switch_step(steps, switch_at)
+        if sam is None and switch < steps:
+            LOGGER.info("R2MoE Hierarchical Sampler: no SAM connected, so the regions keep their boxes to the end")
+            switch = steps
         options = RefineOptions(min_coverage=min_coverage, clip_to_box=clip_to_box, dilate_px=dilate)
         prompts = prepare_regions(model, clip, bank, layout, allow_other_weights)
         box_model = apply_regions(model, bank, prompts, strength, expert_strength)

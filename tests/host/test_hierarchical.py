@@ -125,3 +125,21 @@ def test_shipped_workflows_give_the_same_image(host, sam):
     two_stage = run("api_regional_two_stage.json", "hlag_two_stage")
     assert one_node.shape == (SIZE, SIZE, 3)
     assert np.array_equal(one_node, two_stage)
+
+
+def test_without_a_sam_file_the_graph_runs_with_box_masks_all_the_way(host, tiny, bank, setup):
+    """A user with no SAM file: the shipped one-node workflow minus its SAM loader still runs, and gives the
+    boxes-all-the-way image (Regional Apply + KSampler), whatever switch_at says."""
+    graph = load_api_workflow("api_regional_hierarchical.json")
+    del graph["4"]
+    graph["8"]["inputs"].pop("sam")
+    for node in graph.values():
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=SIZE, height=SIZE)
+    assert graph["8"]["inputs"]["switch_at"] < 1.0
+    result = run_graph(graph, prompt_id="hlag-no-sam")
+    assert result.success, result.messages
+    latent, masks, _ = hierarchical(tiny, bank, None, setup, switch_at=0.5)
+    boxes = call_node("R2MoELayoutPreview", layout=setup["layout"])[1]
+    assert torch.equal(masks, boxes)
+    assert_same(latent["samples"], hierarchical(tiny, bank, None, setup, switch_at=1.0)[0]["samples"], "latents")
