@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 HOST := .host/ComfyUI
+COMFYUI ?= $(HOST)
 PORT ?= 8188
 CKPT ?=
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
@@ -74,7 +75,7 @@ demo: env
 	$(PY) scripts/demo.py $(if $(CKPT),--ckpt "$(CKPT)") $(if $(IMAGES),--images "$(IMAGES)") $(if $(STEPS),--steps $(STEPS))
 
 serve: env
-	$(PY) scripts/serve.py --host $(HOST) --port $(PORT)
+	$(PY) scripts/serve.py --host $(COMFYUI) --port $(PORT)
 
 bench: env
 	$(PY) bench/sampling.py
