@@ -7,7 +7,7 @@ import os
 import torch
 from comfy_api.latest import io, ui
 
-from ..r2moe_core.bank.bank_file import load_bank, save_bank
+from ..r2moe_core.bank.bank_file import DEFAULT_KEEP_VERSIONS, load_bank, save_bank
 from ..r2moe_core.bank.compatibility import bank_file_name
 from ..r2moe_core.bank.config import BankConfig
 from ..r2moe_core.bank.expert_bank import ExpertBank
@@ -107,19 +107,22 @@ class R2MoESaveBank(io.ComfyNode):
             display_name="R2MoE Save Bank",
             category=CATEGORY,
             description=(
-                "Write the bank to models/r2moe atomically; an existing file is kept as <name>.safetensors.bak."
+                "Write the bank to models/r2moe atomically; the file it replaces is kept as <name>.safetensors.bak "
+                "(older ones as .bak2, .bak3, ...: see R2MoE Bank History)."
             ),
             inputs=[
                 Bank.Input("bank", tooltip=BANK_TIP),
                 io.String.Input("name", default="my_concepts", tooltip="File name in models/r2moe (no folders)."),
+                io.Int.Input("keep_versions", default=DEFAULT_KEEP_VERSIONS, min=0, max=100, optional=True,
+                             tooltip="Previous versions kept beside the bank (0: none)."),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="Where the bank was written.")],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, bank, name) -> io.NodeOutput:
-        path = str(save_bank(bank, os.path.join(bank_dir(), bank_file_name(name))))
+    def execute(cls, bank, name, keep_versions=DEFAULT_KEEP_VERSIONS) -> io.NodeOutput:
+        path = str(save_bank(bank, os.path.join(bank_dir(), bank_file_name(name)), keep_versions))
         LOGGER.info("R2MoE: saved bank with %d concept(s) to %s", len(bank.concepts), path)
         return io.NodeOutput(path, ui=ui.PreviewText(f"saved {path}"))
 

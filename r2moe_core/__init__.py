@@ -18,7 +18,8 @@ The names below are the stable import surface (`from r2moe_core import ExpertBan
 """
 
 from .bank.attention_targets import PROJECTIONS, LayerSpec, block_key
-from .bank.bank_file import bank_from_bytes, bank_to_bytes, load_bank, save_bank
+from .bank.bank_file import DEFAULT_KEEP_VERSIONS, bank_from_bytes, bank_to_bytes, load_bank, save_bank
+from .bank.bank_history import BankVersion, bank_versions, restore_version
 from .bank.compatibility import bank_file_name, check_bank_fits, check_token_width
 from .bank.config import BankConfig
 from .bank.expert_bank import FORMAT_VERSION, Concept, ExpertBank, ProjectionExperts
@@ -65,6 +66,7 @@ from .version import __version__
 
 __all__ = [
     "AUX_EXPERT",
+    "DEFAULT_KEEP_VERSIONS",
     "FORMAT_VERSION",
     "LAYOUT_VERSION",
     "LOGGER",
@@ -73,6 +75,7 @@ __all__ = [
     "BankFormatError",
     "BankMismatchError",
     "BankRuntime",
+    "BankVersion",
     "Concept",
     "ConceptRequest",
     "ExpertBank",
@@ -98,6 +101,7 @@ __all__ = [
     "bank_from_bytes",
     "bank_report",
     "bank_to_bytes",
+    "bank_versions",
     "blend_regions",
     "block_key",
     "box_masks",
@@ -130,6 +134,7 @@ __all__ = [
     "prompt_gate_weights",
     "prune_bank",
     "prune_task",
+    "restore_version",
     "save_bank",
     "select_experts",
     "square_resize",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import shutil
@@ -32,9 +33,39 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def backup_path(path: Path) -> Path:
-    """Where the previous version is kept; the extension keeps it out of ComfyUI's model lists."""
-    return path.with_name(path.name + ".bak")
+def backup_path(path: Path, age: int = 1) -> Path:
+    """Where the previous version number `age` is kept (1 = the newest: `<name>.bak`, then `<name>.bak2`, ...);
+    the extension keeps them out of ComfyUI's model lists."""
+    return path.with_name(path.name + (".bak" if age == 1 else f".bak{age}"))
+
+
+def kept_versions(path: Path) -> list[tuple[int, Path]]:
+    """The previous versions of `path` on disk, newest first, as (age, file)."""
+    pattern = re.compile(rf"^{re.escape(path.name)}\.bak(\d*)$")
+    found = []
+    for candidate in path.parent.glob(f"{glob.escape(path.name)}.bak*"):
+        match = pattern.match(candidate.name)
+        if match is not None and match.group(1) != "1" and not match.group(1).startswith("0"):
+            found.append((int(match.group(1) or 1), candidate))
+    return sorted(found)
+
+
+def _keep_current_as_version(path: Path, keep_versions: int) -> None:
+    """Shift `.bak` -> `.bak2` -> ... (dropping those past `keep_versions`), then copy `path` to `.bak`. Each
+    step is one atomic rename, so a crash in between loses at most the oldest version."""
+    for age, old in reversed(kept_versions(path)):
+        if age >= keep_versions:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+        else:
+            os.replace(old, backup_path(path, age + 1))
+    bak_tmp = path.with_name(f".{path.name}.{os.getpid()}.bak.tmp")
+    try:
+        shutil.copy2(path, bak_tmp)
+        os.replace(bak_tmp, backup_path(path))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(bak_tmp)
 
 
 def _process_alive(pid: int) -> bool:
@@ -115,11 +146,12 @@ def replace_lock(path: Path) -> Iterator[None]:
             os.unlink(lock)
 
 
-def atomic_write_bytes(path: Path, data: bytes, keep_previous: bool = True) -> None:
+def atomic_write_bytes(path: Path, data: bytes, keep_versions: int = 1) -> None:
     """Write to a temporary file beside `path`, flush and fsync it, then rename it over `path`.
 
-    If `path` exists and `keep_previous` is set, it is first copied to `<path>.bak` (also atomically), under
-    `replace_lock`, so that of two processes saving at once neither write is lost.
+    With `keep_versions` > 0 an existing `path` is first kept as `<path>.bak` (older ones shift to `.bak2` ...
+    up to `.bak<keep_versions>`), under `replace_lock`, so that of two processes saving at once neither write is
+    lost; 0 keeps none (and removes none: versions kept earlier stay).
     On any failure the temporary file is removed and `path` is untouched; leftovers of earlier killed saves of
     the same file are swept first (`sweep_stale_temporaries`).
     """
@@ -132,18 +164,12 @@ def atomic_write_bytes(path: Path, data: bytes, keep_previous: bool = True) -> N
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        if not keep_previous:
+        if keep_versions <= 0:
             os.replace(tmp, path)
         else:
             with replace_lock(path):
                 if path.exists():
-                    bak_tmp = path.with_name(f".{path.name}.{os.getpid()}.bak.tmp")
-                    try:
-                        shutil.copy2(path, bak_tmp)
-                        os.replace(bak_tmp, backup_path(path))
-                    finally:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(bak_tmp)
+                    _keep_current_as_version(path, keep_versions)
                 os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:

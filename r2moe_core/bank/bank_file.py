@@ -21,6 +21,7 @@ from .expert_bank import FORMAT_VERSION, Concept, ExpertBank, ProjectionExperts
 from .experts import LoraExpert
 from .fingerprint import ModelFingerprint
 
+DEFAULT_KEEP_VERSIONS = 3  # previous versions of a bank kept beside it on every save
 FORMAT_NAME = "r2moe.expert-bank"
 
 
@@ -70,12 +71,12 @@ def bank_to_bytes(bank: ExpertBank) -> bytes:
     return st_save(tensors, metadata=metadata)
 
 
-def save_bank(bank: ExpertBank, path: str | Path, keep_previous: bool = True) -> Path:
-    """Atomically write the bank; the previous file (if any) is kept as `<path>.bak`."""
+def save_bank(bank: ExpertBank, path: str | Path, keep_versions: int = DEFAULT_KEEP_VERSIONS) -> Path:
+    """Atomically write the bank; the previous files are kept as `<path>.bak`, `.bak2`, ... (`keep_versions`)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
-    atomic_write_bytes(path, bank_to_bytes(bank), keep_previous=keep_previous)
+    atomic_write_bytes(path, bank_to_bytes(bank), keep_versions=keep_versions)
     return path
 
 

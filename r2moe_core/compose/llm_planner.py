@@ -217,7 +217,7 @@ class LLMPlanner(Planner):
             return
         data = json.dumps(layout_to_dict(layout), indent=1, ensure_ascii=False, allow_nan=False).encode()
         try:
-            atomic_write_bytes(path, data, keep_previous=False)
+            atomic_write_bytes(path, data, keep_versions=0)
         except OSError as err:  # a cache that cannot be written costs a repeat request, not the image
             LOGGER.warning("Could not write planner cache %s: %s", path, err)
 

@@ -116,7 +116,7 @@ class PriorCache:
             latents = chunk if latents is None else torch.cat([latents, chunk])
             made += n
             metadata = {k: str(v) for k, v in asdict(key).items()}
-            atomic_write_bytes(self.path(key), save({"latents": latents.contiguous()}, metadata), keep_previous=False)
+            atomic_write_bytes(self.path(key), save({"latents": latents.contiguous()}, metadata), keep_versions=0)
             if on_progress is not None:
                 on_progress(made, count)
         return latents[:count].clone()

@@ -67,3 +67,20 @@ def test_training_a_concept_over_http(server, tmp_path):
     assert "learned 'mug' as <mug1>" in entry["outputs"]["3"]["text"][0]
     assert (Path(server.base) / "models" / "r2moe" / "trained_over_http.safetensors").is_file()
     assert entry["outputs"]["5"]["images"]
+
+
+def test_bank_history_over_http(server):
+    def save(rank: int) -> None:
+        server.run({
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT_NAME}},
+            "2": {"class_type": "R2MoENewBank", "inputs": {"model": ["1", 0], "rank": rank, "top_k": 3,
+                                                           "prune_threshold": 0.4, "distill_lambda": 1e-05}},
+            "3": {"class_type": "R2MoESaveBank", "inputs": {"bank": ["2", 0], "name": "history_http"}},
+        }, timeout=120)
+
+    save(4)
+    save(8)
+    entry = server.run({"1": {"class_type": "R2MoEBankHistory", "inputs": {"bank_name": "history_http.safetensors",
+                                                                          "restore": ""}}}, timeout=60)
+    text = entry["outputs"]["1"]["text"][0]
+    assert "history_http.safetensors: 1 kept version(s)" in text and "version 1" in text

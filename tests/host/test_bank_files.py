@@ -98,3 +98,32 @@ def test_the_loader_refuses_any_name_that_is_not_a_listed_bank(host, bank, poste
         call_node("R2MoELoadBank", bank_name=posted)
     assert valid[0] is False and call_node("R2MoELoadBank", bank_name="crashy.safetensors")[0].num_tasks == 1
     Path(path).with_name(".crashy.safetensors.4242.tmp").unlink()
+
+
+def test_bank_history_lists_versions_and_restores_one_through_the_executor(host, bank):
+    """Three saves of one name, then the history node in a graph: list, restore by digest, queue again."""
+    import folder_paths
+    from comfy_inprocess import run_graph
+
+    for name in ("cat", "owl"):
+        grown = add_random_concept(host.core, bank, name, f"<{name}1>", seed=len(name))
+        call_node("R2MoESaveBank", bank=bank, name="history")
+        call_node("R2MoESaveBank", bank=grown, name="history", keep_versions=3)
+    folder_paths.filename_list_cache.clear()
+    versions = host.core.bank_versions(Path(folder_paths.get_folder_paths("r2moe")[0]) / "history.safetensors")
+    assert [v.concepts for v in versions] == [("dog", "owl"), ("dog",), ("dog", "cat"), ("dog",)]
+
+    def history(restore: str) -> tuple[str, list[str]]:
+        graph = {"1": {"class_type": "R2MoEBankHistory", "inputs": {"bank_name": "history.safetensors",
+                                                                    "restore": restore}},
+                 "2": {"class_type": "R2MoEBankInfo", "inputs": {"bank": ["1", 0]}}}
+        result = run_graph(graph, prompt_id=f"history-{restore or 'list'}")
+        assert result.success, result.messages
+        return result.outputs["1"]["text"][0], result.outputs["2"]["text"][0]
+
+    listed, _ = history("")
+    assert "3 kept version(s)" in listed and versions[2].digest in listed and "dog, cat" in listed
+    restored, info = history(versions[2].digest[:8])
+    assert f"version {versions[2].digest} is current" in restored and "<cat1>" in info
+    again, info_again = history(versions[2].digest[:8])
+    assert "<cat1>" in info_again and again.count("dog, owl") == 1, "queued twice, restored once"
