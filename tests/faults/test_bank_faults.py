@@ -35,7 +35,9 @@ def test_kill_9_during_saves_leaves_a_whole_bank_and_the_next_save_sweeps_the_le
     for name in leftovers:
         os.utime(tmp_path / name, (aged, aged))
     core.save_bank(core.bank_from_bytes(path.read_bytes()), path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.safetensors", "bank.safetensors.bak"], leftovers
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["bank.safetensors", "bank.safetensors.bak", "bank.safetensors.bak2", "bank.safetensors.bak3"], (
+        leftovers)
 
 
 def test_two_processes_saving_one_name_at_once_keep_both_writes(tmp_path):
@@ -54,7 +56,9 @@ def test_two_processes_saving_one_name_at_once_keep_both_writes(tmp_path):
         kept = {tuple(concept_names(directory / "bank.safetensors")),
                 tuple(concept_names(directory / "bank.safetensors.bak"))}
         assert kept == {("writer-a",), ("writer-b",)}, f"{directory.name}: {kept} (a write was lost)"
-        assert sorted(p.name for p in directory.iterdir()) == ["bank.safetensors", "bank.safetensors.bak"]
+        assert concept_names(directory / "bank.safetensors.bak2") == ["old"], "the version before both is kept too"
+        assert sorted(p.name for p in directory.iterdir()) == ["bank.safetensors", "bank.safetensors.bak",
+                                                               "bank.safetensors.bak2"]
 
 
 def _old_bank_bytes() -> bytes:
