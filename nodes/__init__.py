@@ -1,5 +1,6 @@
 """ComfyUI adapters, grouped by stage. Importing this package requires a running ComfyUI."""
 
+from .bank_edit_nodes import BANK_EDIT_NODES
 from .bank_history_nodes import BANK_HISTORY_NODES
 from .bank_nodes import BANK_NODES
 from .hierarchical import HIERARCHICAL_NODES
@@ -9,7 +10,8 @@ from .sam_nodes import SAM_NODES
 from .train_nodes import TRAIN_NODES
 
 ALL_NODES = [
-    *BANK_NODES, *BANK_HISTORY_NODES, *TRAIN_NODES, *LAYOUT_NODES, *REGIONAL_NODES, *SAM_NODES, *HIERARCHICAL_NODES
+    *BANK_NODES, *BANK_HISTORY_NODES, *BANK_EDIT_NODES, *TRAIN_NODES,
+    *LAYOUT_NODES, *REGIONAL_NODES, *SAM_NODES, *HIERARCHICAL_NODES,
 ]
 
 __all__ = ["ALL_NODES"]

@@ -47,6 +47,7 @@ from .compose.regional_attention import RegionalRuntime, RegionMasks, blend_regi
 from .compose.rule_planner import RuleBasedPlanner
 from .errors import BankFormatError, BankMismatchError, InvalidInputError, R2MoEError
 from .log import LOGGER
+from .moe.bank_edit import MixtureChange, concept_mixtures, remove_concept, rename_concept
 from .moe.delta_cache import BankRuntime
 from .moe.gate_map import gate_heatmap, gate_summary, prompt_gate_weights
 from .moe.pruning import PruneReport, new_expert_coefficients, new_expert_shares, prune_bank, prune_task
@@ -85,6 +86,7 @@ __all__ = [
     "LayerSpec",
     "Layout",
     "LoraExpert",
+    "MixtureChange",
     "ModelFingerprint",
     "Planner",
     "ProjectionExperts",
@@ -110,6 +112,7 @@ __all__ = [
     "check_key_env_name",
     "check_token_width",
     "compute_fingerprint",
+    "concept_mixtures",
     "embedding_name",
     "expert_as_lora",
     "expert_delta",
@@ -134,6 +137,8 @@ __all__ = [
     "prompt_gate_weights",
     "prune_bank",
     "prune_task",
+    "remove_concept",
+    "rename_concept",
     "restore_version",
     "save_bank",
     "select_experts",

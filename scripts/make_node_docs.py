@@ -16,6 +16,9 @@ TYPICAL = {
     "R2MoELoadBank": "**R2MoE Load Bank** → R2MoE Apply Bank (with the checkpoint's MODEL and CLIP) → CLIP Text "
     "Encode → KSampler",
     "R2MoESaveBank": "R2MoE Train Concept → **R2MoE Save Bank** (the file appears in R2MoE Load Bank's list)",
+    "R2MoERemoveConcept": "R2MoE Load Bank → **R2MoE Remove Concept** → R2MoE Save Bank (same name: the old file is "
+    "kept as a version)",
+    "R2MoERenameConcept": "R2MoE Load Bank → **R2MoE Rename Concept** → R2MoE Save Bank",
     "R2MoEBankHistory": "**R2MoE Bank History** (queue it to list the versions; paste a digest into restore and "
     "queue again to bring that version back) → R2MoE Apply Bank",
     "R2MoEApplyBank": "Load Checkpoint + R2MoE Load Bank → **R2MoE Apply Bank** → MODEL to KSampler, CLIP to CLIP "

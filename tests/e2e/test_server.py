@@ -84,3 +84,19 @@ def test_bank_history_over_http(server):
                                                                           "restore": ""}}}, timeout=60)
     text = entry["outputs"]["1"]["text"][0]
     assert "history_http.safetensors: 1 kept version(s)" in text and "version 1" in text
+
+
+def test_remove_and_rename_over_http(server):
+    """The bank trained over HTTP (one concept, 'mug'): rename it, then remove it, each saved by name."""
+    if not (Path(server.base) / "models" / "r2moe" / "trained_over_http.safetensors").is_file():
+        pytest.skip("needs the bank test_training_a_concept_over_http saves")
+    entry = server.run({
+        "1": {"class_type": "R2MoELoadBank", "inputs": {"bank_name": "trained_over_http.safetensors"}},
+        "2": {"class_type": "R2MoERenameConcept", "inputs": {"bank": ["1", 0], "concept_name": "mug",
+                                                             "new_name": "cup", "new_token": "<cup1>"}},
+        "3": {"class_type": "R2MoERemoveConcept", "inputs": {"bank": ["2", 0], "concept_name": "cup"}},
+        "4": {"class_type": "R2MoESaveBank", "inputs": {"bank": ["3", 0], "name": "edited_over_http"}},
+    }, timeout=120)
+    assert "'mug' is now 'cup', written <cup1>" in entry["outputs"]["2"]["text"][0]
+    assert entry["outputs"]["3"]["text"][0] == "removed 'cup'"
+    assert (Path(server.base) / "models" / "r2moe" / "edited_over_http.safetensors").is_file()

@@ -127,3 +127,32 @@ def test_bank_history_lists_versions_and_restores_one_through_the_executor(host,
     assert f"version {versions[2].digest} is current" in restored and "<cat1>" in info
     again, info_again = history(versions[2].digest[:8])
     assert "<cat1>" in info_again and again.count("dog, owl") == 1, "queued twice, restored once"
+
+
+def test_remove_and_rename_concepts_through_the_executor(host, bank):
+    """Load -> Remove -> Rename -> Save in one graph, as a user wires it; the saved file keeps the old version."""
+    import folder_paths
+    from comfy_inprocess import run_graph
+
+    library = add_random_concept(host.core, bank, "mug", "<mug1>", seed=8)
+    call_node("R2MoESaveBank", bank=library, name="library")
+    folder_paths.filename_list_cache.clear()
+    graph = {
+        "1": {"class_type": "R2MoELoadBank", "inputs": {"bank_name": "library.safetensors"}},
+        "2": {"class_type": "R2MoERemoveConcept", "inputs": {"bank": ["1", 0], "concept_name": "dog"}},
+        "3": {"class_type": "R2MoERenameConcept", "inputs": {"bank": ["2", 0], "concept_name": "mug",
+                                                             "new_name": "cup", "new_token": "<cup1>"}},
+        "4": {"class_type": "R2MoESaveBank", "inputs": {"bank": ["3", 0], "name": "library"}},
+    }
+    result = run_graph(graph, prompt_id="edit-library")
+    assert result.success, result.messages
+    assert result.outputs["2"]["text"][0].startswith("removed 'dog'")
+    assert "'mug' is now 'cup', written <cup1>" in result.outputs["3"]["text"][0]
+    (saved,) = call_node("R2MoELoadBank", bank_name="library.safetensors")
+    assert [(c.name, c.token) for c in saved.concepts] == [("cup", "<cup1>")]
+    before = (Path(folder_paths.get_folder_paths("r2moe")[0]) / "library.safetensors").read_bytes()
+    del graph["2"]
+    graph["3"]["inputs"].update(bank=["1", 0], concept_name="cup", new_token="<my cup>")
+    result = run_graph(graph, prompt_id="edit-library-bad")
+    assert not result.success and "must be one word" in str(result.messages)
+    assert (Path(folder_paths.get_folder_paths("r2moe")[0]) / "library.safetensors").read_bytes() == before
