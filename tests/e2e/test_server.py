@@ -100,3 +100,17 @@ def test_remove_and_rename_over_http(server):
     assert "'mug' is now 'cup', written <cup1>" in entry["outputs"]["2"]["text"][0]
     assert entry["outputs"]["3"]["text"][0] == "removed 'cup'"
     assert (Path(server.base) / "models" / "r2moe" / "edited_over_http.safetensors").is_file()
+
+
+def test_export_concept_over_http(server):
+    if not (Path(server.base) / "models" / "r2moe" / "trained_over_http.safetensors").is_file():
+        pytest.skip("needs the bank test_training_a_concept_over_http saves")
+    entry = server.run({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT_NAME}},
+        "2": {"class_type": "R2MoELoadBank", "inputs": {"bank_name": "trained_over_http.safetensors"}},
+        "3": {"class_type": "R2MoEExportConcept", "inputs": {"clip": ["1", 1], "bank": ["2", 0],
+                                                             "concept_name": "mug", "prompt": "", "file_name": ""}},
+    }, timeout=120)
+    assert "embedding:mug1" in entry["outputs"]["3"]["text"][0]
+    assert (Path(server.base) / "models" / "loras" / "mug.safetensors").is_file()
+    assert (Path(server.base) / "models" / "embeddings" / "mug1.safetensors").is_file()

@@ -164,3 +164,28 @@ def test_bank_for_other_weights_is_refused_unless_allowed(host, tiny, concept_ba
         apply(other_model, tiny[1], concept_bank)
     patched, _ = apply(other_model, tiny[1], concept_bank, allow_other_weights=True)
     assert find_runtime(patched).bank is concept_bank
+
+
+def test_an_exported_concept_draws_the_same_through_stock_loralora_and_an_embedding(host, tiny, concept_bank):
+    """R2MoE Export Concept, then only stock nodes: LoraLoader with the written file and `embedding:dog1` in the
+    prompt give the bank's image of that prompt (CFG 1: the bank leaves the negative prompt alone)."""
+    import folder_paths
+
+    model, clip, _ = tiny
+    prompt = "a photo of <dog1> dog on the grass"
+    (report,) = call_node("R2MoEExportConcept", clip=clip, bank=concept_bank, concept_name="dog", prompt=prompt,
+                          file_name="dog_export", overwrite=True)
+    assert "use: LoraLoader dog_export.safetensors" in report and "embedding:dog1" in report
+    folder_paths.filename_list_cache.clear()
+    lora_model, lora_clip = call_node("LoraLoader", model=model, clip=clip, lora_name="dog_export.safetensors",
+                                      strength_model=1.0, strength_clip=0.0)
+    patched, patched_clip = apply(model, clip, concept_bank)
+    via_bank = sample(patched, patched_clip, prompt, cfg=1.0)
+    via_stock = sample(lora_model, lora_clip, "a photo of embedding:dog1 dog on the grass", cfg=1.0)
+    plain = sample(model, clip, "a photo of dog dog on the grass", cfg=1.0)
+    effect, mismatch = (via_bank - plain).abs().max().item(), (via_stock - via_bank).abs().max().item()
+    assert effect > 0.05, "the concept must change the image, or the comparison proves nothing"
+    assert mismatch < 1e-3 * max(1.0, effect), f"stock LoRA + embedding vs bank differ by {mismatch} ({effect})"
+    with pytest.raises(host.core.InvalidInputError, match="exists; choose another file_name or enable overwrite"):
+        call_node("R2MoEExportConcept", clip=clip, bank=concept_bank, concept_name="dog", prompt=prompt,
+                  file_name="dog_export")

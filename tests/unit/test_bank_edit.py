@@ -7,6 +7,7 @@ import torch
 
 import r2moe_core as core
 from r2moe_core.moe.bank_edit import removal_summary
+from r2moe_core.moe.concept_export import kohya_lora_key, mixture_as_lora
 from r2moe_testkit.banks import add_random_concept
 
 
@@ -61,3 +62,30 @@ def test_rename_and_new_token_with_the_training_checks(library):
                             ({}, "both are unchanged")]:
         with pytest.raises(core.InvalidInputError, match=message):
             core.rename_concept(library, "dog", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("projection", "key"),
+    [
+        ("input_blocks.1.1.T.to_k", "down_blocks_0_attentions_0_T_to_k"),
+        ("input_blocks.8.1.T.to_v", "down_blocks_2_attentions_1_T_to_v"),
+        ("middle_block.1.T.to_k", "mid_block_attentions_0_T_to_k"),
+        ("output_blocks.3.1.T.to_k", "up_blocks_1_attentions_0_T_to_k"),
+        ("output_blocks.11.1.T.to_v", "up_blocks_3_attentions_2_T_to_v"),
+    ],
+)
+def test_exported_lora_keys_are_the_names_kohya_writes_for_sd1(projection, key):
+    full = ".transformer_blocks.0.attn2"
+    assert kohya_lora_key(projection.replace(".T", full)) == "lora_unet_" + key.replace("_T", full.replace(".", "_"))
+
+
+def test_an_exported_mixture_is_the_sum_of_the_selected_experts(library):
+    weights = torch.zeros(library.num_experts, len(library.layers), 2)
+    weights[1, :, :], weights[3, :, 0] = 0.7, 0.3  # dog everywhere, cat in the K halves
+    lora = mixture_as_lora(library, weights)
+    name = library.projection_names()[0]  # a K projection
+    key = kohya_lora_key(name)
+    delta = lora[f"{key}.lora_up.weight"] @ lora[f"{key}.lora_down.weight"]
+    experts = library.projections[name].experts
+    expected = sum(c * (experts[t].up.T @ experts[t].down.T) for t, c in ((1, 0.7), (3, 0.3)))
+    assert torch.allclose(delta, expected, atol=1e-6) and lora[f"{key}.alpha"].item() == 2 * library.config.rank
