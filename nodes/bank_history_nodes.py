@@ -12,7 +12,7 @@ from ..r2moe_core.bank.bank_file import DEFAULT_KEEP_VERSIONS, load_bank
 from ..r2moe_core.bank.bank_history import bank_versions, restore_version
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
-from .model_folders import bank_files, bank_path
+from .model_folders import bank_files, bank_name_check, bank_path
 from .types import Bank
 
 CATEGORY = "R2MoE"
@@ -57,11 +57,7 @@ class R2MoEBankHistory(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, bank_name: str) -> bool | str:
-        try:
-            bank_path(bank_name)
-        except InvalidInputError as err:
-            return str(err)
-        return True
+        return bank_name_check(bank_name)
 
     @classmethod
     def execute(cls, bank_name, restore="", keep_versions=DEFAULT_KEEP_VERSIONS) -> io.NodeOutput:

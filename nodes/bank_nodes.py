@@ -18,7 +18,7 @@ from ..r2moe_core.moe.gate_map import gate_heatmap, gate_summary, prompt_gate_we
 from ..r2moe_core.moe.pruning import prune_bank
 from .bank_patch import apply_bank
 from .clip_tokens import clip_with_concepts, encode_prompt
-from .model_folders import bank_dir, bank_files, bank_path
+from .model_folders import bank_dir, bank_files, bank_name_check, bank_path
 from .model_inspection import check_clip_serves, model_fingerprint
 from .types import BANK_TIP, Bank
 
@@ -87,12 +87,7 @@ class R2MoELoadBank(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, bank_name: str) -> bool | str:
-        # The pinned host does not check combo values: a posted name outside the list must not reach the loader.
-        try:
-            bank_path(bank_name)
-        except InvalidInputError as err:
-            return str(err)
-        return True
+        return bank_name_check(bank_name)
 
     @classmethod
     def execute(cls, bank_name) -> io.NodeOutput:

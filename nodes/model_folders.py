@@ -66,6 +66,15 @@ def bank_path(name: str) -> str:
     return path
 
 
+def bank_name_check(name: str) -> bool | str:
+    """`validate_inputs` for a bank_name combo: the pinned host does not check posted combo values itself."""
+    try:
+        bank_path(name)
+    except InvalidInputError as err:
+        return str(err)
+    return True
+
+
 def bank_dir() -> str:
     return folder_paths.get_folder_paths(BANK_FOLDER)[0]
 
