@@ -50,15 +50,26 @@ def kept_versions(path: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _renumber_versions(path: Path, keep_versions: int) -> None:
+    """Make room for a new `.bak`: the kept versions, newest first, become `.bak2`, `.bak3`, ... in order, and
+    those past `keep_versions` are dropped. A save killed between two renames leaves a gap in the numbers (say
+    `.bak2` and `.bak3` but no `.bak`); renumbering by rank instead of by age closes it on the next save."""
+    found = kept_versions(path)
+    for _age, old in found[max(keep_versions - 1, 0):]:
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
+    found = found[: max(keep_versions - 1, 0)]
+    moves = [(old, age, rank + 2) for rank, (age, old) in enumerate(found)]
+    # Those moving down (after a gap) go first, newest first; then those moving up by one, oldest first: each
+    # rename's target is then free, so no version overwrites another.
+    for old, _age, target in [m for m in moves if m[2] < m[1]] + [m for m in reversed(moves) if m[2] > m[1]]:
+        os.replace(old, backup_path(path, target))
+
+
 def _keep_current_as_version(path: Path, keep_versions: int) -> None:
-    """Shift `.bak` -> `.bak2` -> ... (dropping those past `keep_versions`), then copy `path` to `.bak`. Each
-    step is one atomic rename, so a crash in between loses at most the oldest version."""
-    for age, old in reversed(kept_versions(path)):
-        if age >= keep_versions:
-            with contextlib.suppress(FileNotFoundError):
-                old.unlink()
-        else:
-            os.replace(old, backup_path(path, age + 1))
+    """Renumber the kept versions, then copy `path` to `.bak`. Each step is one atomic rename, so a crash in
+    between loses at most the oldest version and never the file itself."""
+    _renumber_versions(path, keep_versions)
     bak_tmp = path.with_name(f".{path.name}.{os.getpid()}.bak.tmp")
     try:
         shutil.copy2(path, bak_tmp)

@@ -31,6 +31,20 @@ def test_each_save_keeps_the_last_n_versions_newest_first(empty_bank, tmp_path):
     assert concepts(core.bank_versions(path)) == [("g",), ("eeeee",)]
 
 
+@pytest.mark.parametrize("left", [(2, 3), (1, 3), (3,), (2, 5, 9)], ids=str)
+def test_a_save_killed_mid_rotation_leaves_gaps_the_next_save_closes_in_order(empty_bank, tmp_path, left):
+    path = tmp_path / "bank.safetensors"
+    saves(empty_bank, path, ["now"])
+    for rank, age in enumerate(left):  # the versions a killed save left, newest first, with gaps in the numbers
+        atomic_write.backup_path(path, age).write_bytes(path.read_bytes().replace(b"now", b"v%02d" % rank))
+    saves(empty_bank, path, ["new"])
+    versions = core.bank_versions(path)
+    assert [v.path.name for v in versions[1:]] == ["bank.safetensors.bak", "bank.safetensors.bak2",
+                                                   "bank.safetensors.bak3"][: 1 + min(len(left), 2)]
+    older = [v.path.read_bytes() for v in versions[2:]]  # shifted in order, none overwritten by another
+    assert [b"v%02d" % rank in data for rank, data in enumerate(older)] == [True] * len(older)
+
+
 def test_restore_by_digest_is_undoable_and_idempotent(empty_bank, tmp_path):
     path = tmp_path / "bank.safetensors"
     saves(empty_bank, path, ["a", "bb", "ccc"])
