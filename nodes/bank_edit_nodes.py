@@ -1,12 +1,21 @@
-"""Bank editing nodes: remove a concept, rename a concept or change its trigger token. Thin adapters over
-r2moe_core.moe.bank_edit; the bank that comes in is never modified (save the one that comes out)."""
+"""Bank editing nodes: remove a concept, rename a concept or change its trigger token, merge two banks. Thin
+adapters over r2moe_core.moe.bank_edit and bank_merge; the banks that come in are never modified (save the one
+that comes out)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from comfy_api.latest import io, ui
 
 from ..r2moe_core.log import LOGGER
 from ..r2moe_core.moe.bank_edit import removal_summary, remove_concept, rename_concept
+from ..r2moe_core.moe.bank_merge import CLASH_MODES, check_mergeable, merge_banks
+from ..r2moe_core.moe.routing import gate_input
+from ..r2moe_core.moe.routing_update import plain_prompts
+from .clip_tokens import encode_prompt
+from .model_inspection import check_clip_serves
 from .types import BANK_TIP, Bank
 
 CATEGORY = "R2MoE"
@@ -71,4 +80,65 @@ class R2MoERenameConcept(io.ComfyNode):
         return io.NodeOutput(renamed, ui=ui.PreviewText(text))
 
 
-BANK_EDIT_NODES: list[type[io.ComfyNode]] = [R2MoERemoveConcept, R2MoERenameConcept]
+def plain_gate_inputs(clip: Any, class_words: list[str]) -> torch.Tensor:
+    """[J, D] gate inputs of the prompts no concept should take over (the empty prompt, `photo of a <class>`)."""
+    with torch.no_grad():
+        return torch.cat([gate_input(encode_prompt(clip, text)) for text in plain_prompts(class_words)]).cpu()
+
+
+class R2MoEMergeBanks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="R2MoEMergeBanks",
+            display_name="R2MoE Merge Banks",
+            category=CATEGORY,
+            description=(
+                "One bank with the concepts of two banks made for the same checkpoint (a friend's bank, or two "
+                "copies trained apart). Experts and tokens carry over unchanged; the gate is refitted so every "
+                "concept routes at its own prompt as in its own bank (mixture change reported, typically < 1e-5) "
+                "and the other bank's experts stay out of it. Concepts found in both banks are kept once."
+            ),
+            inputs=[
+                Bank.Input("bank_a", tooltip="The bank to add to; its settings and task numbers are kept."),
+                Bank.Input("bank_b", tooltip="The bank whose concepts join bank A."),
+                io.Combo.Input(
+                    "on_clash", options=list(CLASH_MODES), default=CLASH_MODES[0],
+                    tooltip="When a concept of bank B has the name or trigger token of a different concept of A: "
+                    "refuse, or rename the incoming one ('dog 2', <dog1_2>; the report says what to write).",
+                ),
+                io.Clip.Input(
+                    "clip", optional=True,
+                    tooltip="The checkpoint's CLIP: with it, plain prompts ('photo of a dog', the empty prompt) "
+                    "keep their routing in both banks too. Without it only the concepts' own prompts are held.",
+                ),
+            ],
+            outputs=[
+                Bank.Output(display_name="bank", tooltip="The merged bank (save it to keep it)."),
+                io.String.Output(display_name="report", tooltip="What came from where, renames, mixture change."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, on_clash: str = CLASH_MODES[0], **_: Any) -> bool | str:
+        if on_clash not in CLASH_MODES:
+            return f"on_clash must be one of {', '.join(CLASH_MODES)}, got {str(on_clash)[:100]!r}."
+        return True
+
+    @classmethod
+    def execute(cls, bank_a, bank_b, on_clash=CLASH_MODES[0], clip=None) -> io.NodeOutput:
+        check_mergeable(bank_a, bank_b)  # before any text encoding
+        protected = None
+        if clip is not None:
+            check_clip_serves(bank_a, clip)
+            words = sorted({c.class_word for c in (*bank_a.concepts, *bank_b.concepts)})
+            protected = plain_gate_inputs(clip, words)
+        merged, report = merge_banks(bank_a, bank_b, on_clash, protected)
+        text = report.summary()
+        if clip is None:
+            text += "\n  no CLIP connected: plain prompts were not held (connect one to keep their routing too)"
+        LOGGER.info("R2MoE: %s", text.replace("\n", ";"))
+        return io.NodeOutput(merged, text, ui=ui.PreviewText(text))
+
+
+BANK_EDIT_NODES: list[type[io.ComfyNode]] = [R2MoERemoveConcept, R2MoERenameConcept, R2MoEMergeBanks]

@@ -48,6 +48,7 @@ from .compose.rule_planner import RuleBasedPlanner
 from .errors import BankFormatError, BankMismatchError, InvalidInputError, R2MoEError
 from .log import LOGGER
 from .moe.bank_edit import MixtureChange, concept_mixtures, remove_concept, rename_concept
+from .moe.bank_merge import MergeReport, merge_banks
 from .moe.delta_cache import BankRuntime
 from .moe.gate_map import gate_heatmap, gate_summary, prompt_gate_weights
 from .moe.pruning import PruneReport, new_expert_coefficients, new_expert_shares, prune_bank, prune_task
@@ -86,6 +87,7 @@ __all__ = [
     "LayerSpec",
     "Layout",
     "LoraExpert",
+    "MergeReport",
     "MixtureChange",
     "ModelFingerprint",
     "Planner",
@@ -131,6 +133,7 @@ __all__ = [
     "load_concept_folder",
     "loss_curve",
     "make_captions",
+    "merge_banks",
     "mixture_coefficients",
     "new_expert_coefficients",
     "new_expert_shares",

@@ -19,6 +19,8 @@ TYPICAL = {
     "R2MoERemoveConcept": "R2MoE Load Bank → **R2MoE Remove Concept** → R2MoE Save Bank (same name: the old file is "
     "kept as a version)",
     "R2MoERenameConcept": "R2MoE Load Bank → **R2MoE Rename Concept** → R2MoE Save Bank",
+    "R2MoEMergeBanks": "R2MoE Load Bank (A) + R2MoE Load Bank (B) + Load Checkpoint (CLIP) → **R2MoE Merge Banks** "
+    "→ R2MoE Save Bank",
     "R2MoEExportConcept": "Load Checkpoint (CLIP) + R2MoE Load Bank → **R2MoE Export Concept**; then, anywhere: "
     "LoraLoader (the written file) → KSampler, prompt `a photo of embedding:dog1 dog`",
     "R2MoEBankHistory": "**R2MoE Bank History** (queue it to list the versions; paste a digest into restore and "

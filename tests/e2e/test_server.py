@@ -114,3 +114,18 @@ def test_export_concept_over_http(server):
     assert "embedding:mug1" in entry["outputs"]["3"]["text"][0]
     assert (Path(server.base) / "models" / "loras" / "mug.safetensors").is_file()
     assert (Path(server.base) / "models" / "embeddings" / "mug1.safetensors").is_file()
+
+
+def test_merge_banks_over_http(server):
+    """The bank trained over HTTP merged with itself: its concept is found in both and kept once."""
+    if not (Path(server.base) / "models" / "r2moe" / "trained_over_http.safetensors").is_file():
+        pytest.skip("needs the bank test_training_a_concept_over_http saves")
+    entry = server.run({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT_NAME}},
+        "2": {"class_type": "R2MoELoadBank", "inputs": {"bank_name": "trained_over_http.safetensors"}},
+        "3": {"class_type": "R2MoEMergeBanks", "inputs": {"bank_a": ["2", 0], "bank_b": ["2", 0],
+                                                          "on_clash": "refuse", "clip": ["1", 1]}},
+        "4": {"class_type": "R2MoESaveBank", "inputs": {"bank": ["3", 0], "name": "merged_over_http"}},
+    }, timeout=120)
+    assert "1 found in both and kept once (mug)" in entry["outputs"]["3"]["text"][0]
+    assert (Path(server.base) / "models" / "r2moe" / "merged_over_http.safetensors").is_file()

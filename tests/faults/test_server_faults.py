@@ -140,8 +140,13 @@ def _planner(planner: str) -> dict:
         (lambda: {"1": {"class_type": "R2MoELoadBank", "inputs": {"bank_name": "../../secrets.safetensors"}},
                   "2": {"class_type": "R2MoEBankInfo", "inputs": {"bank": ["1", 0]}}}, "1",
          "is not a bank in models/r2moe"),
+        (lambda: {**training_graph(TINY_CKPT_NAME, "", "unused"),
+                  "3": {"class_type": "R2MoEMergeBanks", "inputs": {"bank_a": ["2", 0], "bank_b": ["2", 0],
+                                                                    "on_clash": "overwrite"}},
+                  "4": {"class_type": "R2MoESaveBank", "inputs": {"bank": ["3", 0], "name": "never"}}}, "3",
+         "on_clash must be one of refuse, rename incoming, got 'overwrite'"),
     ],
-    ids=["sampler", "planner", "optimizer", "bank-name"],
+    ids=["sampler", "planner", "optimizer", "bank-name", "merge-clash"],
 )
 def test_posted_values_outside_a_list_are_refused_when_queued(server, graph, node, expected):
     """The pinned host does not check combo values itself: an API client's typo is named before anything runs."""

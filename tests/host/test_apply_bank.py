@@ -1,6 +1,8 @@
-"""R2MoEApplyBank on the real host: identity, LoRA equivalence, caching, composition, cloning, refusals."""
+"""R2MoEApplyBank on the real host: identity, LoRA equivalence, caching, composition, cloning, merging, refusals."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -189,3 +191,40 @@ def test_an_exported_concept_draws_the_same_through_stock_loralora_and_an_embedd
     with pytest.raises(host.core.InvalidInputError, match="exists; choose another file_name or enable overwrite"):
         call_node("R2MoEExportConcept", clip=clip, bank=concept_bank, concept_name="dog", prompt=prompt,
                   file_name="dog_export")
+
+
+def with_prompt_gate_inputs(model, clip, bank, prompts):
+    """The bank with each concept's stored gate input taken from its real prompt, as training stores it."""
+    _, patched_clip = apply(model, clip, bank)
+    concepts = tuple(replace(c, gate_input=encode(patched_clip, prompts[c.name])[0][0].float().mean(dim=1)[0])
+                     for c in bank.concepts)
+    return replace(bank, concepts=concepts)
+
+
+def test_merged_banks_draw_each_concept_as_its_own_bank_did(host, tiny, empty_bank):
+    """Two banks learned apart on one checkpoint, merged: each concept's image equals its own bank's image, while
+    the plain union of the two (gate columns copied as they were) changes it."""
+    model, clip, _ = tiny
+    prompts = {"dog": "a photo of <dog1> dog", "mug": "a photo of <mug1> mug", "owl": "a photo of <owl1> bird"}
+    bank_a = add_random_concept(host.core, empty_bank, "dog", "<dog1>", seed=1, scale=0.2)
+    bank_a = with_prompt_gate_inputs(model, clip, add_random_concept(host.core, bank_a, "mug", "<mug1>", seed=2,
+                                                                     scale=0.2), prompts)
+    bank_b = with_prompt_gate_inputs(model, clip, add_random_concept(host.core, empty_bank, "owl", "<owl1>", seed=3,
+                                                                     scale=0.2), prompts)
+    merged, report = call_node("R2MoEMergeBanks", bank_a=bank_a, bank_b=bank_b, on_clash="refuse", clip=clip)
+    assert "2 concept(s) from bank A, 1 from bank B" in report and [c.task for c in merged.concepts] == [1, 2, 3]
+    for name, source in (("dog", bank_a), ("mug", bank_a), ("owl", bank_b)):
+        before = sample(*apply(model, clip, source), prompts[name])
+        after = sample(*apply(model, clip, merged), prompts[name])
+        plain = sample(model, clip, prompts[name].replace(source.concept_by_name(name).token + " ", ""))
+        effect, mismatch = (before - plain).abs().max().item(), (after - before).abs().max().item()
+        assert effect > 0.05 and mismatch < 1e-3 * effect, f"{name}: merged differs by {mismatch} ({effect})"
+    union = replace(merged, projections={
+        n: replace(p, experts={**p.experts, 3: replace(p.experts[3], gate=bank_b.projections[n].experts[1].gate)})
+        for n, p in merged.projections.items()})
+    before, after = sample(*apply(model, clip, bank_a), prompts["dog"]), sample(*apply(model, clip, union),
+                                                                                prompts["dog"])
+    assert (after - before).abs().max().item() > 1e-2, "unfitted, the owl expert bleeds into the dog's image"
+    with pytest.raises(host.core.InvalidInputError, match="clashes with bank A's 'dog'"):
+        call_node("R2MoEMergeBanks", bank_a=bank_a, bank_b=add_random_concept(host.core, empty_bank, "dog",
+                                                                              "<dog1>", seed=9), on_clash="refuse")
