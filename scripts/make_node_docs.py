@@ -23,6 +23,8 @@ TYPICAL = {
     "→ R2MoE Save Bank",
     "R2MoEExportConcept": "Load Checkpoint (CLIP) + R2MoE Load Bank → **R2MoE Export Concept**; then, anywhere: "
     "LoraLoader (the written file) → KSampler, prompt `a photo of embedding:dog1 dog`",
+    "R2MoEImportLoRA": "Load Checkpoint (CLIP) + R2MoE Load Bank → **R2MoE Import LoRA** (a file from models/loras, "
+    "trigger <wc1>) → R2MoE Save Bank; then R2MoE Apply Bank and `a <wc1> painting of a harbour`",
     "R2MoEBankHistory": "**R2MoE Bank History** (queue it to list the versions; paste a digest into restore and "
     "queue again to bring that version back) → R2MoE Apply Bank",
     "R2MoEApplyBank": "Load Checkpoint + R2MoE Load Bank → **R2MoE Apply Bank** → MODEL to KSampler, CLIP to CLIP "

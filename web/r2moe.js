@@ -10,7 +10,7 @@ const { api } = window.comfyAPI?.api ?? (await import("../../scripts/api.js"));
 const REPORT_NODES = new Set([
   "R2MoEBankInfo", "R2MoEBankHistory", "R2MoESaveBank", "R2MoEPruneBank", "R2MoETrainConcept", "R2MoEGateMap",
   "R2MoELayoutPlanner", "R2MoERemoveConcept", "R2MoERenameConcept", "R2MoEExportConcept",
-  "R2MoEMergeBanks",
+  "R2MoEMergeBanks", "R2MoEImportLoRA",
 ]);
 const EDITOR_NODE = "R2MoELayoutFromJSON";
 const PLAN_NODE = "R2MoELayoutPlanner";

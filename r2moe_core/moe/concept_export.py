@@ -19,13 +19,12 @@ from ..errors import InvalidInputError
 _SD1_BLOCK = re.compile(r"^(input_blocks|middle_block|output_blocks)\.?(\d*)\.1\.(transformer_blocks\.\d+\..+)$")
 
 
-def kohya_lora_key(projection: str) -> str:
-    """The key most SD tools read for an SD1.x UNet projection (diffusers block names, as kohya's trainer writes
-    them): `input_blocks.1.1.transformer_blocks.0.attn2.to_k` -> `lora_unet_down_blocks_0_attentions_0_...`.
-    Layouts it does not know keep ComfyUI's own names (which ComfyUI reads too)."""
+def diffusers_path(projection: str) -> str | None:
+    """The diffusers module path of an SD1.x UNet projection (`input_blocks.1.1.transformer_blocks.0.attn2.to_k`
+    -> `down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k`), None for layouts it does not know."""
     match = _SD1_BLOCK.match(projection)
     if match is None:
-        return "lora_unet_" + projection.replace(".", "_")
+        return None
     block, index, rest = match.group(1), match.group(2), match.group(3)
     if block == "middle_block":
         prefix = "mid_block.attentions.0"
@@ -33,7 +32,14 @@ def kohya_lora_key(projection: str) -> str:
         prefix = f"down_blocks.{(int(index) - 1) // 3}.attentions.{(int(index) - 1) % 3}"
     else:
         prefix = f"up_blocks.{int(index) // 3}.attentions.{int(index) % 3}"
-    return "lora_unet_" + f"{prefix}.{rest}".replace(".", "_")
+    return f"{prefix}.{rest}"
+
+
+def kohya_lora_key(projection: str) -> str:
+    """The key most SD tools read for an SD1.x UNet projection (diffusers block names, as kohya's trainer writes
+    them): `input_blocks.1.1.transformer_blocks.0.attn2.to_k` -> `lora_unet_down_blocks_0_attentions_0_...`.
+    Layouts it does not know keep ComfyUI's own names (which ComfyUI reads too)."""
+    return "lora_unet_" + (diffusers_path(projection) or projection).replace(".", "_")
 
 
 def mixture_as_lora(bank: ExpertBank, weights: torch.Tensor, strength: float = 1.0) -> dict[str, torch.Tensor]:

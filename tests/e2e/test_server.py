@@ -129,3 +129,20 @@ def test_merge_banks_over_http(server):
     }, timeout=120)
     assert "1 found in both and kept once (mug)" in entry["outputs"]["3"]["text"][0]
     assert (Path(server.base) / "models" / "r2moe" / "merged_over_http.safetensors").is_file()
+
+
+def test_import_lora_over_http(server):
+    """The LoRA the export test wrote (models/loras/mug.safetensors) comes back in as a new gated concept."""
+    if not (Path(server.base) / "models" / "loras" / "mug.safetensors").is_file():
+        pytest.skip("needs the LoRA test_export_concept_over_http writes")
+    entry = server.run({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT_NAME}},
+        "2": {"class_type": "R2MoELoadBank", "inputs": {"bank_name": "trained_over_http.safetensors"}},
+        "3": {"class_type": "R2MoEImportLoRA", "inputs": {
+            "clip": ["1", 1], "bank": ["2", 0], "lora_name": "mug.safetensors", "concept_name": "mug again",
+            "trigger_token": "<mug2>", "class_word": "mug", "example_prompts": "", "strength": 1.0,
+            "prune_threshold": 0.4}},
+        "4": {"class_type": "R2MoESaveBank", "inputs": {"bank": ["3", 0], "name": "imported_over_http"}},
+    }, timeout=120)
+    assert "imported as 'mug again' (<mug2>)" in entry["outputs"]["3"]["text"][0]
+    assert (Path(server.base) / "models" / "r2moe" / "imported_over_http.safetensors").is_file()

@@ -145,8 +145,15 @@ def _planner(planner: str) -> dict:
                                                                     "on_clash": "overwrite"}},
                   "4": {"class_type": "R2MoESaveBank", "inputs": {"bank": ["3", 0], "name": "never"}}}, "3",
          "on_clash must be one of refuse, rename incoming, got 'overwrite'"),
+        (lambda: {**training_graph(TINY_CKPT_NAME, "", "unused"),
+                  "3": {"class_type": "R2MoEImportLoRA", "inputs": {
+                      "clip": ["1", 1], "bank": ["2", 0], "lora_name": "../../secret.safetensors",
+                      "concept_name": "x", "trigger_token": "<x1>", "class_word": "", "example_prompts": "",
+                      "strength": 1.0, "prune_threshold": 0.4}},
+                  "4": {"class_type": "R2MoESaveBank", "inputs": {"bank": ["3", 0], "name": "never"}}}, "3",
+         "is not in models/loras"),
     ],
-    ids=["sampler", "planner", "optimizer", "bank-name", "merge-clash"],
+    ids=["sampler", "planner", "optimizer", "bank-name", "merge-clash", "lora-name"],
 )
 def test_posted_values_outside_a_list_are_refused_when_queued(server, graph, node, expected):
     """The pinned host does not check combo values itself: an API client's typo is named before anything runs."""

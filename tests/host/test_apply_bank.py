@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -228,3 +229,65 @@ def test_merged_banks_draw_each_concept_as_its_own_bank_did(host, tiny, empty_ba
     with pytest.raises(host.core.InvalidInputError, match="clashes with bank A's 'dog'"):
         call_node("R2MoEMergeBanks", bank_a=bank_a, bank_b=add_random_concept(host.core, empty_bank, "dog",
                                                                               "<dog1>", seed=9), on_clash="refuse")
+
+
+def write_community_lora(host, bank, path, rank=4, seed=11):
+    """A kohya-style LoRA for the tiny model: K/V of every text cross-attention plus tensors the bank ignores."""
+    from safetensors.torch import save_file
+
+    from r2moe_core.moe.concept_export import kohya_lora_key
+
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in bank.layers:
+        for proj in host.core.PROJECTIONS:
+            key = kohya_lora_key(f"{layer.name}.{proj}")
+            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, layer.in_dim, generator=gen) * 0.1
+            tensors[f"{key}.lora_up.weight"] = torch.randn(layer.out_dim, rank, generator=gen) * 0.1
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+            q_key = key.replace("attn2_to_k", "attn1_to_q").replace("attn2_to_v", "attn1_to_v")
+            tensors[f"{q_key}.lora_down.weight"] = torch.zeros(rank, layer.out_dim)  # a no-op the loader reads
+            tensors[f"{q_key}.lora_up.weight"] = torch.zeros(layer.out_dim, rank)
+    save_file(tensors, str(path))
+
+
+def test_an_imported_lora_draws_like_the_stock_loader_for_its_trigger_and_old_concepts_keep_theirs(
+        host, tiny, empty_bank):
+    """Stock LoraLoader at strength 1 with the trigger's vector as an embedding is the reference: the bank draws
+    it for trigger prompts (also ones not among the examples) and leaves other prompts' images alone."""
+    import folder_paths
+    from safetensors.torch import save_file
+
+    model, clip, _ = tiny
+    prompts = {"dog": "a photo of <dog1> dog"}
+    bank = with_prompt_gate_inputs(model, clip, add_random_concept(host.core, empty_bank, "dog", "<dog1>", seed=1,
+                                                                   scale=0.2), prompts)
+    write_community_lora(host, bank, Path(folder_paths.get_folder_paths("loras")[0]) / "community.safetensors")
+    folder_paths.filename_list_cache.clear()
+    grown, report = call_node(
+        "R2MoEImportLoRA", clip=clip, bank=bank, lora_name="community.safetensors", concept_name="style",
+        trigger_token="<sty1>", class_word="cat", example_prompts="a photo of <sty1> cat\n<sty1> cat on a sofa",
+        strength=1.0, prune_threshold=0.4)
+    assert "32/32 text cross-attention K/V projections (LoRA rank 4)" in report and "self-attention 64" in report
+    lora_model, lora_clip = call_node("LoraLoader", model=model, clip=clip, lora_name="community.safetensors",
+                                      strength_model=1.0, strength_clip=0.0)
+    save_file({"emb_params": grown.concept_by_name("style").embedding},  # the token as a stock embedding file
+              str(Path(folder_paths.get_folder_paths("embeddings")[0]) / "sty1.safetensors"))
+    patched = apply(model, clip, grown)
+    # An example prompt, then two it never saw: the gate's fit generalises, not quite as exactly
+    for trigger, tolerance in (("a photo of <sty1> cat", 0.01), ("<sty1> cat in the snow", 0.02),
+                               ("a <sty1> painting of a harbour", 0.02)):
+        stock_text = trigger.replace("<sty1>", "embedding:sty1")
+        via_bank, via_stock = sample(*patched, trigger, cfg=1.0), sample(lora_model, lora_clip, stock_text, cfg=1.0)
+        plain = sample(model, clip, stock_text, cfg=1.0)
+        effect, mismatch = (via_stock - plain).abs().max().item(), (via_bank - via_stock).abs().max().item()
+        assert effect > 0.05 and mismatch < tolerance * effect, f"{trigger}: {mismatch} of {effect}"
+    # Protected prompts (the old concept's, the plain class prompt) keep their images: the imported expert scores
+    # -8 there (share <= e^-8). Other prompts without the trigger: its score there is not pinned, only low.
+    for text, tolerance in ((prompts["dog"], 2e-3), ("photo of a cat", 2e-3), ("a photo of a cat", 0.02),
+                            ("a cat in the snow", 0.02)):
+        before, after = sample(*apply(model, clip, bank), text, cfg=1.0), sample(*patched, text, cfg=1.0)
+        assert (after - before).abs().max().item() < tolerance * effect, text
+    with pytest.raises(host.core.InvalidInputError, match="must contain the trigger token <sty1>"):
+        call_node("R2MoEImportLoRA", clip=clip, bank=bank, lora_name="community.safetensors", concept_name="style",
+                  trigger_token="<sty1>", class_word="cat", example_prompts="a cat", strength=1.0)
