@@ -45,7 +45,8 @@ def generate(checkpoint: Path, captions: list[str], steps: int, cfg: float) -> l
         for start in range(0, len(captions), 32):
             context = text(captions[start:start + 32])
             with unet.fixed_contexts():
-                latents = sample(lambda x, t, c: unet(x, t, c), context, empty, steps=steps, cfg=cfg)
+                latents = sample(lambda x, t, c: unet(x, t, c), context, empty, steps=steps, cfg=cfg,
+                                 latent_size=SIZE // 8)
             decoded = vae.decode(latents / LATENT_SCALE).permute(0, 2, 3, 1)
             images += list((decoded * 255).round().byte().numpy())
     return images

@@ -16,7 +16,7 @@ from ..r2moe_core.moe.routing import gate_input
 from ..r2moe_core.moe.routing_update import plain_prompts
 from .clip_tokens import encode_prompt
 from .model_inspection import check_clip_serves
-from .types import BANK_TIP, Bank
+from .types import BANK_TIP, Bank, schema_extras
 
 CATEGORY = "R2MoE"
 
@@ -91,6 +91,7 @@ class R2MoEMergeBanks(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="R2MoEMergeBanks",
+            **schema_extras(["combine banks", "join banks"]),
             display_name="R2MoE Merge Banks",
             category=CATEGORY,
             description=(

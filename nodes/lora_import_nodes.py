@@ -20,7 +20,7 @@ from ..r2moe_core.moe.routing_update import plain_prompts
 from .clip_tokens import ConceptTokenizer, clip_with_concepts, encode_prompt
 from .model_inspection import check_clip_serves
 from .training_host import class_word_embedding
-from .types import BANK_TIP, Bank
+from .types import BANK_TIP, Bank, schema_extras
 
 CATEGORY = "R2MoE"
 LORA_FOLDER = "loras"
@@ -71,6 +71,7 @@ class R2MoEImportLoRA(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="R2MoEImportLoRA",
+            **schema_extras(["lora to concept", "add lora to bank"]),
             display_name="R2MoE Import LoRA",
             category=CATEGORY,
             description=(

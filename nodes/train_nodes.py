@@ -21,7 +21,7 @@ from ..r2moe_core.train.trainer import DISTILL_MODES, OPTIMIZERS
 from .class_prior_host import class_prior
 from .model_inspection import check_bank_serves
 from .training_host import frames_released_on_failure, train_concept
-from .types import Bank
+from .types import Bank, advanced_input, schema_extras
 
 CATEGORY = "R2MoE"
 TIMED_STEPS = 5  # steps timed before the log says how long the run will take
@@ -71,6 +71,7 @@ class R2MoETrainConcept(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="R2MoETrainConcept",
+            **schema_extras(["dreambooth", "train lora", "personalize", "learn concept"]),
             display_name="R2MoE Train Concept",
             category=CATEGORY,
             description=(
@@ -102,19 +103,20 @@ class R2MoETrainConcept(io.ComfyNode):
                              tooltip="Training resolution in pixels (SD1.5: 512)."),
                 io.Float.Input("lr_experts", default=1e-4, min=0.0, max=1.0, step=1e-5,
                                tooltip="Learning rate of the new expert (reference: 1e-4)."),
-                io.Float.Input("lr_router", default=1e-2, min=0.0, max=1.0, step=1e-4,
+                io.Float.Input("lr_router", **advanced_input(), default=1e-2, min=0.0, max=1.0, step=1e-4,
                                tooltip="Learning rate of the gate, in gate-score units per step: the gate learns one "
                                        "score per expert and layer along this concept's own prompt (the paper's "
                                        "1e-4 is for a full router matrix and barely moves it)."),
-                io.Float.Input("lr_token", default=1e-3, min=0.0, max=1.0, step=1e-4,
+                io.Float.Input("lr_token", **advanced_input(), default=1e-3, min=0.0, max=1.0, step=1e-4,
                                tooltip="Learning rate of the trigger token's embedding (reference: 1e-3)."),
-                io.Float.Input("distill_lambda", default=1e-5, min=0.0, max=10.0, step=1e-6,
+                io.Float.Input("distill_lambda", **advanced_input(), default=1e-5, min=0.0, max=10.0, step=1e-6,
                                tooltip="Weight of routing distillation, which keeps old concepts routed as before."),
-                io.Combo.Input("distill_mode", options=list(DISTILL_MODES), default="exact",
+                io.Combo.Input("distill_mode", **advanced_input(), options=list(DISTILL_MODES), default="exact",
                                tooltip="exact: old concepts keep their gate scores exactly (the gate changes only "
                                        "along a direction that is zero on their prompts); soft: the reference "
                                        "penalty only; off: no distillation (for comparison)."),
-                io.Float.Input("new_expert_margin", default=8.0, min=0.0, max=50.0, step=0.5, optional=True,
+                io.Float.Input("new_expert_margin", **advanced_input(), default=8.0, min=0.0, max=50.0, step=0.5,
+                               optional=True,
                                tooltip="How far below the auxiliary expert the new expert scores on old concepts' "
                                        "prompts (exact mode) and on plain prompts without a trigger: its share "
                                        "there is at most e^-margin of the auxiliary expert's. 0 = it ties with the "
@@ -125,10 +127,11 @@ class R2MoETrainConcept(io.ComfyNode):
                                        "The paper thresholds the gate weight instead."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Same seed, same result (fixed: queuing again does not re-train)."),
-                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="AdamW", tooltip="Optimizer."),
+                io.Combo.Input("optimizer", **advanced_input(), options=list(OPTIMIZERS), default="AdamW",
+                               tooltip="Optimizer."),
                 io.Boolean.Input("replace_existing", default=False, optional=True,
                                  tooltip="Allow re-learning a concept name that is already in the bank."),
-                io.Boolean.Input("gradient_checkpointing", default=True, optional=True,
+                io.Boolean.Input("gradient_checkpointing", **advanced_input(), default=True, optional=True,
                                  tooltip="Recompute activations in the backward pass: much less memory, ~30% slower."),
                 io.Int.Input("preview_every", default=50, min=0, max=10000, optional=True,
                              tooltip="Show the loss curve as the node's preview every N steps (0: never)."),

@@ -101,9 +101,26 @@ def _identity(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def static_patcher(patcher: Any) -> Any:
+    """The patcher itself, or on hosts with dynamic VRAM (ComfyUI >= 0.38 on NVIDIA: `ModelPatcherDynamic`, which
+    streams weights and wraps only modules over 16 KB) its non-dynamic delegate: training needs every weight
+    resident and every comfy.ops layer wrappable. Feature-detected, so older hosts take the patcher as it is."""
+    is_dynamic = getattr(patcher, "is_dynamic", None)
+    if not (callable(is_dynamic) and is_dynamic()):
+        return patcher
+    try:
+        return patcher.get_non_dynamic_delegate()
+    except (AttributeError, RuntimeError) as err:
+        raise InvalidInputError(
+            f"This ComfyUI loads the model with dynamic VRAM and could not give a static copy for training ({err}). "
+            "Start ComfyUI with --disable-dynamic-vram (or load the checkpoint again) and queue once more."
+        ) from err
+
+
 def trainable_view(patcher: Any) -> Any:
-    """A clone of a ModelPatcher whose comfy.ops layers use non-inference copies of their weights."""
-    view = patcher.clone()
+    """A clone of a ModelPatcher (its static delegate on dynamic-VRAM hosts) whose comfy.ops layers use
+    non-inference copies of their weights."""
+    view = static_patcher(patcher).clone()
     for name, module in view.model.named_modules():
         if not hasattr(module, "weight_function"):
             continue
@@ -127,7 +144,8 @@ def class_word_embedding(clip: Any, word: str) -> torch.Tensor:
 
 def noise_predictor(patcher: Any) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """ε̂(x_t, σ, context) through a loaded ModelPatcher with its patches and wrappers, as sampling would run it."""
-    comfy.model_management.load_models_gpu([patcher], force_full_load=True)
+    with torch.inference_mode(False):  # weights cast or moved while loading must not become inference tensors
+        comfy.model_management.load_models_gpu([patcher], force_full_load=True)
     device, base_model = patcher.load_device, patcher.model
     options = dict(patcher.model_options.get("transformer_options", {}))
     options["wrappers"] = comfy.patcher_extension.merge_nested_dicts(options.get("wrappers", {}), patcher.wrappers)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-SIZE = 64  # pixels, as the benchmark's VAE expects
+import os
+
+# Pixels per side the world renders and the benchmark samples at (latents are 1/8 of it). 64 for world v2; world v3
+# is trained at 128, chosen with R2MOE_WORLD_SIZE=128 until it becomes the shipped default.
+SIZE = int(os.environ.get("R2MOE_WORLD_SIZE", "64"))
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

@@ -81,3 +81,27 @@ def test_expert_map_has_a_legend(host, bank):
     legend = (image[-32:] * 255).round().astype(np.int16)
     for colour in ((90, 200, 120), (80, 150, 230)):
         assert (np.abs(legend - np.array(colour)).sum(-1) == 0).any(), f"legend lacks {colour}"
+
+
+def test_newer_schema_fields_are_sent_only_to_hosts_that_take_them(host, monkeypatch):
+    """`search_aliases` (node search) and `advanced` inputs exist on newer ComfyUI only; the pinned host's io.Schema
+    would reject them, so they are feature-detected."""
+    import dataclasses
+    import types as pytypes
+
+    types = sys.modules[host.pack.__name__ + ".nodes.types"]
+    assert types.schema_extras(["dreambooth"]) == {} and types.advanced_input() == {}, "0.3.75 has neither"
+
+    @dataclasses.dataclass
+    class NewerSchema:
+        node_id: str
+        search_aliases: list = dataclasses.field(default_factory=list)
+
+    class NewerFloat:
+        class Input:
+            def __init__(self, id, advanced=False, **kwargs):  # noqa: A002
+                self.advanced = advanced
+
+    monkeypatch.setattr(types, "io", pytypes.SimpleNamespace(Schema=NewerSchema, Float=NewerFloat))
+    assert types.schema_extras(["dreambooth"]) == {"search_aliases": ["dreambooth"]}
+    assert types.advanced_input() == {"advanced": True}

@@ -315,3 +315,38 @@ def test_a_failed_training_run_leaves_no_dead_model_in_the_hosts_list(host, tmp_
         gc.collect()
         dead.append(sum(1 for m in comfy.model_management.current_loaded_models if m.is_dead()))
     assert dead == [0, 0, 0], f"dead loaded-model entries after each failed run: {dead}"
+
+
+def test_training_on_a_dynamic_vram_host_takes_the_static_delegate(host, tiny, empty):
+    """Newer ComfyUI loads models as ModelPatcherDynamic on NVIDIA GPUs (weights streamed, only modules over 16 KB
+    wrapped); training must run on its non-dynamic delegate. A stand-in with the same two methods: its own clone
+    refuses weight wrappers, as a dynamic patcher does for small modules, so training on it directly fails."""
+    model, clip, vae = tiny
+    calls = []
+
+    class DynamicStandIn(type(model)):
+        def is_dynamic(self):
+            return True
+
+        def get_non_dynamic_delegate(self):
+            calls.append(1)
+            return model.clone()
+
+        def add_weight_wrapper(self, *args, **kwargs):
+            raise AssertionError("weight wrappers on the dynamic patcher itself")
+
+    dynamic = model.clone()
+    dynamic.__class__ = DynamicStandIn
+    bank, _, report = call_node(
+        "R2MoETrainConcept", model=dynamic, clip=clip, vae=vae, bank=empty, concept_name="dyn",
+        trigger_token="<dyn1>", class_word="dog", images=pictures(5), **FAST)
+    assert calls and "learned 'dyn' as <dyn1>" in report and bank.num_tasks == 1
+
+    class NoDelegate(DynamicStandIn):
+        def get_non_dynamic_delegate(self):
+            raise RuntimeError("Cannot create non-dynamic delegate: cached_patcher_init is not initialized.")
+
+    dynamic.__class__ = NoDelegate
+    with pytest.raises(host.core.InvalidInputError, match="--disable-dynamic-vram"):
+        call_node("R2MoETrainConcept", model=dynamic, clip=clip, vae=vae, bank=empty, concept_name="dyn",
+                  trigger_token="<dyn1>", class_word="dog", images=pictures(5), **FAST)
