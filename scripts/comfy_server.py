@@ -62,9 +62,10 @@ def has_gpu(python: str = sys.executable) -> bool:
 
 
 def server_command(
-    port: int, base_dir: Path | None = None, output_dir: Path | None = None, gpu: bool = False
+    port: int, base_dir: Path | None = None, output_dir: Path | None = None, gpu: bool = False,
+    python: str = sys.executable,
 ) -> list[str]:
-    cmd = [sys.executable, str(HOST_ROOT / "main.py"), "--listen", "127.0.0.1", "--port", str(port)]
+    cmd = [python, str(HOST_ROOT / "main.py"), "--listen", "127.0.0.1", "--port", str(port)]
     if not gpu:
         # --cpu is required without CUDA; PyTorch SDPA is 2-3x faster than the default sub-quadratic kernel on CPU.
         cmd += ["--cpu", "--use-pytorch-cross-attention"]
@@ -87,11 +88,12 @@ class ComfyServer:
         gpu: bool | None = None,
         tiny_models: bool = True,
         extra_args: list[str] | None = None,
+        python: str = sys.executable,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.gpu = has_gpu() if gpu is None else gpu
-        self.cmd = server_command(self.port, base_dir, output_dir, self.gpu) + list(extra_args or [])
+        self.cmd = server_command(self.port, base_dir, output_dir, self.gpu, python) + list(extra_args or [])
         self.log_path = log_path
         self.env = dict(os.environ, R2MOE_TINY_MODELS="1" if tiny_models else "0", PYTHONUNBUFFERED="1")
         self.proc: subprocess.Popen | None = None

@@ -99,7 +99,7 @@ def test_newer_schema_fields_are_sent_only_to_hosts_that_take_them(host, monkeyp
 
     class NewerFloat:
         class Input:
-            def __init__(self, id, advanced=False, **kwargs):  # noqa: A002
+            def __init__(self, id, advanced=False, **kwargs):
                 self.advanced = advanced
 
     monkeypatch.setattr(types, "io", pytypes.SimpleNamespace(Schema=NewerSchema, Float=NewerFloat))
