@@ -156,3 +156,40 @@ def test_remove_and_rename_concepts_through_the_executor(host, bank):
     result = run_graph(graph, prompt_id="edit-library-bad")
     assert not result.success and "must be one word" in str(result.messages)
     assert (Path(folder_paths.get_folder_paths("r2moe")[0]) / "library.safetensors").read_bytes() == before
+
+
+def test_merge_and_import_through_the_executor(host, tiny, bank, tmp_path):
+    """Load A + Load B -> Merge -> Import LoRA -> Save in one graph, as a user wires it."""
+    import folder_paths
+    from comfy_inprocess import run_graph
+    from safetensors.torch import save_file
+
+    from r2moe_core.moe.concept_export import kohya_lora_key
+
+    call_node("R2MoESaveBank", bank=bank, name="bank_a")
+    call_node("R2MoESaveBank", bank=add_random_concept(host.core, bank.without_concept("dog"), "owl", "<owl1>",
+                                                       seed=5), name="bank_b")
+    layer = bank.layers[0]
+    key = kohya_lora_key(f"{layer.name}.to_k")
+    save_file({f"{key}.lora_down.weight": torch.randn(4, layer.in_dim) * 0.1,
+               f"{key}.lora_up.weight": torch.randn(layer.out_dim, 4) * 0.1},
+              str(Path(folder_paths.get_folder_paths("loras")[0]) / "one_layer.safetensors"))
+    folder_paths.filename_list_cache.clear()
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": host.checkpoint.name}},
+        "2": {"class_type": "R2MoELoadBank", "inputs": {"bank_name": "bank_a.safetensors"}},
+        "3": {"class_type": "R2MoELoadBank", "inputs": {"bank_name": "bank_b.safetensors"}},
+        "4": {"class_type": "R2MoEMergeBanks", "inputs": {"bank_a": ["2", 0], "bank_b": ["3", 0],
+                                                          "on_clash": "refuse", "clip": ["1", 1]}},
+        "5": {"class_type": "R2MoEImportLoRA", "inputs": {
+            "clip": ["1", 1], "bank": ["4", 0], "lora_name": "one_layer.safetensors", "concept_name": "style",
+            "trigger_token": "<sty1>", "class_word": "painting", "example_prompts": "", "strength": 1.0,
+            "prune_threshold": 0.4}},
+        "6": {"class_type": "R2MoESaveBank", "inputs": {"bank": ["5", 0], "name": "library"}},
+    }
+    result = run_graph(graph, prompt_id="merge-import")
+    assert result.success, result.messages
+    assert "1 concept(s) from bank A, 1 from bank B" in result.outputs["4"]["text"][0]
+    assert "1/32 text cross-attention K/V projections" in result.outputs["5"]["text"][0]
+    (saved,) = call_node("R2MoELoadBank", bank_name="library.safetensors")
+    assert [(c.name, c.task) for c in saved.concepts] == [("dog", 1), ("owl", 2), ("style", 3)]
