@@ -6,15 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from comfy_api.latest import io, ui
 
 from ..r2moe_core.log import LOGGER
 from ..r2moe_core.moe.bank_edit import removal_summary, remove_concept, rename_concept
 from ..r2moe_core.moe.bank_merge import CLASH_MODES, check_mergeable, merge_banks
-from ..r2moe_core.moe.routing import gate_input
 from ..r2moe_core.moe.routing_update import plain_prompts
-from .clip_tokens import encode_prompt
+from .clip_tokens import prompt_gate_inputs
 from .model_inspection import check_clip_serves
 from .types import BANK_TIP, Bank, schema_extras
 
@@ -80,12 +78,6 @@ class R2MoERenameConcept(io.ComfyNode):
         return io.NodeOutput(renamed, ui=ui.PreviewText(text))
 
 
-def plain_gate_inputs(clip: Any, class_words: list[str]) -> torch.Tensor:
-    """[J, D] gate inputs of the prompts no concept should take over (the empty prompt, `photo of a <class>`)."""
-    with torch.no_grad():
-        return torch.cat([gate_input(encode_prompt(clip, text)) for text in plain_prompts(class_words)]).cpu()
-
-
 class R2MoEMergeBanks(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -133,7 +125,7 @@ class R2MoEMergeBanks(io.ComfyNode):
         if clip is not None:
             check_clip_serves(bank_a, clip)
             words = sorted({c.class_word for c in (*bank_a.concepts, *bank_b.concepts)})
-            protected = plain_gate_inputs(clip, words)
+            protected = prompt_gate_inputs(clip, plain_prompts(words))
         merged, report = merge_banks(bank_a, bank_b, on_clash, protected)
         text = report.summary()
         if clip is None:

@@ -16,6 +16,7 @@ import torch
 from ..r2moe_core.bank.expert_bank import ExpertBank
 from ..r2moe_core.bank.trigger_tokens import RESERVED_PREFIX, embedding_name, lookup_embedding, substitute_triggers
 from ..r2moe_core.log import LOGGER
+from ..r2moe_core.moe.routing import gate_input
 
 
 def _inner_tokenizers(tokenizer: Any) -> list[tuple[str, Any]]:
@@ -76,13 +77,15 @@ class ConceptTokenizer:
         return getattr(patched, name)
 
 
-def clip_with_concepts(clip: Any, bank: ExpertBank) -> Any:
-    """A CLIP clone whose tokenizer knows the bank's trigger tokens, plus those of banks applied before it."""
+def clip_with_concepts(clip: Any, bank: ExpertBank, extra: dict[str, torch.Tensor] | None = None) -> Any:
+    """A CLIP clone whose tokenizer knows the bank's trigger tokens, plus those of banks applied before it and any
+    `extra` ones (a token being imported, not yet in the bank)."""
     patched = clip.clone()
     base, embeddings = clip.tokenizer, {}
     if isinstance(base, ConceptTokenizer):
         base, embeddings = base.base, dict(base.embeddings)
     embeddings.update({c.token: c.embedding.detach().float().cpu() for c in bank.concepts})
+    embeddings.update(extra or {})
     patched.tokenizer = ConceptTokenizer(base, embeddings) if embeddings else base
     return patched
 
@@ -90,3 +93,9 @@ def clip_with_concepts(clip: Any, bank: ExpertBank) -> Any:
 def encode_prompt(clip: Any, text: str) -> torch.Tensor:
     """[1, tokens, dim] text context, exactly as CLIPTextEncode makes it (no hooks)."""
     return clip.encode_from_tokens(clip.tokenize(text))
+
+
+def prompt_gate_inputs(clip: Any, texts: list[str]) -> torch.Tensor:
+    """[N, D] gate inputs (mean text embedding) of each prompt, on the CPU."""
+    with torch.no_grad():
+        return torch.cat([gate_input(encode_prompt(clip, text)) for text in texts]).cpu()

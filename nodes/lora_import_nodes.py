@@ -15,15 +15,14 @@ from ..r2moe_core.bank.expert_bank import check_trigger_token
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
 from ..r2moe_core.moe.lora_import import import_lora, read_lora
-from ..r2moe_core.moe.routing import gate_input
 from ..r2moe_core.moe.routing_update import plain_prompts
-from .clip_tokens import ConceptTokenizer, clip_with_concepts, encode_prompt
+from .clip_tokens import clip_with_concepts, prompt_gate_inputs
+from .model_folders import LORA_FOLDER, lora_path
 from .model_inspection import check_clip_serves
 from .training_host import class_word_embedding
 from .types import BANK_TIP, Bank, schema_extras
 
 CATEGORY = "R2MoE"
-LORA_FOLDER = "loras"
 OFFSET_SCALE = 1.0
 
 
@@ -54,16 +53,6 @@ def import_prompts(text: str, token: str, class_word: str) -> list[str]:
             f"'{missing[0][:200]}'."
         )
     return lines
-
-
-def lora_path(name: str) -> str:
-    path = folder_paths.get_full_path(LORA_FOLDER, name) if name else None
-    if path is None:
-        raise InvalidInputError(
-            f"LoRA '{name[:200]}' is not in models/loras (folders: {folder_paths.get_folder_paths(LORA_FOLDER)}). "
-            "Copy the file there and refresh the page."
-        )
-    return path
 
 
 class R2MoEImportLoRA(io.ComfyNode):
@@ -129,14 +118,10 @@ class R2MoEImportLoRA(io.ComfyNode):
         prompts = import_prompts(example_prompts or "", token, word)
         imported = read_lora(comfy.utils.load_torch_file(lora_path(lora_name), safe_load=True), bank, strength)
         embedding = import_token_embedding(clip, word, token)
-        reader = clip_with_concepts(clip, bank)
-        base = reader.tokenizer.base if isinstance(reader.tokenizer, ConceptTokenizer) else reader.tokenizer
-        known = dict(reader.tokenizer.embeddings) if isinstance(reader.tokenizer, ConceptTokenizer) else {}
-        reader.tokenizer = ConceptTokenizer(base, {**known, token: embedding})
-        with torch.no_grad():
-            examples = torch.cat([gate_input(encode_prompt(reader, p)) for p in prompts]).cpu()
-            plain = plain_prompts([word, *(c.class_word for c in bank.concepts)], prompts, token)
-            protected = torch.cat([gate_input(encode_prompt(reader, p)) for p in plain]).cpu()
+        reader = clip_with_concepts(clip, bank, {token: embedding})
+        examples = prompt_gate_inputs(reader, prompts)
+        protected = prompt_gate_inputs(reader, plain_prompts([word, *(c.class_word for c in bank.concepts)], prompts,
+                                                             token))
         grown, report = import_lora(bank, imported, name, token, word, embedding, examples, protected,
                                     prune_threshold)
         summary = f"{lora_name}: " + report.summary()

@@ -11,6 +11,7 @@ from ..r2moe_core.errors import InvalidInputError
 
 BANK_FOLDER = "r2moe"
 SAM_FOLDER = "sams"
+LORA_FOLDER = "loras"  # ComfyUI's own folder name
 
 
 def register_model_folder() -> None:
@@ -46,6 +47,17 @@ def sam_path(name: str) -> str:
         raise InvalidInputError(
             f"SAM checkpoint '{name}' is not in models/sams (folders: {folders}; files there: {listed}). Copy one of "
             f"the Segment Anything checkpoints there: {expected_files_hint()}, then refresh the page."
+        )
+    return path
+
+
+def lora_path(name: str) -> str:
+    """The file of a LoRA in models/loras (ComfyUI's own folder and extensions)."""
+    path = folder_paths.get_full_path(LORA_FOLDER, name) if name else None
+    if path is None:
+        raise InvalidInputError(
+            f"LoRA '{name[:200]}' is not in models/loras (folders: {folder_paths.get_folder_paths(LORA_FOLDER)}). "
+            "Copy the file there and refresh the page."
         )
     return path
 

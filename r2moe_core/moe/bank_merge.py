@@ -163,6 +163,7 @@ def merge_banks(
     extra = [] if protected is None else list(protected.double())
     rows = torch.stack(rows_a + rows_b + extra) if rows_a or rows_b or extra else None
     n_a, n_b = len(rows_a), len(rows_b)
+    solve = torch.linalg.pinv(rows) if rows is not None else None  # the same rows in every projection: once
     projections, worst = {}, 0.0
     for name in a.projection_names():
         experts_a, experts_b = a.projections[name].experts, b.projections[name].experts
@@ -188,7 +189,7 @@ def merge_banks(
                 # A protected prompt keeps the score of the bank the expert comes from (A's for shared ones).
                 column[n_a + n_b:] = (score_a[expert_id] if in_a else score_b[b_of[expert_id]])[n_a + n_b:]
         start = torch.stack([merged[i].gate.double() for i in ids], dim=1)  # [D, E]
-        fitted = start + torch.linalg.pinv(rows) @ (target - rows @ start)
+        fitted = start + solve @ (target - rows @ start)
         columns = {i: fitted[:, j].to(merged[i].gate.dtype) for j, i in enumerate(ids)}
         stored = torch.stack([columns[i].double() for i in ids], dim=1)  # as saved: the error is checked on it
         worst = max(worst, float((rows @ stored - target).abs().max()))

@@ -68,7 +68,7 @@ def _candidate_prefixes(projection: str) -> list[str]:
 
 def _kind(key: str) -> str:
     low = key.lower()
-    if low.startswith(("lora_te", "te_", "text_encoder", "lora_te1", "lora_te2")) or "text_model" in low:
+    if low.startswith(("lora_te", "te_", "text_encoder")) or "text_model" in low:
         return "text encoder"
     if "attn1" in low:
         return "self-attention"
