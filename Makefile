@@ -80,6 +80,7 @@ serve: env
 bench: env
 	$(PY) bench/sampling.py
 	$(PY) bench/training.py
+	$(PY) bench/family_cost.py
 
 # Lifelong-learning benchmark on the offline world model (README, "Lifelong benchmark"). Default: the committed run
 # (every method on seed 0, the four compared methods also on seeds 1 and 2); SEEDS=0,1,2 runs every method on 3 seeds.

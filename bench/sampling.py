@@ -5,10 +5,12 @@ Variants: an applied bank with 1 and with 20 concepts (`R2MoEApplyBank`, goal <=
 (goal: at most 1 + 0.12 per region, i.e. <= 1.24x and <= 1.36x). Same seed, steps, cfg and sampler for
 all of them.
 
-Runs ComfyUI in process, on the tiny SD1.5-layout model and on a full-size SD1.5-shaped UNet with random weights
-(32x32 latent, cfg 7). Variants are interleaved round by round (each timed run preceded by an untimed one, so the
-model switch is not counted) and the minimum (least disturbed run) and the median are reported.
-Prints the ratios and writes bench/results/sampling.json.
+Runs ComfyUI in process, on the tiny SD1.5-layout model, on a full-size SD1.5-shaped UNet and on a full-size
+SDXL-shaped UNet (70 cross-attention layers, 2048-wide context), both with random weights, cfg 7. Variants are
+interleaved round by round (each timed run preceded by an untimed one, so the model switch is not counted). Each
+round pairs every variant with the stock run of that round: the reported ratio is the median of those paired
+ratios, with their spread (half the interquartile range, relative), so slow drifts of a shared machine cancel;
+the minimum and median times are kept too. Prints the ratios and writes bench/results/sampling.json.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from comfy_inprocess import boot, call_node  # noqa: E402
+from comfy_inprocess import boot, call_node, family_checkpoint  # noqa: E402
 from comfy_server import has_gpu  # noqa: E402
 
 from r2moe_testkit.banks import add_random_concept  # noqa: E402
@@ -55,14 +57,17 @@ def side_by_side_layout(core: ModuleType, tokens: list[str]) -> Any:
     return core.layout_from_json(data, tokens)
 
 
-def full_size_model(host, gpu: bool):
+def full_size_model(host, gpu: bool, family: str = "sd1"):
+    """A full-size UNet of the family's shape (SD1.5: 860M parameters; SDXL: 2.6B) with seeded random weights."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
     import torch
 
-    unet = dict(host.tiny_models.UNET_CONFIG, model_channels=320)
-    config = comfy.supported_models.SD15(unet)
+    if family == "sdxl":
+        config = comfy.supported_models.SDXL(dict(host.tiny_models.SDXL_UNET_CONFIG, model_channels=320))
+    else:
+        config = comfy.supported_models.SD15(dict(host.tiny_models.UNET_CONFIG, model_channels=320))
     config.set_inference_dtype(torch.float16 if gpu else torch.float32, None)
     base = config.get_model({}, "", device=torch.device("cpu"))
     host.tiny_models.init_random(base.diffusion_model, torch.Generator().manual_seed(0))
@@ -88,7 +93,19 @@ def timed_sample(model, positive, negative, latent, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def bench_model(host, name: str, model, clip, steps: int, rounds: int, regional: bool = True) -> dict:
+def paired(times: dict[str, list[float]], label: str) -> tuple[float, float]:
+    """Median of the round-by-round ratios variant/stock, and their relative spread (half the IQR / median)."""
+    ratios = [t / s for t, s in zip(times[label], times["stock"], strict=True)]
+    median = statistics.median(ratios)
+    if len(ratios) < 2:
+        return median, 0.0
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return median, (q3 - q1) / 2 / median
+
+
+def bench_model(
+    host, name: str, model, clip, steps: int, rounds: int, regional: bool = True, size: int = SIZE
+) -> dict:
     empty = call_node("R2MoENewBank", model=model, rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
     banks = {"1 concept": add_random_concept(host.core, empty, "c1", "<c1>", seed=1)}
     bank = empty
@@ -120,7 +137,7 @@ def bench_model(host, name: str, model, clip, steps: int, rounds: int, regional:
         label: tuple(call_node("CLIPTextEncode", clip=c, text=t)[0] for t in (prompt, negative))
         for label, (_, c) in variants.items()
     }
-    latent = call_node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)[0]
+    latent = call_node("EmptyLatentImage", width=size, height=size, batch_size=1)[0]
     times: dict[str, list[float]] = {label: [] for label in variants}
     for _ in range(rounds):
         for label, (m, _) in variants.items():
@@ -132,25 +149,30 @@ def bench_model(host, name: str, model, clip, steps: int, rounds: int, regional:
     patched_labels = list(goals)
     ratios = {label: minima[label] / minima["stock"] for label in patched_labels}
     med = {label: medians[label] / medians["stock"] for label in patched_labels}
+    pairs = {label: paired(times, label) for label in patched_labels}
     result = {
         "model": name,
         "steps": steps,
         "rounds": rounds,
+        "pixels": size,
+        # The headline: per round, variant / stock of the same round; median over rounds and its spread.
+        "paired_ratio": {label: pairs[label][0] for label in patched_labels},
+        "paired_spread": {label: pairs[label][1] for label in patched_labels},
         "median_s": medians,
         "min_s": minima,
         # The minimum is the run least disturbed by other load on a shared machine; the median shows the spread.
         "ratio_vs_stock": ratios,
         "ratio_vs_stock_median": med,
         "goal_ratio": goals,
-        "goal_met": {label: ratios[label] <= goals[label] for label in patched_labels},
+        "goal_met": {label: pairs[label][0] <= goals[label] for label in patched_labels},
         "times_s": times,
     }
     LOG.info("%s: stock %.3f s (median %.3f s)", name, minima["stock"], medians["stock"])
     for label in patched_labels:
         LOG.info(
-            "  %-20s %.3f s  %.3fx (median %.3fx)  goal <= %.2fx: %s",
-            label, minima[label], ratios[label], med[label], goals[label],
-            "met" if ratios[label] <= goals[label] else "MISSED",
+            "  %-20s paired %.3fx ± %.1f%% (min %.3fx, median %.3fx)  goal <= %.2fx: %s",
+            label, pairs[label][0], 100 * pairs[label][1], ratios[label], med[label], goals[label],
+            "met" if pairs[label][0] <= goals[label] else "MISSED",
         )
     return result
 
@@ -161,9 +183,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=0, help="sampling steps (default: 20 on GPU, 10/3 on CPU)")
     parser.add_argument(
-        "--skip-full", action="store_true", help="only the tiny model (the full-size one takes minutes on a CPU)"
+        "--skip-full", action="store_true", help="no full-size SD1.5 UNet (it takes minutes on a CPU)"
+    )
+    parser.add_argument("--skip-tiny", action="store_true", help="no tiny SD1.5-layout model")
+    parser.add_argument(
+        "--merge", action="store_true",
+        help="keep the results of models not run this time from the existing --out file (each result names its device)",
     )
     parser.add_argument("--skip-regional", action="store_true", help="only the applied-bank variants")
+    parser.add_argument("--skip-sdxl", action="store_true", help="no full-size SDXL UNet (2.6B parameters, ~11 GB)")
+    parser.add_argument("--sdxl-rounds", type=int, default=0, help="rounds on the SDXL UNet (default: --rounds)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "sampling.json")
     parser.add_argument("--host", type=Path, default=None, help=argparse.SUPPRESS)
@@ -180,7 +209,9 @@ def main() -> None:
     model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name=host.checkpoint.name)
     tiny_steps = opts.steps or (20 if gpu else 10)
     regional = not opts.skip_regional
-    results = [bench_model(host, "tiny SD1.5-layout", model, clip, tiny_steps, opts.rounds, regional)]
+    results = []
+    if not opts.skip_tiny:
+        results.append(bench_model(host, "tiny SD1.5-layout", model, clip, tiny_steps, opts.rounds, regional))
     if not opts.skip_full:
         full = full_size_model(host, gpu)
         full_steps = opts.steps or (20 if gpu else 3)
@@ -188,13 +219,40 @@ def main() -> None:
         results.append(
             bench_model(host, "full-size SD1.5 UNet (random)", full, clip, full_steps, full_rounds, regional)
         )
+        del full
+    sdxl = None
+    if not opts.skip_sdxl:
+        # The tiny SDXL checkpoint's text encoders (real 768 + 1280 widths, 2048 context and pooled vector) feed
+        # a full-size SDXL UNet; 128 px on a CPU (16x16 latent: SDXL's attention grids 8x8 and 4x4).
+        _, sdxl_clip, _ = call_node("CheckpointLoaderSimple", ckpt_name=family_checkpoint("sdxl"))
+        full = full_size_model(host, gpu, "sdxl")
+        sdxl = bench_model(host, "full-size SDXL UNet (random)", full, sdxl_clip, opts.steps or (20 if gpu else 2),
+                           opts.sdxl_rounds or opts.rounds, regional, size=1024 if gpu else 128)
+        results.append(sdxl)
+    for result in results:
+        result["device"] = device
+    if opts.merge and opts.out.is_file():
+        earlier = json.loads(opts.out.read_text())
+        ran = {r["model"] for r in results}
+        kept = [dict(r, device=r.get("device", earlier.get("device"))) for r in earlier.get("results", [])
+                if r["model"] not in ran]
+        results = kept + results
+        if sdxl is None and "sdxl" in earlier:
+            sdxl = next((r for r in results if r["model"].startswith("full-size SDXL")), None)
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     summary = {
-        f"{r['model']}: {label}": {"min": r["ratio_vs_stock"][label], "median": r["ratio_vs_stock_median"][label],
+        f"{r['model']}: {label}": {"paired": r.get("paired_ratio", {}).get(label),
+                                  "spread": r.get("paired_spread", {}).get(label),
+                                  "min": r["ratio_vs_stock"][label], "median": r["ratio_vs_stock_median"][label],
                                   "goal": r["goal_ratio"][label], "met": r["goal_met"][label]}
         for r in results for label in r["ratio_vs_stock"]
     }
-    opts.out.write_text(json.dumps({"device": device, "results": results, "summary": summary}, indent=2))
+    out = {"device": device, "results": results, "summary": summary}
+    if sdxl is not None:
+        out["sdxl"] = {label: {"ratio": sdxl["paired_ratio"][label], "spread": sdxl["paired_spread"][label],
+                               "goal": sdxl["goal_ratio"][label], "met": sdxl["goal_met"][label]}
+                       for label in sdxl["paired_ratio"]}
+    opts.out.write_text(json.dumps(out, indent=2))
     LOG.info("written %s", opts.out)
 
 

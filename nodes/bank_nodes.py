@@ -11,6 +11,7 @@ from ..r2moe_core.bank.bank_file import DEFAULT_KEEP_VERSIONS, load_bank, save_b
 from ..r2moe_core.bank.compatibility import bank_file_name
 from ..r2moe_core.bank.config import BankConfig
 from ..r2moe_core.bank.expert_bank import ExpertBank
+from ..r2moe_core.bank.model_family import require_family
 from ..r2moe_core.bank.report import bank_report, expert_map
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
@@ -34,7 +35,7 @@ class R2MoENewBank(io.ComfyNode):
             category=CATEGORY,
             description="An empty expert bank fitted to this model: the starting point for learning concepts.",
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.x model the bank's experts will adapt."),
+                io.Model.Input("model", tooltip="The SD1.x, SD 2.x or SDXL model the bank's experts will adapt."),
                 io.Int.Input("rank", default=4, min=1, max=64, tooltip="LoRA rank of each expert (reference: 4)."),
                 io.Int.Input(
                     "top_k", default=3, min=1, max=16,
@@ -62,7 +63,8 @@ class R2MoENewBank(io.ComfyNode):
     def execute(cls, model, rank, top_k, prune_threshold, distill_lambda) -> io.NodeOutput:
         config = BankConfig(rank=rank, top_k=top_k, prune_threshold=prune_threshold, distill_lambda=distill_lambda)
         layers, fingerprint = model_fingerprint(model)
-        return io.NodeOutput(ExpertBank.empty(config, layers, fingerprint))
+        family = require_family(layers)
+        return io.NodeOutput(ExpertBank.empty(config, layers, fingerprint, token_dim=family.token_dim))
 
 
 class R2MoELoadBank(io.ComfyNode):

@@ -28,8 +28,24 @@ def _inner_tokenizers(tokenizer: Any) -> list[tuple[str, Any]]:
     return found
 
 
-def with_bank_lookup(inner: Any, embeddings: dict[str, torch.Tensor]) -> Any:
-    """A copy of one SDTokenizer whose embedding lookup answers the bank's reserved names first."""
+Encoders = tuple[tuple[str, int], ...]
+
+
+def encoder_slice(inner: Any, encoders: Encoders) -> slice | None:
+    """Which columns of a trigger-token vector belong to this SDTokenizer's encoder: found by its embedding key
+    (clip_l, clip_g, clip_h), or by width when the layout has one unnamed encoder; None if it has no part."""
+    key, width = getattr(inner, "embedding_key", ""), getattr(inner, "embedding_size", None)
+    offset = 0
+    for name, size in encoders:
+        if name == key or (len(encoders) == 1 and not name and (width is None or size == width)):
+            return slice(offset, offset + size)
+        offset += size
+    return None
+
+
+def with_bank_lookup(inner: Any, embeddings: dict[str, torch.Tensor], columns: slice | None = None) -> Any:
+    """A copy of one SDTokenizer whose embedding lookup answers the bank's reserved names first, with its
+    encoder's `columns` of each trigger-token vector."""
     clone = copy.copy(inner)
     if clone.embedding_directory is None:  # the host only looks up embeddings when it has a directory
         clone.embedding_directory = []
@@ -43,6 +59,8 @@ def with_bank_lookup(inner: Any, embeddings: dict[str, torch.Tensor]) -> Any:
         parts = name.split()
         if parts:
             vectors = lookup_embedding(parts[0], embeddings)
+            if vectors is not None and columns is not None:
+                vectors = vectors[:, columns]
             if vectors is not None and (width is None or vectors.shape[-1] == width):
                 leftover = " ".join(parts[1:])
                 return (vectors, parts[0], leftover) if arity == 3 else (vectors, leftover)
@@ -53,18 +71,23 @@ def with_bank_lookup(inner: Any, embeddings: dict[str, torch.Tensor]) -> Any:
 
 
 class ConceptTokenizer:
-    """Wraps a CLIP tokenizer: trigger tokens become learned embeddings; everything else delegates."""
+    """Wraps a CLIP tokenizer: trigger tokens become learned embeddings; everything else delegates.
 
-    def __init__(self, tokenizer: Any, embeddings: dict[str, torch.Tensor]) -> None:
+    A trigger-token vector holds one embedding per text encoder side by side (`encoders`: key, width); each of the
+    host's per-encoder tokenizers gets its own columns (SDXL: clip_l the first 768, clip_g the next 1280)."""
+
+    def __init__(self, tokenizer: Any, embeddings: dict[str, torch.Tensor], encoders: Encoders = ()) -> None:
         self.base = tokenizer
         self.embeddings = dict(embeddings)  # trigger token -> [n, dim]
+        self.encoders = tuple(encoders)
         by_name = {embedding_name(token): vectors for token, vectors in self.embeddings.items()}
         self._patched = copy.copy(tokenizer)
         inner = _inner_tokenizers(tokenizer)
         if self.embeddings and not inner:
             LOGGER.warning("R2MoE: this CLIP's tokenizer has no embedding support; trigger tokens stay plain text.")
         for attr, value in inner:
-            setattr(self._patched, attr, with_bank_lookup(value, by_name))
+            columns = encoder_slice(value, self.encoders) if self.encoders else None
+            setattr(self._patched, attr, with_bank_lookup(value, by_name, columns))
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs: Any) -> Any:
         text, _found = substitute_triggers(text, list(self.embeddings))
@@ -86,7 +109,7 @@ def clip_with_concepts(clip: Any, bank: ExpertBank, extra: dict[str, torch.Tenso
         base, embeddings = base.base, dict(base.embeddings)
     embeddings.update({c.token: c.embedding.detach().float().cpu() for c in bank.concepts})
     embeddings.update(extra or {})
-    patched.tokenizer = ConceptTokenizer(base, embeddings) if embeddings else base
+    patched.tokenizer = ConceptTokenizer(base, embeddings, bank.token_encoders) if embeddings else base
     return patched
 
 

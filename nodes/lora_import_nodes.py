@@ -26,14 +26,16 @@ CATEGORY = "R2MoE"
 OFFSET_SCALE = 1.0
 
 
-def import_token_embedding(clip: Any, class_word: str, token: str) -> torch.Tensor:
+def import_token_embedding(
+    clip: Any, class_word: str, token: str, encoders: tuple[tuple[str, int], ...] = (("clip_l", 768),)
+) -> torch.Tensor:
     """The trigger token's vector: the class word's embedding plus a fixed offset drawn from the token's name.
 
     An imported LoRA brings no token, and nothing trains one. The class word alone would make the trigger prompt
     differ from the plain prompt only by a repeated word, too faint for the gate to key on; the offset (as long as
     the class word's vector, orthogonal to it) makes the trigger a distinct word, as the rare trigger words LoRA
     trainers use are."""
-    base = class_word_embedding(clip, class_word)
+    base = class_word_embedding(clip, class_word, encoders)
     seed = int.from_bytes(hashlib.sha256(token.encode()).digest()[:8], "little")
     offset = torch.randn(base.shape, generator=torch.Generator().manual_seed(seed))
     offset -= (offset * base).sum() / base.square().sum().clamp_min(1e-12) * base
@@ -117,7 +119,7 @@ class R2MoEImportLoRA(io.ComfyNode):
         check_clip_serves(bank, clip, new_concept=True)
         prompts = import_prompts(example_prompts or "", token, word)
         imported = read_lora(comfy.utils.load_torch_file(lora_path(lora_name), safe_load=True), bank, strength)
-        embedding = import_token_embedding(clip, word, token)
+        embedding = import_token_embedding(clip, word, token, bank.token_encoders)
         reader = clip_with_concepts(clip, bank, {token: embedding})
         examples = prompt_gate_inputs(reader, prompts)
         protected = prompt_gate_inputs(reader, plain_prompts([word, *(c.class_word for c in bank.concepts)], prompts,

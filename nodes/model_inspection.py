@@ -40,8 +40,8 @@ def cross_attention_layers(model: Any) -> tuple[list[LayerSpec], dict[str, torch
             weights[f"{name}.{proj}"] = _unpatched_weight(model, f"diffusion_model.{name}.{proj}.weight", param)
     if not layers:
         raise InvalidInputError(
-            "No SD1.x cross-attention layers found in this MODEL. R2MoE supports SD1.x-layout UNets "
-            "(SD 1.4/1.5 and their fine-tunes)."
+            "No text cross-attention layers found in this MODEL. R2MoE supports SD1.x, SD 2.x and SDXL UNets "
+            "and their fine-tunes."
         )
     return layers, weights
 
@@ -51,13 +51,21 @@ def model_fingerprint(model: Any) -> tuple[list[LayerSpec], ModelFingerprint]:
     return layers, compute_fingerprint(layers, weights)
 
 
-def token_dim(clip: Any) -> int:
-    """Width of the text encoder's input token embedding (768 for SD1.x CLIP-L)."""
-    for value in vars(clip.tokenizer).values():
+def token_encoders(clip: Any) -> list[tuple[str, int]]:
+    """(embedding key, width) of each text encoder behind this CLIP's tokenizer, in the tokenizer's order
+    (SD1.x: clip_l 768; SD 2.x: clip_h 1024; SDXL: clip_l 768 and clip_g 1280)."""
+    tokenizer = getattr(clip.tokenizer, "base", clip.tokenizer)
+    found = []
+    for value in vars(tokenizer).values():
         size = getattr(value, "embedding_size", None)
         if size:
-            return int(size)
-    return 768
+            found.append((str(getattr(value, "embedding_key", "")), int(size)))
+    return found
+
+
+def token_dim(clip: Any) -> int:
+    """Width of a trigger-token vector for this CLIP: its encoders' embedding widths side by side."""
+    return sum(width for _, width in token_encoders(clip)) or 768
 
 
 def check_clip_serves(bank: ExpertBank, clip: Any, new_concept: bool = False) -> None:

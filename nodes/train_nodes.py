@@ -10,6 +10,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..r2moe_core.bank.expert_bank import check_trigger_token
+from ..r2moe_core.bank.model_family import family_named
 from ..r2moe_core.bank.report import short_layer_name
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
@@ -81,7 +82,7 @@ class R2MoETrainConcept(io.ComfyNode):
             is_experimental=True,
             not_idempotent=True,
             inputs=[
-                io.Model.Input("model", tooltip="The frozen SD1.x model the bank belongs to."),
+                io.Model.Input("model", tooltip="The frozen SD1.x, SD 2.x or SDXL model the bank belongs to."),
                 io.Clip.Input("clip", tooltip="Its text encoder (the trigger token embedding is learned through it)."),
                 io.Vae.Input("vae", tooltip="Encodes the training photos into latents."),
                 Bank.Input("bank", tooltip="The bank to extend (from R2MoE New Bank or Load Bank)."),
@@ -99,8 +100,11 @@ class R2MoETrainConcept(io.ComfyNode):
                 ),
                 io.Int.Input("steps", default=800, min=1, max=100000, tooltip="Optimizer steps (reference: 800)."),
                 io.Int.Input("batch_size", default=2, min=1, max=64, tooltip="Images per step (reference: 2)."),
-                io.Int.Input("resolution", default=512, min=64, max=2048, step=64,
-                             tooltip="Training resolution in pixels (SD1.5: 512)."),
+                io.Int.Input("resolution", default=0, min=0, max=2048, step=64,
+                             tooltip="Training resolution in pixels; 0 = the model's own: SD1.x 512, SD 2.x 768, "
+                                     "SDXL 1024. Memory (estimated, batch 2, fp16, gradient checkpointing on): "
+                                     "SD1.x 512 px about 5 GB, SDXL 1024 px about 12 GB of VRAM; each halving of "
+                                     "the resolution roughly quarters the activations part."),
                 io.Float.Input("lr_experts", default=1e-4, min=0.0, max=1.0, step=1e-5,
                                tooltip="Learning rate of the new expert (reference: 1e-4)."),
                 io.Float.Input("lr_router", **advanced_input(), default=1e-2, min=0.0, max=1.0, step=1e-4,
@@ -193,6 +197,8 @@ class R2MoETrainConcept(io.ComfyNode):
     @classmethod
     def _train(cls, model, clip, vae, bank, images, options: dict) -> io.NodeOutput:
         request = ConceptRequest.from_options(options)
+        family = family_named(bank.family)
+        request = request.at_resolution(family.resolution if family is not None else 512)
         bank.check_new_concept(request.name, request.token, request.replace_existing)
         check_bank_serves(bank, model, clip, new_concept=True)
         frames, given = _images(images, request.folder, request.resolution)

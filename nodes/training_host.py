@@ -28,7 +28,7 @@ from ..r2moe_core.moe.routing import gate_input
 from ..r2moe_core.moe.routing_update import plain_prompts
 from ..r2moe_core.train.class_prior import PriorData
 from ..r2moe_core.train.request import ConceptRequest
-from ..r2moe_core.train.trainer import ExpertTrainer, TrainingRuntime, training_step
+from ..r2moe_core.train.trainer import ExpertTrainer, TextCondition, TrainingRuntime, training_step
 from .bank_patch import install_runtime
 from .clip_tokens import ConceptTokenizer
 
@@ -130,31 +130,74 @@ def trainable_view(patcher: Any) -> Any:
     return view
 
 
-def class_word_embedding(clip: Any, word: str) -> torch.Tensor:
-    """Initial token embedding [1, D]: the mean input embedding of the class word's sub-tokens."""
-    for value in vars(getattr(clip.tokenizer, "base", clip.tokenizer)).values():
-        hf_tokenizer = getattr(value, "tokenizer", None)
-        if hf_tokenizer is not None and hasattr(value, "embedding_size"):
-            ids = hf_tokenizer(word or "object")["input_ids"][1:-1] or hf_tokenizer("object")["input_ids"][1:-1]
-            table = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight
-            with torch.inference_mode(False):
-                return table[ids].detach().float().mean(0, keepdim=True).cpu().clone()
-    raise InvalidInputError("This CLIP has no CLIP-L tokenizer; R2MoE training needs an SD1.x text encoder.")
+def _input_embeddings(clip: Any, key: str) -> torch.Tensor | None:
+    """The input token-embedding table of one of the CLIP's text encoders (clip_l, clip_g, clip_h)."""
+    encoder = getattr(clip.cond_stage_model, key, None)
+    transformer = getattr(encoder, "transformer", None)
+    table = getattr(transformer, "get_input_embeddings", None)
+    return table().weight if callable(table) else None
 
 
-def noise_predictor(patcher: Any) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """ε̂(x_t, σ, context) through a loaded ModelPatcher with its patches and wrappers, as sampling would run it."""
+def class_word_embedding(clip: Any, word: str, encoders: Sequence[tuple[str, int]]) -> torch.Tensor:
+    """Initial token embedding [1, D]: per text encoder, the mean input embedding of the class word's sub-tokens,
+    side by side in the bank's encoder order (SDXL: CLIP-L's then OpenCLIP-bigG's)."""
+    tokenizers = {
+        str(getattr(value, "embedding_key", "")): value
+        for value in vars(getattr(clip.tokenizer, "base", clip.tokenizer)).values()
+        if getattr(value, "tokenizer", None) is not None and hasattr(value, "embedding_size")
+    }
+    parts = []
+    for key, width in encoders:
+        tokenizer = tokenizers.get(key) or (next(iter(tokenizers.values()), None) if len(encoders) == 1 else None)
+        table = _input_embeddings(clip, key or getattr(tokenizer, "embedding_key", "clip_l"))
+        if tokenizer is None or table is None or table.shape[1] != width:
+            raise InvalidInputError(
+                f"This CLIP has no {key or 'text'} encoder with {width}-wide token embeddings; connect the CLIP of "
+                "the checkpoint the bank was made for."
+            )
+        hf_tokenizer = tokenizer.tokenizer
+        ids = hf_tokenizer(word or "object")["input_ids"][1:-1] or hf_tokenizer("object")["input_ids"][1:-1]
+        with torch.inference_mode(False):
+            parts.append(table[ids].detach().float().mean(0, keepdim=True).cpu().clone())
+    return torch.cat(parts, dim=1)
+
+
+def pooled_conditioning(base_model: Any, condition: TextCondition, latent_shape: Sequence[int]) -> torch.Tensor | None:
+    """The UNet's extra vector input (SDXL: pooled text embedding + size/crop embeddings, `y`), made by the model's
+    own `encode_adm` as sampling makes it for an uncropped image of the latent's size; None for UNets without."""
+    if not getattr(base_model, "adm_channels", 0) or condition.pooled is None:
+        return None
+    height, width = 8 * int(latent_shape[-2]), 8 * int(latent_shape[-1])
+    return base_model.encode_adm(
+        pooled_output=condition.pooled, width=width, height=height, crop_w=0, crop_h=0,
+        target_width=width, target_height=height,
+    )
+
+
+def noise_predictor(
+    patcher: Any,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | TextCondition], torch.Tensor]:
+    """ε̂(x_t, σ, condition) through a loaded ModelPatcher with its patches and wrappers, as sampling would run it.
+
+    The model's own apply_model turns its output (ε, v or x0, by its model sampling) into the denoised image D,
+    and ε̂ = (x_t − D)/σ, so ε-, v-prediction and SDXL models all train against the same ε target."""
     with torch.inference_mode(False):  # weights cast or moved while loading must not become inference tensors
         comfy.model_management.load_models_gpu([patcher], force_full_load=True)
     device, base_model = patcher.load_device, patcher.model
     options = dict(patcher.model_options.get("transformer_options", {}))
     options["wrappers"] = comfy.patcher_extension.merge_nested_dicts(options.get("wrappers", {}), patcher.wrappers)
 
-    def predict_noise(x_t: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def predict_noise(x_t: torch.Tensor, sigma: torch.Tensor, condition: torch.Tensor | TextCondition) -> torch.Tensor:
         dtype = base_model.get_dtype()
         x_t, sigma = x_t.to(device), sigma.to(device)
+        condition = condition if isinstance(condition, TextCondition) else TextCondition(condition)
+        extra = {}
+        y = pooled_conditioning(base_model, condition, x_t.shape)
+        if y is not None:
+            extra["y"] = y.to(device, dtype)
         denoised = base_model.apply_model(
-            x_t.to(dtype), sigma, c_crossattn=context.to(device, dtype), transformer_options=dict(options)
+            x_t.to(dtype), sigma, c_crossattn=condition.context.to(device, dtype), transformer_options=dict(options),
+            **extra,
         )
         return (x_t - denoised.float()) / sigma.view(-1, *([1] * (x_t.ndim - 1)))
 
@@ -193,32 +236,39 @@ def train_concept(
     text.patcher = trainable_view(clip.patcher)
     base_tokenizer = getattr(clip.tokenizer, "base", clip.tokenizer)
 
-    def encode(texts: Sequence[str]) -> torch.Tensor:
+    def encode(texts: Sequence[str]) -> TextCondition:
         # ComfyUI's CLIP adds residuals in place (`x += ...`), which autograd rejects when x was saved for
         # backward; saving copies instead makes the text encoder differentiable without touching its code.
         # The CLIP causal mask (77x77) is not aligned the way CUDA's fused SDPA backward needs: use the math kernel
         # for these 77-token sequences (cheap), and keep the fused kernels for the UNet.
         with torch.autograd.graph.saved_tensors_hooks(_clone_tensor, _identity), _math_attention():
-            encoded = {t: text.encode_from_tokens(text.tokenize(t)) for t in dict.fromkeys(texts)}  # once each
-            return torch.cat([encoded[t] for t in texts]).to(device)
+            encoded = {  # once each
+                t: text.encode_from_tokens(text.tokenize(t), return_pooled=True) for t in dict.fromkeys(texts)
+            }
+            context = torch.cat([encoded[t][0] for t in texts]).to(device)
+            pooled = [encoded[t][1] for t in texts]
+            if any(p is None for p in pooled):
+                return TextCondition(context)
+            return TextCondition(context, torch.cat(pooled).to(device))
 
     prompts = list(captions) if prompts is None else list(prompts)
 
     def prompt_gate_inputs() -> torch.Tensor:
         """[N, D] gate inputs of the distinct photo captions with the token as it is now."""
-        return torch.cat([gate_input(encode([c])) for c in dict.fromkeys(prompts)]).float().cpu()
+        return torch.cat([gate_input(encode([c]).context) for c in dict.fromkeys(prompts)]).float().cpu()
 
-    token_init = class_word_embedding(clip, class_word)
+    encoders = bank.token_encoders
+    token_init = class_word_embedding(clip, class_word, encoders)
     device = model.load_device
     # Parameters and the tensors autograd saves must not be made under the executor's inference mode.
     with torch.inference_mode(False):
-        text.tokenizer = ConceptTokenizer(base_tokenizer, {token: token_init})
+        text.tokenizer = ConceptTokenizer(base_tokenizer, {token: token_init}, encoders)
         with torch.no_grad():
             concept_inputs = prompt_gate_inputs()
             plain = plain_prompts([class_word, *(c.class_word for c in bank.concepts)], prompts, token)
-            neutral_inputs = gate_input(encode(plain)).float().cpu()
+            neutral_inputs = gate_input(encode(plain).context).float().cpu()
         trainer = ExpertTrainer(bank, token_init, settings, concept_inputs, neutral_inputs)
-    text.tokenizer = ConceptTokenizer(base_tokenizer, {token: trainer.token})
+    text.tokenizer = ConceptTokenizer(base_tokenizer, {token: trainer.token}, encoders)
     unet = install_runtime(trainable_view(model), TrainingRuntime(trainer), bank.layers)
     predict_noise = noise_predictor(unet)
     device = unet.load_device

@@ -131,6 +131,22 @@ def boot(base_dir: Path, gpu: bool = False) -> SimpleNamespace:
     return _STATE
 
 
+def family_checkpoint(family: str) -> str:
+    """The tiny checkpoint of a model family ("sd1", "sd2", "sdxl") in the booted host's checkpoints folder, built
+    once and cached like the SD1.5 one; returns its name for CheckpointLoaderSimple."""
+    if _STATE is None:
+        raise RuntimeError("boot() the host first")
+    name = _STATE.tiny_models.CHECKPOINT_NAMES[family]
+    path = CACHE / name
+    if not tiny_checkpoint_current(path):
+        _STATE.tiny_models.write_tiny_checkpoint(str(path), seed=0, tag=tiny_tag(), family=family)
+    make_base_dir(_STATE.base_dir, path)
+    import folder_paths
+
+    folder_paths.filename_list_cache.clear()
+    return name
+
+
 def call_node(node_id: str, **inputs: Any) -> tuple[Any, ...]:
     """Run one node's execute the way the executor does (class clone, inference mode)."""
     import nodes

@@ -42,11 +42,12 @@ def tiny_checkpoint_current(path: Path, seed: int = 0) -> bool:
         return (handle.metadata() or {}).get("r2moe_tiny") == f"seed={seed} builder={tiny_tag()}"
 
 
-def ensure_tiny_checkpoint(path: Path) -> Path:
-    """Build (or rebuild, when stale) the tiny checkpoint in a separate process."""
+def ensure_tiny_checkpoint(path: Path, family: str = "sd1") -> Path:
+    """Build (or rebuild, when stale) a tiny checkpoint of a model family in a separate process."""
     if not tiny_checkpoint_current(path):
         script = REPO / "scripts" / "make_tiny_checkpoint.py"
-        subprocess.run([sys.executable, str(script), "--out", str(path), "--tag", tiny_tag()], check=True)
+        command = [sys.executable, str(script), "--out", str(path), "--tag", tiny_tag(), "--family", family]
+        subprocess.run(command, check=True)
     return path
 
 

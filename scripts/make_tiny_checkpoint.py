@@ -1,4 +1,5 @@
-"""Write the deterministic tiny SD1.5-layout checkpoint (UNet + 2-layer CLIP-L + TAESD) for tests and the demo."""
+"""Write a deterministic tiny checkpoint (UNet + small text encoders + TAESD) of one model family for tests and the
+demo: SD1.5 (default), SD 2.x v-prediction or SDXL layout."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="", help="builder digest recorded in the checkpoint")
+    parser.add_argument("--family", choices=("sd1", "sd2", "sdxl"), default="sd1")
     opts = parser.parse_args()
     sys.path.insert(0, str(HOST_ROOT))
     sys.argv = sys.argv[:1]
@@ -31,7 +33,7 @@ def main() -> None:
     spec = importlib.util.spec_from_file_location("r2moe_tiny_models", builder)
     tiny = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tiny)
-    path = tiny.write_tiny_checkpoint(str(opts.out), seed=opts.seed, tag=opts.tag)
+    path = tiny.write_tiny_checkpoint(str(opts.out), seed=opts.seed, tag=opts.tag, family=opts.family)
     logging.getLogger("r2moe").info("tiny checkpoint written to %s", path)
 
 

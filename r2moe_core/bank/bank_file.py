@@ -20,6 +20,7 @@ from .config import BankConfig
 from .expert_bank import FORMAT_VERSION, Concept, ExpertBank, ProjectionExperts
 from .experts import LoraExpert
 from .fingerprint import ModelFingerprint
+from .model_family import family_of_layers
 
 DEFAULT_KEEP_VERSIONS = 3  # previous versions of a bank kept beside it on every save
 FORMAT_NAME = "r2moe.expert-bank"
@@ -56,6 +57,8 @@ def bank_to_tensors(bank: ExpertBank) -> tuple[dict[str, torch.Tensor], dict[str
         "layers": [layer.to_dict() for layer in bank.layers],
         "num_tasks": bank.num_tasks,
         "token_dim": bank.token_dim,
+        "family": bank.family,
+        "token_encoders": [list(encoder) for encoder in bank.token_encoders],
         "fingerprint_digest": bank.fingerprint.digest,
         "concepts": [
             {"name": c.name, "token": c.token, "class_word": c.class_word, "task": c.task, "kept": list(c.kept)}
@@ -130,6 +133,11 @@ def bank_from_bytes(data: bytes, source: str = "bank") -> ExpertBank:
         layers = [LayerSpec.from_dict(d) for d in info["layers"]]
         num_tasks = int(info["num_tasks"])
         token_dim = int(info.get("token_dim", 768))
+        # banks written before families were stored are SD1.x banks (the only family the pack took then)
+        family = info.get("family")
+        if family is None:
+            known = family_of_layers(layers)
+            family = known.name if known is not None and known.token_dim == token_dim else ""
         concept_rows = list(info["concepts"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BankFormatError(f"{source}: bank metadata is incomplete ({exc!r}).") from exc
@@ -176,6 +184,7 @@ def bank_from_bytes(data: bytes, source: str = "bank") -> ExpertBank:
         concepts=tuple(concepts),
         num_tasks=num_tasks,
         token_dim=token_dim,
+        family=str(family),
     )
     try:
         bank.validate()

@@ -12,6 +12,7 @@ from ..errors import BankMismatchError, InvalidInputError
 from .attention_targets import LayerSpec, describe_layers
 from .expert_bank import ExpertBank
 from .fingerprint import ModelFingerprint, fingerprint_differences
+from .model_family import family_label, family_of_layers
 
 BANK_SUFFIX = ".safetensors"
 _SAFE_NAME = re.compile(r"^[\w\-. ]+$")
@@ -22,6 +23,14 @@ def check_bank_fits(
 ) -> list[str]:
     """Raise if the bank cannot serve a model with these layers and K/V fingerprint; return warnings for a
     tolerated weight mismatch (same shape, other weights, `allow_other_weights` on)."""
+    model_family = family_of_layers(layers)
+    model_name = model_family.name if model_family is not None else ""
+    if bank.family and bank.family != model_name:
+        raise BankMismatchError(
+            f"This bank was made for {family_label(bank.family)}; the connected MODEL is "
+            f"{family_label(model_name)}. A bank serves only its own model family: connect a "
+            f"{family_label(bank.family)} checkpoint, or make a new bank for this one with R2MoE New Bank."
+        )
     if tuple(layers) != bank.layers:
         names_bank = [layer.name for layer in bank.layers]
         missing = [layer.name for layer in layers if layer.name not in names_bank][:3]

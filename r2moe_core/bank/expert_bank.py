@@ -17,6 +17,7 @@ from .attention_targets import PROJECTIONS, LayerSpec
 from .config import BankConfig
 from .experts import AUX_EXPERT, LoraExpert
 from .fingerprint import ModelFingerprint
+from .model_family import family_label, family_named, family_of_layers
 
 FORMAT_VERSION = 1
 _TOKEN = re.compile(r"^\S+$")
@@ -89,24 +90,41 @@ class ExpertBank:
     concepts: tuple[Concept, ...] = ()
     num_tasks: int = 0
     token_dim: int = 768
+    family: str = ""  # "sd1", "sd2", "sdxl" (see model_family); "" for a model of no known family
 
     @classmethod
     def empty(
-        cls, config: BankConfig, layers: list[LayerSpec], fingerprint: ModelFingerprint, token_dim: int = 768
+        cls, config: BankConfig, layers: list[LayerSpec], fingerprint: ModelFingerprint, token_dim: int | None = None
     ) -> ExpertBank:
-        """A bank fitted to a model, holding only the (zero) auxiliary expert in every projection."""
+        """A bank fitted to a model, holding only the (zero) auxiliary expert in every projection; its family and
+        token width follow from the layers' text-context width (`token_dim` sets the width for other models)."""
         if not layers:
             raise InvalidInputError(
-                "The model has no cross-attention layers to adapt; R2MoE needs an SD1.x-style UNet."
+                "The model has no cross-attention layers to adapt; R2MoE needs an SD1.x, SD 2.x or SDXL UNet."
             )
         projections = {
             f"{layer.name}.{proj}": ProjectionExperts(in_dim=layer.in_dim) for layer in layers for proj in PROJECTIONS
         }
-        bank = cls(config, tuple(layers), fingerprint, projections, (), 0, token_dim)
+        family = family_of_layers(layers)
+        if token_dim is None:
+            token_dim = family.token_dim if family is not None else 768
+        name = family.name if family is not None and family.token_dim == token_dim else ""
+        bank = cls(config, tuple(layers), fingerprint, projections, (), 0, token_dim, name)
         bank.validate()
         return bank
 
     # ---- queries -------------------------------------------------------------------------------------------
+    @property
+    def family_label(self) -> str:
+        return family_label(self.family)
+
+    @property
+    def token_encoders(self) -> tuple[tuple[str, int], ...]:
+        """(embedding key, width) of each text encoder a trigger token feeds, in the order its vector stores them;
+        one unnamed encoder for a model of no known family."""
+        family = family_named(self.family)
+        return family.encoders if family is not None else (("", self.token_dim),)
+
     @property
     def num_experts(self) -> int:
         """Router width: the auxiliary expert plus one id per task ever learned."""
@@ -211,6 +229,13 @@ class ExpertBank:
     # ---- consistency -----------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise with a precise message if any part of the bank contradicts another."""
+        family = family_named(self.family)
+        if self.family and family is None:
+            raise BankMismatchError(f"Unknown model family '{self.family}'; update the R2MoE pack.")
+        if family is not None and (family_of_layers(self.layers) != family or family.token_dim != self.token_dim):
+            raise BankMismatchError(
+                f"The bank says {family.label} but its layers or {self.token_dim}-wide tokens are not {family.label}'s."
+            )
         expected = set(self.projection_names())
         if set(self.projections) != expected:
             missing, extra = expected - set(self.projections), set(self.projections) - expected

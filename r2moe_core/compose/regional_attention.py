@@ -49,7 +49,8 @@ def token_grid(
                 return h, w
     raise InvalidInputError(
         f"Cannot place {tokens} attention tokens on a grid (activations {activations_shape}, latent "
-        f"{original_shape}); regional attention supports SD1.x-layout UNets only."
+        f"{original_shape}); regional attention needs a UNet whose layers attend over the latent grid "
+        "(SD1.x, SD 2.x, SDXL)."
     )
 
 

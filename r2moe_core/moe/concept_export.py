@@ -20,7 +20,8 @@ _SD1_BLOCK = re.compile(r"^(input_blocks|middle_block|output_blocks)\.?(\d*)\.1\
 
 
 def diffusers_path(projection: str) -> str | None:
-    """The diffusers module path of an SD1.x UNet projection (`input_blocks.1.1.transformer_blocks.0.attn2.to_k`
+    """The diffusers module path of an SD1.x, SD 2.x or SDXL UNet projection
+    (`input_blocks.1.1.transformer_blocks.0.attn2.to_k`
     -> `down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k`), None for layouts it does not know."""
     match = _SD1_BLOCK.match(projection)
     if match is None:
@@ -36,7 +37,7 @@ def diffusers_path(projection: str) -> str | None:
 
 
 def kohya_lora_key(projection: str) -> str:
-    """The key most SD tools read for an SD1.x UNet projection (diffusers block names, as kohya's trainer writes
+    """The key most SD tools read for a UNet projection (diffusers block names, as kohya's trainer writes
     them): `input_blocks.1.1.transformer_blocks.0.attn2.to_k` -> `lora_unet_down_blocks_0_attentions_0_...`.
     Layouts it does not know keep ComfyUI's own names (which ComfyUI reads too)."""
     return "lora_unet_" + (diffusers_path(projection) or projection).replace(".", "_")
@@ -63,12 +64,21 @@ def mixture_as_lora(bank: ExpertBank, weights: torch.Tensor, strength: float = 1
 
 
 def embedding_tensors(bank: ExpertBank, name: str) -> dict[str, torch.Tensor]:
-    """A concept's trigger token as a textual-inversion file's tensors (`emb_params` [vectors, dim]: the key
-    ComfyUI's `embedding:` syntax and A1111 read from .safetensors embeddings)."""
+    """A concept's trigger token as a textual-inversion file's tensors: `emb_params` [vectors, dim] for one text
+    encoder (the key ComfyUI's `embedding:` syntax and A1111 read), one tensor per encoder key for several
+    (SDXL: `clip_l` [vectors, 768] and `clip_g` [vectors, 1280], as SDXL embedding files carry them)."""
     concept = bank.concept_by_name(name)
     if concept is None:
         raise InvalidInputError(f"No concept named '{name[:200]}' in this bank.")
-    return {"emb_params": concept.embedding.detach().float().contiguous()}
+    vectors = concept.embedding.detach().float()
+    encoders = bank.token_encoders
+    if len(encoders) == 1:
+        return {"emb_params": vectors.contiguous()}
+    out, offset = {}, 0
+    for key, width in encoders:
+        out[key] = vectors[:, offset : offset + width].contiguous()
+        offset += width
+    return out
 
 
 def embedding_name(token: str) -> str:

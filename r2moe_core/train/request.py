@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import InvalidInputError
@@ -30,7 +30,7 @@ class ConceptRequest:
     settings: TrainSettings = field(default_factory=TrainSettings)
     folder: str = ""
     caption_template: str = DEFAULT_CAPTION_TEMPLATE
-    resolution: int = 512
+    resolution: int = 0  # 0: the model family's own (SD1.x 512, SD 2.x 768, SDXL 1024), see `at_resolution`
     prune_threshold: float = 0.4
     replace_existing: bool = False
     gradient_checkpointing: bool = True
@@ -43,8 +43,10 @@ class ConceptRequest:
         for name in ("name", "token", "class_word", "folder"):
             object.__setattr__(self, name, str(getattr(self, name)).strip())
         object.__setattr__(self, "caption_template", self.caption_template or DEFAULT_CAPTION_TEMPLATE)
-        if self.resolution < 8 or self.resolution % 8:
-            raise InvalidInputError(f"resolution must be a multiple of 8 (the latent grid), got {self.resolution}.")
+        if self.resolution < 0 or (self.resolution and self.resolution < 8) or self.resolution % 8:
+            raise InvalidInputError(
+                f"resolution must be 0 (the model's own) or a multiple of 8 (the latent grid), got {self.resolution}."
+            )
         if not (math.isfinite(self.prune_threshold) and 0.0 <= self.prune_threshold <= 1.0):
             raise InvalidInputError(f"prune_threshold must lie in [0, 1], got {self.prune_threshold}.")
         if self.preview_every < 0:
@@ -55,6 +57,10 @@ class ConceptRequest:
             raise InvalidInputError(f"prior_images must lie in [0, {MAX_PRIOR_IMAGES}], got {self.prior_images}.")
         if not (math.isfinite(self.prior_weight) and self.prior_weight >= 0):
             raise InvalidInputError(f"prior_weight must be a finite number >= 0, got {self.prior_weight}.")
+
+    def at_resolution(self, native: int) -> ConceptRequest:
+        """The request with resolution 0 resolved to the model family's own training resolution."""
+        return self if self.resolution else replace(self, resolution=native)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> ConceptRequest:

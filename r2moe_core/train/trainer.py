@@ -38,6 +38,21 @@ from .class_prior import PriorData
 
 DISTILL_MODES = ("exact", "soft", "off")
 GATE_INPUT_MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class TextCondition:
+    """What a text encoder gives the UNet for a batch of prompts: the cross-attention context [B, T, D] and, for
+    UNets that also read a pooled text embedding (SDXL), that embedding [B, P]. `training_step` reads only the
+    context (for the gate) and hands the whole condition to the noise predictor."""
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+def context_of(encoded: torch.Tensor | TextCondition) -> torch.Tensor:
+    """The cross-attention context of what an `encode` callable returned (a bare tensor or a TextCondition)."""
+    return encoded.context if isinstance(encoded, TextCondition) else encoded
 OPTIMIZERS = ("AdamW", "Adam", "SGD")
 
 
@@ -297,8 +312,8 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
 def training_step(
     trainer: ExpertTrainer,
     optimizer: torch.optim.Optimizer,
-    predict_noise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    encode: Callable[[Sequence[str]], torch.Tensor],
+    predict_noise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | TextCondition], torch.Tensor],
+    encode: Callable[[Sequence[str]], torch.Tensor | TextCondition],
     latents: torch.Tensor,
     captions: Sequence[str],
     sigmas: torch.Tensor,
@@ -308,8 +323,9 @@ def training_step(
 ) -> StepResult:
     """One optimizer step: a random batch, random timesteps, x_t = x0 + σ·ε, loss = MSE(ε̂, ε) + λ·RDM.
 
-    `predict_noise(x_t, sigma, context)` is the frozen denoiser with this trainer's deltas applied;
-    `encode(captions)` the text encoder with the trainable token embedding in place. `masks` [N, 1, h, w] limit
+    `predict_noise(x_t, sigma, condition)` is the frozen denoiser with this trainer's deltas applied;
+    `encode(captions)` the text encoder with the trainable token embedding in place (a context tensor, or a
+    TextCondition when the UNet also reads a pooled embedding). `masks` [N, 1, h, w] limit
     each training latent's loss to its photo (rescaled views); `prior` adds as many class-prior rows to the
     batch, with loss weight `prior.weight` (Custom Diffusion's prior preservation).
     """
@@ -335,7 +351,7 @@ def training_step(
     x_t = x0 + noise * sigma.view(-1, *([1] * (x0.ndim - 1)))
     context = encode(texts)
     if hasattr(trainer, "observe_gate_inputs"):
-        trainer.observe_gate_inputs(gate_input(context[:batch]))
+        trainer.observe_gate_inputs(gate_input(context_of(context)[:batch]))
     routes_prior = hasattr(trainer, "prior_rows")
     if routes_prior:
         trainer.prior_rows = extra

@@ -1,0 +1,225 @@
+"""SD 2.x (v-prediction) and SDXL on the real host: the tiny checkpoints of each family through the stock loader,
+and the pack's promises on each: identity, LoRA equivalence, trigger tokens in every text encoder, training,
+the forgetting guard, regional composition, save/load and refusal across families."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from comfy_inprocess import call_node, family_checkpoint
+
+from r2moe_testkit.banks import add_random_concept, force_coefficient_one
+from r2moe_testkit.sampling import encode, sample
+
+LAYERS = {"sd2": 16, "sdxl": 70}
+TOKEN_WIDTHS = {"sd2": (("clip_h", 1024),), "sdxl": (("clip_l", 768), ("clip_g", 1280))}
+FAST = {  # as the SD1.5 training tests: short, high-rate runs at 64 px
+    "steps": 30, "batch_size": 2, "resolution": 64, "lr_experts": 1e-2, "lr_router": 1e-2, "lr_token": 1e-2,
+    "distill_lambda": 1e-5, "distill_mode": "exact", "prune_threshold": 0.0, "seed": 0, "optimizer": "AdamW",
+    "gradient_checkpointing": False, "augment_views": 0,
+}
+DOG_PROMPT, CAT_PROMPT = "photo of a <dog1> dog", "photo of a <cat1> cat"
+SIZE = 64
+
+
+@pytest.fixture(scope="module", params=["sd2", "sdxl"])
+def family(request, host):
+    """(family, (MODEL, CLIP, VAE)) of one family's tiny checkpoint through the stock CheckpointLoaderSimple."""
+    name = family_checkpoint(request.param)
+    return request.param, call_node("CheckpointLoaderSimple", ckpt_name=name)
+
+
+@pytest.fixture(scope="module")
+def empty(family):
+    return call_node("R2MoENewBank", model=family[1][0], rank=4, top_k=3, prune_threshold=0.4,
+                     distill_lambda=1e-5)[0]
+
+
+@pytest.fixture(scope="module")
+def concepts(host, empty):
+    bank = add_random_concept(host.core, empty, "dog", "<dog1>", seed=1, scale=0.2)
+    return add_random_concept(host.core, bank, "cat", "<cat1>", seed=2, scale=0.2)
+
+
+def pictures(seed: int, n: int = 4, size: int = 96) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, size // 8, size // 8, 3, generator=gen).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    return (base + 0.05 * torch.rand(n, size, size, 3, generator=gen)).clamp(0, 1)
+
+
+def apply(models, bank, strength=1.0):
+    return call_node("R2MoEApplyBank", model=models[0], clip=models[1], bank=bank, strength=strength)
+
+
+def train(models, bank, name, token, word, images, **overrides):
+    model, clip, vae = models
+    return call_node("R2MoETrainConcept", model=model, clip=clip, vae=vae, bank=bank, concept_name=name,
+                     trigger_token=token, class_word=word, images=images, **(FAST | overrides))
+
+
+def test_the_family_is_read_off_the_model_and_kept_in_the_file(host, family, empty, tmp_path):
+    import comfy.model_base
+
+    name, (model, _, _) = family
+    assert empty.family == name and len(empty.layers) == LAYERS[name]
+    assert empty.token_encoders == TOKEN_WIDTHS[name]
+    assert empty.token_dim == sum(w for _, w in TOKEN_WIDTHS[name])
+    if name == "sd2":  # the stock loader took the tiny SD 2.x checkpoint as the v-prediction model it is
+        assert model.model.model_type == comfy.model_base.ModelType.V_PREDICTION
+    path = host.core.save_bank(empty, tmp_path / "bank.safetensors")
+    assert host.core.load_bank(path).family == name
+
+
+def test_empty_bank_is_bit_identical_to_the_stock_model(family, empty):
+    models = family[1]
+    patched, patched_clip = apply(models, empty)
+    assert torch.equal(sample(models[0], models[1], "a dog", size=SIZE), sample(patched, patched_clip, "a dog",
+                                                                              size=SIZE))
+
+
+def test_one_expert_equals_the_same_lora_merged_by_the_stock_loader(host, family, concepts):
+    import comfy.sd
+
+    model, clip, _ = family[1]
+    prompt = "a photo of a dog on the beach"
+    gate_in = encode(clip, prompt)[0][0].float().mean(dim=1)[0]
+    bank = force_coefficient_one(concepts, task=1, gate_in=gate_in)
+    patched, _ = apply(family[1], bank)
+    merged, _ = comfy.sd.load_lora_for_models(model, clip, host.core.expert_as_lora(bank, task=1), 1.0, 0.0)
+    stock = sample(model, clip, prompt, cfg=1.0, size=SIZE)
+    via_bank, via_lora = sample(patched, clip, prompt, cfg=1.0, size=SIZE), sample(merged, clip, prompt, cfg=1.0,
+                                                                                    size=SIZE)
+    effect, mismatch = (via_lora - stock).abs().max().item(), (via_bank - via_lora).abs().max().item()
+    assert effect > 0.05, "the expert must visibly change the result, or the comparison proves nothing"
+    assert mismatch < 1e-2 * max(1.0, effect), f"bank vs merged LoRA differ by {mismatch} (effect {effect})"
+
+
+def test_the_trigger_token_reaches_every_text_encoder_as_a_stock_embedding_file_would(host, family, concepts):
+    """Each encoder gets its own part of the token (SDXL: CLIP-L the first 768 columns, bigG the rest): the
+    exported embedding file (clip_l/clip_g keys for SDXL) read by the stock `embedding:` path gives the same
+    context, and the pooled output SDXL's UNet also reads follows the token too."""
+    name, (_, clip, _) = family
+    prompt = "a photo of <dog1> dog on the grass"
+    call_node("R2MoEExportConcept", clip=clip, bank=concepts, concept_name="dog", prompt=prompt,
+              file_name=f"dog_{name}", overwrite=True)
+    import folder_paths
+
+    folder_paths.filename_list_cache.clear()
+    _, patched_clip = apply(family[1], concepts)
+    via_bank = encode(patched_clip, prompt)[0]
+    via_file = encode(clip, "a photo of embedding:dog1 dog on the grass")[0]
+    plain = encode(clip, "a photo of dog dog on the grass")[0]
+    offset = 0
+    for key, width in TOKEN_WIDTHS[name]:
+        part = slice(offset, offset + width)
+        assert not torch.allclose(via_bank[0][..., part], plain[0][..., part], atol=1e-4), f"{key} ignored the token"
+        offset += width
+    assert torch.allclose(via_bank[0], via_file[0], atol=1e-5), "the bank's token is not the exported embedding"
+    if name == "sdxl":
+        pooled_bank, pooled_file = via_bank[1]["pooled_output"], via_file[1]["pooled_output"]
+        assert torch.allclose(pooled_bank, pooled_file, atol=1e-5)
+        assert not torch.allclose(pooled_bank, plain[1]["pooled_output"], atol=1e-4)
+
+
+def _denoise_error(host, models, bank, images, prompt) -> float:
+    """ε-prediction error on the concept's own photos at fixed noise levels, through the model's own sampling
+    (v-prediction and SDXL's pooled/size conditioning included)."""
+    model, _, vae = models
+    training_host = __import__(host.pack.__name__ + ".nodes.training_host", fromlist=["x"])
+    patched, patched_clip = apply(models, bank)
+    with torch.inference_mode():
+        pixels = torch.stack([host.core.square_resize(i, SIZE) for i in images])
+        x0 = model.model.process_latent_in(vae.encode(pixels)).float()
+        cond = encode(patched_clip, prompt)[0]
+        condition = training_host.TextCondition(cond[0].repeat(len(x0), 1, 1),
+                                                cond[1]["pooled_output"].repeat(len(x0), 1))
+        predict, gen, errors = training_host.noise_predictor(patched), torch.Generator().manual_seed(11), []
+        for sigma in (0.5, 2.0, 6.0):
+            noise = torch.randn(x0.shape, generator=gen)
+            eps = predict(x0 + sigma * noise, torch.full((len(x0),), sigma), condition)
+            errors.append(torch.nn.functional.mse_loss(eps.cpu(), noise).item())
+    return sum(errors) / len(errors)
+
+
+@pytest.fixture(scope="module")
+def after_dog(family, empty):
+    return train(family[1], empty, "dog", "<dog1>", "dog", pictures(1))[0]
+
+
+def test_training_lowers_the_denoising_error_on_the_concepts_photos(host, family, empty, after_dog):
+    models = family[1]
+    assert after_dog.num_tasks == 1 and after_dog.family == family[0]
+    assert after_dog.concepts[0].embedding.shape == (1, empty.token_dim)
+    before = _denoise_error(host, models, empty, pictures(1), DOG_PROMPT)
+    after = _denoise_error(host, models, after_dog, pictures(1), DOG_PROMPT)
+    assert after < 0.85 * before, f"denoising error on the concept's photos {before:.4f} -> {after:.4f}"
+
+
+def test_a_second_concept_leaves_the_first_as_it_was(family, after_dog):
+    models = family[1]
+
+    def draw(bank, prompt):
+        patched, patched_clip = apply(models, bank)
+        return sample(patched, patched_clip, prompt, steps=2, cfg=1.0, size=SIZE)
+
+    before = draw(after_dog, DOG_PROMPT)
+    with_cat = train(models, after_dog, "cat", "<cat1>", "cat", pictures(2), new_expert_margin=20.0)[0]
+    drift = (draw(with_cat, DOG_PROMPT) - before).abs().max().item()
+    assert drift < 1e-3, f"the dog changed by {drift} after learning the cat"
+    assert (draw(with_cat, CAT_PROMPT) - draw(after_dog, CAT_PROMPT)).abs().mean().item() > 1e-3, "cat not learned"
+
+
+def _first_call(model, clip, prompt, negative="", cfg=1.0):
+    record = {}
+    probe = model.clone()
+
+    def wrapper(apply_model, args):
+        out = apply_model(args["input"], args["timestep"], **args["c"])
+        if not record:
+            for kind, chunk in zip(args["cond_or_uncond"], out.chunk(len(args["cond_or_uncond"])), strict=True):
+                record[kind] = chunk.clone()
+        return out
+
+    probe.set_model_unet_function_wrapper(wrapper)
+    sample(probe, clip, prompt, negative=negative, steps=1, cfg=cfg, size=128)
+    return record
+
+
+def test_regional_composition_on_each_familys_token_grids(family, concepts):
+    """One full-canvas region is the bank patch on its prompt; two boxes keep the uncond rows stock. (SDXL's
+    pooled text vector is not cross-attention: it comes from the positive prompt wired into the sampler.)"""
+    model, clip, _ = family[1]
+
+    def layout(regions):
+        data = {"width": 128, "height": 128, "background": "a garden",
+                "regions": [{"prompt": p, "box": b} for p, b in regions]}
+        return call_node("R2MoELayoutFromJSON", layout_json=json.dumps(data))[0]
+
+    prompt = "a <dog1> dog on the beach"
+    full = call_node("R2MoERegionalApply", model=model, clip=clip, bank=concepts,
+                     layout=layout([(prompt, [0.0, 0.0, 1.0, 1.0])]), strength=1.0)[0]
+    bank_model, bank_clip = apply(family[1], concepts)
+    via_regions, via_bank = _first_call(full, bank_clip, prompt)[0], _first_call(bank_model, bank_clip, prompt)[0]
+    effect = (via_bank - _first_call(model, bank_clip, prompt)[0]).abs().max().item()
+    assert effect > 1e-2 and (via_regions - via_bank).abs().max().item() < 1e-4 * max(1.0, effect)
+    two = call_node("R2MoERegionalApply", model=model, clip=clip, bank=concepts, strength=1.0,
+                    layout=layout([("a <dog1> dog", [0.0, 0.0, 0.5, 1.0]), ("a <cat1> cat", [0.5, 0.0, 1.0, 1.0])]))[0]
+    stock, regional = _first_call(model, clip, "a garden", "blurry", 7.0), _first_call(two, clip, "a garden", "blurry",
+                                                                                        7.0)
+    assert torch.equal(stock[1], regional[1]) and not torch.allclose(stock[0], regional[0], atol=1e-4)
+
+
+def test_a_bank_of_another_family_is_refused_naming_both(host, tiny, family, empty):
+    sd1_bank = call_node("R2MoENewBank", model=tiny[0], rank=4, top_k=3, prune_threshold=0.4,
+                         distill_lambda=1e-5)[0]
+    label = {"sd2": "SD 2.x", "sdxl": "SDXL"}[family[0]]
+    with pytest.raises(host.core.BankMismatchError, match=f"made for SD1.x; the connected MODEL is {label}"):
+        apply(family[1], sd1_bank)
+    with pytest.raises(host.core.BankMismatchError, match=f"made for {label}; the connected MODEL is SD1.x"):
+        apply(tiny, empty)
+    forged = replace(empty, family="sd1")  # a file that lies about its family is refused on load
+    with pytest.raises(host.core.BankMismatchError, match=r"says SD1\.x"):
+        forged.validate()
