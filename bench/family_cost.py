@@ -5,8 +5,10 @@ photo concepts through `R2MoETrainConcept` with the default pruning (threshold 0
 are a fixed fraction of the full-size ones, so the bytes a concept adds are reported twice: as measured on the
 tiny model, and for the same kept projections at full-size widths (rank r: in·r + r·out + in for the gate
 column, fp32). Layers are grouped by where they sit, so the share of SDXL's cost in its deep 10-block stacks (input
-blocks 7-8, the middle block, output blocks 0-2) and the new expert's output share there are visible: what
-leaving those layers out would save, and what it would cost. Writes bench/results/family_cost.json.
+blocks 7-8, the middle block, output blocks 0-2) is visible, and what leaving those layers out would cost is
+measured: the ε-prediction error on the concept's own photos (fixed noise levels) with the bank before the
+concept, with the concept, and with the concept's experts removed from the deep stacks. Writes
+bench/results/family_cost.json.
 """
 
 from __future__ import annotations
@@ -46,9 +48,39 @@ def full_size_bytes(bank, projections: list[str], scale: int) -> int:
     return total
 
 
-def measure(host, family: str, steps: int, resolution: int) -> dict:
+def denoise_error(host, models, bank, pixels, prompt: str) -> float:
+    """Mean ε-prediction MSE on the photos at σ = 0.5, 2 and 6 through the model's own sampling, bank applied."""
+    import torch
+
+    model, clip, vae = models
+    training_host = sys.modules[host.pack.__name__ + ".nodes.training_host"]
+    patched, patched_clip = call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=1.0)
+    with torch.inference_mode():
+        x0 = model.model.process_latent_in(vae.encode(pixels)).float()
+        cond = call_node("CLIPTextEncode", clip=patched_clip, text=prompt)[0][0]
+        pooled = cond[1].get("pooled_output")
+        condition = training_host.TextCondition(
+            cond[0].repeat(len(x0), 1, 1), None if pooled is None else pooled.repeat(len(x0), 1)
+        )
+        predict, gen, errors = training_host.noise_predictor(patched), torch.Generator().manual_seed(11), []
+        for sigma in (0.5, 2.0, 6.0):
+            noise = torch.randn(x0.shape, generator=gen)
+            eps = predict(x0 + sigma * noise, torch.full((len(x0),), sigma), condition)
+            errors.append(torch.nn.functional.mse_loss(eps.float().cpu(), noise).item())
+    return sum(errors) / len(errors)
+
+
+def photos(core, name: str, resolution: int):
+    import torch
+
+    images, _ = core.load_concept_folder(CONCEPTS / name)
+    return torch.stack([core.square_resize(image, resolution) for image in images[:4]])
+
+
+def measure(host, family: str, steps: int, resolution: int, lr: float) -> dict:
     core = host.core
-    model, clip, vae = call_node("CheckpointLoaderSimple", ckpt_name=family_checkpoint(family))
+    models = call_node("CheckpointLoaderSimple", ckpt_name=family_checkpoint(family))
+    model, clip, vae = models
     scale = FULL_CHANNELS // host.tiny_models.FAMILY_MODELS[family][1]["model_channels"]
     bank = call_node("R2MoENewBank", model=model, rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
     every = bank.projection_names()
@@ -59,9 +91,18 @@ def measure(host, family: str, steps: int, resolution: int) -> dict:
             "R2MoETrainConcept", model=model, clip=clip, vae=vae, bank=bank, concept_name=name,
             trigger_token=f"<{name}1>", class_word=word, folder=str(CONCEPTS / name), steps=steps, batch_size=2,
             resolution=resolution, seed=0, preview_every=0, augment_views=0, gradient_checkpointing=False,
+            lr_experts=lr, lr_router=lr, lr_token=lr,
         )[0]
         concept = bank.concept_by_name(name)
         kept = list(concept.kept)
+        pixels, prompt = photos(core, name, resolution), f"photo of a <{name}1> {word}"
+        errors = {"before the concept": denoise_error(host, models, before, pixels, prompt),
+                  "with the concept": denoise_error(host, models, bank, pixels, prompt)}
+        deep = [p for p in every if group(core, p, family) == "deep 10-block stacks"]
+        if deep:
+            without = bank.without_experts(concept.task, deep)
+            errors["without its deep-stack experts"] = denoise_error(host, models, without, pixels, prompt)
+        gain = errors["before the concept"] - errors["with the concept"]
         groups: dict[str, dict[str, float]] = {}
         for label in sorted({group(core, p, family) for p in every}):
             members = [p for p in every if group(core, p, family) == label]
@@ -80,11 +121,17 @@ def measure(host, family: str, steps: int, resolution: int) -> dict:
             "full_size_bytes_after_pruning": full_size_bytes(bank, kept, scale),
             "token_bytes": 4 * concept.embedding.numel(),
             "groups": groups,
+            "denoise_error": errors,
         }
+        if deep and gain > 0:
+            record["gain_kept_without_deep_stacks"] = (
+                errors["before the concept"] - errors["without its deep-stack experts"]
+            ) / gain
         concepts.append(record)
-        LOG.info("%s %s: kept %d of %d projections; full-size %.2f MB before pruning, %.2f MB after",
-                 family, name, len(kept), len(every), record["full_size_bytes_before_pruning"] / 1e6,
-                 record["full_size_bytes_after_pruning"] / 1e6)
+        LOG.info("%s %s: kept %d of %d projections; full-size %.2f MB before pruning, %.2f MB after; denoising "
+                 "error %s", family, name, len(kept), len(every), record["full_size_bytes_before_pruning"] / 1e6,
+                 record["full_size_bytes_after_pruning"] / 1e6,
+                 ", ".join(f"{k} {v:.4f}" for k, v in errors.items()))
     return {
         "family": family,
         "layers": len(bank.layers),
@@ -100,14 +147,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--families", default="sd1,sd2,sdxl")
+    parser.add_argument("--lr", type=float, default=1e-2,
+                        help="one learning rate for experts, gate and token: the tiny random models need a high one "
+                             "to learn visibly in a few dozen steps (the host tests use the same)")
+    parser.add_argument("--families", default="sdxl,sd2,sd1")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "family_cost.json")
     opts = parser.parse_args()
     host = boot(Path(tempfile.mkdtemp(prefix="r2moe_bench_")))
-    results = [measure(host, f, opts.steps, opts.resolution) for f in opts.families.split(",")]
+    results = [measure(host, f, opts.steps, opts.resolution, opts.lr) for f in opts.families.split(",")]
     opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps({"steps": opts.steps, "resolution": opts.resolution, "results": results},
-                                   indent=2))
+    opts.out.write_text(json.dumps({"steps": opts.steps, "resolution": opts.resolution, "learning_rate": opts.lr,
+                                    "results": results}, indent=2))
     LOG.info("written %s", opts.out)
 
 

@@ -66,6 +66,20 @@ def _repo_code_on_path() -> None:
             sys.path.insert(0, folder)
 
 
+def native_size(ckpt: Path) -> int:
+    """The pixel size a user checkpoint was trained at, from its tensor names alone: SDXL 1024 (two text encoders
+    under `conditioner.embedders`), SD 2.x 768 (OpenCLIP under `cond_stage_model.model`), SD1.x 512."""
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), "pt") as handle:
+        keys = list(handle.keys())
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return 1024
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return 768
+    return 512
+
+
 def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
     """Put the checkpoint into the host's models/checkpoints; return its name and kind (world, tiny or user)."""
     folder = HOST_ROOT / "models" / "checkpoints"
@@ -83,7 +97,8 @@ def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
         return WORLD_NAME, "world"
     ckpt = ckpt.expanduser().resolve()
     if not ckpt.is_file():
-        raise SystemExit(f"CKPT={ckpt} does not exist; give the path of an SD1.5 .safetensors checkpoint.")
+        raise SystemExit(f"CKPT={ckpt} does not exist; give the path of an SD1.x, SD 2.x or SDXL .safetensors "
+                         "checkpoint.")
     target = folder / ckpt.name
     if not target.exists():
         target.symlink_to(ckpt)
@@ -261,6 +276,9 @@ def main() -> None:
     if opts.steps:
         train_inputs["steps"] = opts.steps
     size, sample_steps, batch = SAMPLING[kind]
+    if kind == "user":  # the family's own size for sampling; training's resolution 0 takes it too
+        size = native_size(HOST_ROOT / "models" / "checkpoints" / ckpt_name)
+        train_inputs.setdefault("resolution", 0)
     graph, nodes = training_graph(json.loads(WORKFLOW.read_text()), ckpt_name, concepts, train_inputs, size, batch,
                                   sample_steps)
     scene = "grass background" if kind == "world" else "by the sea"

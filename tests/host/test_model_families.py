@@ -223,3 +223,70 @@ def test_a_bank_of_another_family_is_refused_naming_both(host, tiny, family, emp
     forged = replace(empty, family="sd1")  # a file that lies about its family is refused on load
     with pytest.raises(host.core.BankMismatchError, match=r"says SD1\.x"):
         forged.validate()
+
+
+def test_a_kohya_lora_of_the_family_imports_and_draws_like_the_stock_loader(host, family, empty):
+    """A LoRA in kohya's names for this UNet (`lora_unet_input_blocks_4_1_...`, as kohya's SDXL trainer writes
+    them) becomes a gated concept; its trigger prompt draws what stock LoraLoader + the token's embedding file
+    draw (SDXL: the file carries `clip_l` and `clip_g`)."""
+    from pathlib import Path
+
+    import folder_paths
+    from safetensors.torch import save_file
+
+    name, (model, clip, _) = family
+    gen, tensors = torch.Generator().manual_seed(11), {}
+    for layer in empty.layers:
+        for proj in host.core.PROJECTIONS:
+            key = "lora_unet_" + f"{layer.name}.{proj}".replace(".", "_")
+            tensors[f"{key}.lora_down.weight"] = torch.randn(4, layer.in_dim, generator=gen) * 0.1
+            tensors[f"{key}.lora_up.weight"] = torch.randn(layer.out_dim, 4, generator=gen) * 0.1
+            tensors[f"{key}.alpha"] = torch.tensor(4.0)
+    save_file(tensors, str(Path(folder_paths.get_folder_paths("loras")[0]) / f"kohya_{name}.safetensors"))
+    folder_paths.filename_list_cache.clear()
+    grown, report = call_node(
+        "R2MoEImportLoRA", clip=clip, bank=empty, lora_name=f"kohya_{name}.safetensors", concept_name="style",
+        trigger_token="<sty1>", class_word="cat", example_prompts="a photo of <sty1> cat", strength=1.0,
+        prune_threshold=0.0)
+    count = 2 * LAYERS[name]
+    assert f"{count}/{count} text cross-attention K/V projections" in report
+    from r2moe_core.moe.concept_export import embedding_tensors
+
+    save_file(embedding_tensors(grown, "style"),
+              str(Path(folder_paths.get_folder_paths("embeddings")[0]) / f"sty_{name}.safetensors"))
+    lora_model, lora_clip = call_node("LoraLoader", model=model, clip=clip, lora_name=f"kohya_{name}.safetensors",
+                                      strength_model=1.0, strength_clip=0.0)
+    via_bank = sample(*apply(family[1], grown), "a photo of <sty1> cat", cfg=1.0, size=SIZE)
+    via_stock = sample(lora_model, lora_clip, f"a photo of embedding:sty_{name} cat", cfg=1.0, size=SIZE)
+    plain = sample(model, clip, f"a photo of embedding:sty_{name} cat", cfg=1.0, size=SIZE)
+    effect, mismatch = (via_stock - plain).abs().max().item(), (via_bank - via_stock).abs().max().item()
+    assert effect > 0.05 and mismatch < 0.01 * effect, f"bank vs stock LoRA: {mismatch} of {effect}"
+
+
+def test_the_hierarchical_sampler_refines_with_sam_on_each_family(host, family, concepts):
+    """Box masks, then SAM masks from the model's own x0: the masks change and so does the image."""
+    import folder_paths
+
+    from r2moe_testkit.sam import TINY_SAM_NAME, write_tiny_sam
+
+    model, clip, vae = family[1]
+    write_tiny_sam(host.base_dir / "models" / "sams" / TINY_SAM_NAME)
+    folder_paths.filename_list_cache.clear()
+    sam = call_node("R2MoESAMLoader", sam_name=TINY_SAM_NAME)[0]
+    data = {"width": SIZE, "height": SIZE, "background": "a garden",
+            "regions": [{"prompt": "a <dog1> dog", "box": [0.0, 0.1, 0.5, 1.0]},
+                        {"prompt": "a <cat1> cat", "box": [0.5, 0.2, 1.0, 0.9]}]}
+    layout = call_node("R2MoELayoutFromJSON", layout_json=json.dumps(data))[0]
+    latent = call_node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)[0]
+
+    def run(switch_at):
+        return call_node(
+            "R2MoEHierarchicalSampler", model=model, clip=clip, vae=vae, bank=concepts, layout=layout, sam=sam,
+            positive=encode(clip, "a garden"), negative=encode(clip, "blurry"), latent_image=latent, seed=7, steps=4,
+            cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0, switch_at=switch_at, strength=1.0)
+
+    refined, masks, image = run(0.5)
+    boxes_only = run(1.0)[0]
+    assert image.shape == (1, SIZE, SIZE, 3)
+    assert not torch.equal(masks, call_node("R2MoELayoutPreview", layout=layout)[1]), "SAM did not refine the boxes"
+    assert (refined["samples"] - boxes_only["samples"]).abs().max().item() > 1e-3
