@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..r2moe_core.bank.expert_bank import ExpertBank
+from ..r2moe_core.bank.model_family import encoder_columns
 from ..r2moe_core.bank.trigger_tokens import RESERVED_PREFIX, embedding_name, lookup_embedding, substitute_triggers
 from ..r2moe_core.log import LOGGER
 from ..r2moe_core.moe.routing import gate_input
@@ -35,12 +36,9 @@ def encoder_slice(inner: Any, encoders: Encoders) -> slice | None:
     """Which columns of a trigger-token vector belong to this SDTokenizer's encoder: found by its embedding key
     (clip_l, clip_g, clip_h), or by width when the layout has one unnamed encoder; None if it has no part."""
     key, width = getattr(inner, "embedding_key", ""), getattr(inner, "embedding_size", None)
-    offset = 0
-    for name, size in encoders:
-        if name == key or (len(encoders) == 1 and not name and (width is None or size == width)):
-            return slice(offset, offset + size)
-        offset += size
-    return None
+    if len(encoders) == 1 and not encoders[0][0] and width in (None, encoders[0][1]):
+        return slice(0, encoders[0][1])
+    return next((columns for name, columns in encoder_columns(encoders) if name == key), None)
 
 
 def with_bank_lookup(inner: Any, embeddings: dict[str, torch.Tensor], columns: slice | None = None) -> Any:

@@ -27,7 +27,7 @@ OFFSET_SCALE = 1.0
 
 
 def import_token_embedding(
-    clip: Any, class_word: str, token: str, encoders: tuple[tuple[str, int], ...] = (("clip_l", 768),)
+    clip: Any, class_word: str, token: str, encoders: tuple[tuple[str, int], ...]
 ) -> torch.Tensor:
     """The trigger token's vector: the class word's embedding plus a fixed offset drawn from the token's name.
 

@@ -20,7 +20,7 @@ from .config import BankConfig
 from .expert_bank import FORMAT_VERSION, Concept, ExpertBank, ProjectionExperts
 from .experts import LoraExpert
 from .fingerprint import ModelFingerprint
-from .model_family import family_of_layers
+from .model_family import family_name_for
 
 DEFAULT_KEEP_VERSIONS = 3  # previous versions of a bank kept beside it on every save
 FORMAT_NAME = "r2moe.expert-bank"
@@ -136,8 +136,7 @@ def bank_from_bytes(data: bytes, source: str = "bank") -> ExpertBank:
         # banks written before families were stored are SD1.x banks (the only family the pack took then)
         family = info.get("family")
         if family is None:
-            known = family_of_layers(layers)
-            family = known.name if known is not None and known.token_dim == token_dim else ""
+            family = family_name_for(layers, token_dim)
         concept_rows = list(info["concepts"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BankFormatError(f"{source}: bank metadata is incomplete ({exc!r}).") from exc

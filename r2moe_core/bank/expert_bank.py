@@ -17,7 +17,7 @@ from .attention_targets import PROJECTIONS, LayerSpec
 from .config import BankConfig
 from .experts import AUX_EXPERT, LoraExpert
 from .fingerprint import ModelFingerprint
-from .model_family import family_label, family_named, family_of_layers
+from .model_family import family_name_for, family_named, family_of_layers
 
 FORMAT_VERSION = 1
 _TOKEN = re.compile(r"^\S+$")
@@ -105,19 +105,15 @@ class ExpertBank:
         projections = {
             f"{layer.name}.{proj}": ProjectionExperts(in_dim=layer.in_dim) for layer in layers for proj in PROJECTIONS
         }
-        family = family_of_layers(layers)
         if token_dim is None:
+            family = family_of_layers(layers)
             token_dim = family.token_dim if family is not None else 768
-        name = family.name if family is not None and family.token_dim == token_dim else ""
-        bank = cls(config, tuple(layers), fingerprint, projections, (), 0, token_dim, name)
+        family_name = family_name_for(layers, token_dim)
+        bank = cls(config, tuple(layers), fingerprint, projections, (), 0, token_dim, family_name)
         bank.validate()
         return bank
 
     # ---- queries -------------------------------------------------------------------------------------------
-    @property
-    def family_label(self) -> str:
-        return family_label(self.family)
-
     @property
     def token_encoders(self) -> tuple[tuple[str, int], ...]:
         """(embedding key, width) of each text encoder a trigger token feeds, in the order its vector stores them;

@@ -56,6 +56,21 @@ def family_of_layers(layers: Iterable[LayerSpec]) -> ModelFamily | None:
     return next((family for family in FAMILIES if family.context_dim == width), None)
 
 
+def family_name_for(layers: Iterable[LayerSpec], token_dim: int) -> str:
+    """The family name a bank with these layers and token width records: "" unless both are a family's."""
+    family = family_of_layers(layers)
+    return family.name if family is not None and family.token_dim == token_dim else ""
+
+
+def encoder_columns(encoders: tuple[tuple[str, int], ...]) -> tuple[tuple[str, slice], ...]:
+    """Each text encoder's columns of a trigger-token vector, whose encoders' embeddings sit side by side."""
+    out, offset = [], 0
+    for key, width in encoders:
+        out.append((key, slice(offset, offset + width)))
+        offset += width
+    return tuple(out)
+
+
 def require_family(layers: list[LayerSpec]) -> ModelFamily:
     """The family of a host model's layers, or a clear refusal naming what the model has."""
     family = family_of_layers(layers)

@@ -14,6 +14,7 @@ import torch
 
 from ..bank.attention_targets import PROJECTIONS
 from ..bank.expert_bank import ExpertBank
+from ..bank.model_family import encoder_columns
 from ..errors import InvalidInputError
 
 _SD1_BLOCK = re.compile(r"^(input_blocks|middle_block|output_blocks)\.?(\d*)\.1\.(transformer_blocks\.\d+\..+)$")
@@ -71,14 +72,9 @@ def embedding_tensors(bank: ExpertBank, name: str) -> dict[str, torch.Tensor]:
     if concept is None:
         raise InvalidInputError(f"No concept named '{name[:200]}' in this bank.")
     vectors = concept.embedding.detach().float()
-    encoders = bank.token_encoders
-    if len(encoders) == 1:
+    if len(bank.token_encoders) == 1:
         return {"emb_params": vectors.contiguous()}
-    out, offset = {}, 0
-    for key, width in encoders:
-        out[key] = vectors[:, offset : offset + width].contiguous()
-        offset += width
-    return out
+    return {key: vectors[:, columns].contiguous() for key, columns in encoder_columns(bank.token_encoders)}
 
 
 def embedding_name(token: str) -> str:

@@ -43,7 +43,7 @@ class ConceptRequest:
         for name in ("name", "token", "class_word", "folder"):
             object.__setattr__(self, name, str(getattr(self, name)).strip())
         object.__setattr__(self, "caption_template", self.caption_template or DEFAULT_CAPTION_TEMPLATE)
-        if self.resolution < 0 or (self.resolution and self.resolution < 8) or self.resolution % 8:
+        if self.resolution < 0 or self.resolution % 8:
             raise InvalidInputError(
                 f"resolution must be 0 (the model's own) or a multiple of 8 (the latent grid), got {self.resolution}."
             )

@@ -38,6 +38,7 @@ from .class_prior import PriorData
 
 DISTILL_MODES = ("exact", "soft", "off")
 GATE_INPUT_MOMENTUM = 0.9
+OPTIMIZERS = ("AdamW", "Adam", "SGD")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,6 @@ class TextCondition:
 def context_of(encoded: torch.Tensor | TextCondition) -> torch.Tensor:
     """The cross-attention context of what an `encode` callable returned (a bare tensor or a TextCondition)."""
     return encoded.context if isinstance(encoded, TextCondition) else encoded
-OPTIMIZERS = ("AdamW", "Adam", "SGD")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 from comfy_inprocess import call_node, family_checkpoint
 
 from r2moe_testkit.banks import add_random_concept, force_coefficient_one
-from r2moe_testkit.sampling import encode, sample
+from r2moe_testkit.sampling import encode, first_call, sample
 
 LAYERS = {"sd2": 16, "sdxl": 70}
 TOKEN_WIDTHS = {"sd2": (("clip_h", 1024),), "sdxl": (("clip_l", 768), ("clip_g", 1280))}
@@ -172,22 +172,6 @@ def test_a_second_concept_leaves_the_first_as_it_was(family, after_dog):
     assert (draw(with_cat, CAT_PROMPT) - draw(after_dog, CAT_PROMPT)).abs().mean().item() > 1e-3, "cat not learned"
 
 
-def _first_call(model, clip, prompt, negative="", cfg=1.0):
-    record = {}
-    probe = model.clone()
-
-    def wrapper(apply_model, args):
-        out = apply_model(args["input"], args["timestep"], **args["c"])
-        if not record:
-            for kind, chunk in zip(args["cond_or_uncond"], out.chunk(len(args["cond_or_uncond"])), strict=True):
-                record[kind] = chunk.clone()
-        return out
-
-    probe.set_model_unet_function_wrapper(wrapper)
-    sample(probe, clip, prompt, negative=negative, steps=1, cfg=cfg, size=128)
-    return record
-
-
 def test_regional_composition_on_each_familys_token_grids(family, concepts):
     """One full-canvas region is the bank patch on its prompt; two boxes keep the uncond rows stock. (SDXL's
     pooled text vector is not cross-attention: it comes from the positive prompt wired into the sampler.)"""
@@ -202,12 +186,12 @@ def test_regional_composition_on_each_familys_token_grids(family, concepts):
     full = call_node("R2MoERegionalApply", model=model, clip=clip, bank=concepts,
                      layout=layout([(prompt, [0.0, 0.0, 1.0, 1.0])]), strength=1.0)[0]
     bank_model, bank_clip = apply(family[1], concepts)
-    via_regions, via_bank = _first_call(full, bank_clip, prompt)[0], _first_call(bank_model, bank_clip, prompt)[0]
-    effect = (via_bank - _first_call(model, bank_clip, prompt)[0]).abs().max().item()
+    via_regions, via_bank = first_call(full, bank_clip, prompt)[0], first_call(bank_model, bank_clip, prompt)[0]
+    effect = (via_bank - first_call(model, bank_clip, prompt)[0]).abs().max().item()
     assert effect > 1e-2 and (via_regions - via_bank).abs().max().item() < 1e-4 * max(1.0, effect)
     two = call_node("R2MoERegionalApply", model=model, clip=clip, bank=concepts, strength=1.0,
                     layout=layout([("a <dog1> dog", [0.0, 0.0, 0.5, 1.0]), ("a <cat1> cat", [0.5, 0.0, 1.0, 1.0])]))[0]
-    stock, regional = _first_call(model, clip, "a garden", "blurry", 7.0), _first_call(two, clip, "a garden", "blurry",
+    stock, regional = first_call(model, clip, "a garden", "blurry", 7.0), first_call(two, clip, "a garden", "blurry",
                                                                                         7.0)
     assert torch.equal(stock[1], regional[1]) and not torch.allclose(stock[0], regional[0], atol=1e-4)
 

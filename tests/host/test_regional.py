@@ -9,6 +9,7 @@ import torch
 from comfy_inprocess import call_node
 
 from r2moe_testkit.banks import add_random_concept
+from r2moe_testkit.sampling import first_call as first_call_at
 from r2moe_testkit.sampling import sample
 
 SIZE = 128  # latent 16x16: attention grids 16, 8, 4 and 2 in the tiny UNet
@@ -38,21 +39,8 @@ def regional(tiny, bank, layout, strength=1.0, **kw):
 
 
 def first_call(model, clip, positive, negative="", cfg=1.0):
-    """Denoiser output of the first UNet call, per chunk kind (0 = cond, 1 = uncond)."""
-    record = {}
-    probe = model.clone()
-
-    def wrapper(apply_model, args):
-        out = apply_model(args["input"], args["timestep"], **args["c"])
-        if not record:
-            kinds = args["cond_or_uncond"]
-            for kind, chunk in zip(kinds, out.chunk(len(kinds)), strict=True):
-                record[kind] = chunk.clone()
-        return out
-
-    probe.set_model_unet_function_wrapper(wrapper)
-    sample(probe, clip, positive, negative=negative, steps=1, cfg=cfg, size=SIZE)
-    return record
+    """Denoiser output of the first UNet call on this file's canvas, per chunk kind (0 = cond, 1 = uncond)."""
+    return first_call_at(model, clip, positive, negative, cfg, size=SIZE)
 
 
 def runtime_of(model):

@@ -30,6 +30,25 @@ def sample(
     return out["samples"].clone()
 
 
+def first_call(model: Any, clip: Any, positive: str, negative: str = "", cfg: float = 1.0,
+               size: int = 128) -> dict[int, torch.Tensor]:
+    """Denoiser output of the first UNet call of a 1-step run, per chunk kind (0 = cond, 1 = uncond)."""
+    record: dict[int, torch.Tensor] = {}
+    probe = model.clone()
+
+    def wrapper(apply_model: Any, args: dict[str, Any]) -> torch.Tensor:
+        out = apply_model(args["input"], args["timestep"], **args["c"])
+        if not record:
+            kinds = args["cond_or_uncond"]
+            for kind, chunk in zip(kinds, out.chunk(len(kinds)), strict=True):
+                record[kind] = chunk.clone()
+        return out
+
+    probe.set_model_unet_function_wrapper(wrapper)
+    sample(probe, clip, positive, negative=negative, steps=1, cfg=cfg, size=size)
+    return record
+
+
 def find_runtime(model: Any) -> Any:
     """The BankRuntime behind the R2MoE wrapper installed on a patched MODEL."""
     import comfy.patcher_extension
