@@ -12,7 +12,7 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 NEW_FRONTEND := 1.58.1
 NEW_FRONTEND_ROOT := .host/frontend-$(NEW_FRONTEND)/static
 
-.PHONY: env browser-env test test-unit test-host test-bench test-e2e test-faults test-browser lint templates demo serve bench bench-lifelong bench-lifelong-quick clean
+.PHONY: env browser-env device-pack device-check test test-unit test-host test-bench test-e2e test-faults test-browser lint templates demo serve bench bench-lifelong bench-lifelong-quick clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -90,5 +90,18 @@ bench-lifelong: env
 bench-lifelong-quick: env
 	$(PY) bench/lifelong.py --quick --out output/lifelong_quick
 
+# One lent NVIDIA GPU: half-precision correctness, sampling and training speed and peak VRAM (README, "GPU check").
+# Here: `make device-pack` builds .device/ (pinned host + wheels the device lacks); the device call runs
+# `make device-check` with carry [".device"], results in $$OUT. SMOKE=1: the same code on the tiny models on a CPU.
+device-pack: env
+	$(PY) scripts/device_pack.py
+
+device-check: $(if $(SMOKE),env)
+ifdef SMOKE
+	$(PY) bench/device_check.py --smoke --out output/device_check_smoke $(if $(WORLD),--world)
+else
+	bash bench/device/run_check.sh
+endif
+
 clean:
-	rm -rf .host output .pytest_cache .ruff_cache node_modules
+	rm -rf .host .device output .pytest_cache .ruff_cache node_modules

@@ -104,8 +104,12 @@ def paired(times: dict[str, list[float]], label: str) -> tuple[float, float]:
 
 
 def bench_model(
-    host, name: str, model, clip, steps: int, rounds: int, regional: bool = True, size: int = SIZE
+    host, name: str, model, clip, steps: int, rounds: int, regional: bool = True, size: int = SIZE,
+    warmup_steps: int = 0, max_rounds: int = 0, target_spread: float = 0.0, deadline: float = float("inf"),
 ) -> dict:
+    """`rounds` paired rounds, or, with `max_rounds`, more until every paired spread is under `target_spread`
+    (or `deadline`, a perf_counter time, passes). Each timed run follows an untimed one of `warmup_steps` steps
+    (default: the same run), which absorbs the model switch."""
     empty = call_node("R2MoENewBank", model=model, rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
     banks = {"1 concept": add_random_concept(host.core, empty, "c1", "<c1>", seed=1)}
     bank = empty
@@ -139,11 +143,15 @@ def bench_model(
     }
     latent = call_node("EmptyLatentImage", width=size, height=size, batch_size=1)[0]
     times: dict[str, list[float]] = {label: [] for label in variants}
-    for _ in range(rounds):
+    for done in range(1, max(rounds, max_rounds) + 1):
         for label, (m, _) in variants.items():
             # Untimed first: switching MODEL makes ComfyUI re-load the patcher, which is not sampling cost.
-            timed_sample(m, *conds[label], latent, steps)
+            timed_sample(m, *conds[label], latent, warmup_steps or steps)
             times[label].append(timed_sample(m, *conds[label], latent, steps))
+        settled = all(paired(times, label)[1] < target_spread for label in goals)
+        if done >= rounds and (settled or time.perf_counter() > deadline):
+            break
+    rounds = done
     medians = {label: statistics.median(t) for label, t in times.items()}
     minima = {label: min(t) for label, t in times.items()}
     patched_labels = list(goals)

@@ -43,18 +43,22 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def r2moe_run(model, clip, vae, bank, images, steps: int, res: int = RES, checkpointing: bool = False) -> float:
+def r2moe_run(
+    model, clip, vae, bank, images, steps: int, res: int = RES, checkpointing: bool = False, batch: int = 2
+) -> float:
     return _timed(lambda: call_node(
         "R2MoETrainConcept", model=model, clip=clip, vae=vae, bank=bank, concept_name="bench", trigger_token="<b1>",
-        class_word="dog", images=images, steps=steps, batch_size=2, resolution=res, lr_experts=1e-4, lr_router=1e-4,
+        class_word="dog", images=images, steps=steps, batch_size=batch, resolution=res, lr_experts=1e-4, lr_router=1e-4,
         lr_token=1e-3, distill_lambda=1e-5, distill_mode="exact", prune_threshold=0.4, seed=0, optimizer="AdamW",
         preview_every=0, gradient_checkpointing=checkpointing, augment_views=0,
     ))
 
 
-def lora_run(model, latents, positive, steps: int, dtype: str, checkpointing: bool = False) -> float:
+def lora_run(
+    model, latents, positive, steps: int, dtype: str, checkpointing: bool = False, batch: int = 2
+) -> float:
     return _timed(lambda: call_node(
-        "TrainLoraNode", model=[model], latents=latents, positive=[positive], batch_size=[2],
+        "TrainLoraNode", model=[model], latents=latents, positive=[positive], batch_size=[batch],
         grad_accumulation_steps=[1], steps=[steps], learning_rate=[1e-4], rank=[4], optimizer=["AdamW"],
         loss_function=["MSE"], seed=[0], training_dtype=[dtype], lora_dtype=["fp32"], algorithm=["LoRA"],
         gradient_checkpointing=[checkpointing], existing_lora=["[None]"],

@@ -12,6 +12,7 @@ import torch
 from comfy_inprocess import call_node, family_checkpoint
 
 from r2moe_testkit.banks import add_random_concept, force_coefficient_one
+from r2moe_testkit.denoising import denoise_error, pictures
 from r2moe_testkit.sampling import encode, first_call, sample
 
 LAYERS = {"sd2": 16, "sdxl": 70}
@@ -42,12 +43,6 @@ def empty(family):
 def concepts(host, empty):
     bank = add_random_concept(host.core, empty, "dog", "<dog1>", seed=1, scale=0.2)
     return add_random_concept(host.core, bank, "cat", "<cat1>", seed=2, scale=0.2)
-
-
-def pictures(seed: int, n: int = 4, size: int = 96) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    base = torch.rand(1, size // 8, size // 8, 3, generator=gen).repeat_interleave(8, 1).repeat_interleave(8, 2)
-    return (base + 0.05 * torch.rand(n, size, size, 3, generator=gen)).clamp(0, 1)
 
 
 def apply(models, bank, strength=1.0):
@@ -124,26 +119,6 @@ def test_the_trigger_token_reaches_every_text_encoder_as_a_stock_embedding_file_
         assert not torch.allclose(pooled_bank, plain[1]["pooled_output"], atol=1e-4)
 
 
-def _denoise_error(host, models, bank, images, prompt) -> float:
-    """ε-prediction error on the concept's own photos at fixed noise levels, through the model's own sampling
-    (v-prediction and SDXL's pooled/size conditioning included)."""
-    model, _, vae = models
-    training_host = __import__(host.pack.__name__ + ".nodes.training_host", fromlist=["x"])
-    patched, patched_clip = apply(models, bank)
-    with torch.inference_mode():
-        pixels = torch.stack([host.core.square_resize(i, SIZE) for i in images])
-        x0 = model.model.process_latent_in(vae.encode(pixels)).float()
-        cond = encode(patched_clip, prompt)[0]
-        condition = training_host.TextCondition(cond[0].repeat(len(x0), 1, 1),
-                                                cond[1]["pooled_output"].repeat(len(x0), 1))
-        predict, gen, errors = training_host.noise_predictor(patched), torch.Generator().manual_seed(11), []
-        for sigma in (0.5, 2.0, 6.0):
-            noise = torch.randn(x0.shape, generator=gen)
-            eps = predict(x0 + sigma * noise, torch.full((len(x0),), sigma), condition)
-            errors.append(torch.nn.functional.mse_loss(eps.cpu(), noise).item())
-    return sum(errors) / len(errors)
-
-
 @pytest.fixture(scope="module")
 def after_dog(family, empty):
     return train(family[1], empty, "dog", "<dog1>", "dog", pictures(1))[0]
@@ -153,8 +128,8 @@ def test_training_lowers_the_denoising_error_on_the_concepts_photos(host, family
     models = family[1]
     assert after_dog.num_tasks == 1 and after_dog.family == family[0]
     assert after_dog.concepts[0].embedding.shape == (1, empty.token_dim)
-    before = _denoise_error(host, models, empty, pictures(1), DOG_PROMPT)
-    after = _denoise_error(host, models, after_dog, pictures(1), DOG_PROMPT)
+    before = denoise_error(host, models, empty, pictures(1), DOG_PROMPT, SIZE)
+    after = denoise_error(host, models, after_dog, pictures(1), DOG_PROMPT, SIZE)
     assert after < 0.85 * before, f"denoising error on the concept's photos {before:.4f} -> {after:.4f}"
 
 
