@@ -21,6 +21,7 @@ or CLIP-L + bigG (SDXL) adds their fp16 weights, listed in the JSON as `real_tex
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -93,15 +94,24 @@ def correctness(out: Path, smoke: bool, gpu: bool, clock: Clock) -> dict:
                str(REPO / "tests" / "host" / "test_half_precision.py")]
     if smoke:  # one case of one test: the same fixture and recording path, seconds on a CPU
         command += ["-k", "test_the_unet_really_computes and sd1 and bf16"]
-    started = time.perf_counter()
-    run = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO,
-                         timeout=max(60.0, 0.3 * clock.left()))
-    lines = run.stdout.strip().splitlines()
+    started, log = time.perf_counter(), out / "correctness_log.txt"
+    # The log goes to a file as it is written, so a run cut off by its time limit still says where it was.
+    with log.open("w") as sink:
+        try:
+            returncode = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO,
+                                        timeout=max(150.0, 0.4 * clock.left())).returncode
+        except subprocess.TimeoutExpired:
+            returncode = -9
+    text = log.read_text(errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
     figures = json.loads(record.read_text()) if record.is_file() else {}
     record.unlink(missing_ok=True)
-    return {"ok": run.returncode == 0, "returncode": run.returncode, "summary_line": lines[-1] if lines else "",
+    if returncode == 0:
+        log.unlink()
+    return {"ok": returncode == 0, "returncode": returncode, "timed_out": returncode == -9,
+            "summary_line": lines[-1] if lines else "",
             "outcomes": [line for line in lines if line.startswith(("PASSED", "FAILED", "ERROR", "SKIPPED"))],
-            "output_tail": (run.stdout + run.stderr)[-3000:] if run.returncode else "",
+            "failures": [line for line in lines if line.startswith("E ")][:40],
             "figures": figures, "wall_s": round(time.perf_counter() - started, 1)}
 
 
@@ -308,7 +318,8 @@ def main() -> None:
     summary: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if gpu else f"CPU smoke ({platform.machine()})",
         "torch": torch.__version__, "python": platform.python_version(), "smoke": opts.smoke,
-        "commit": _commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "sections": {},
+        "commit": _commit(), "code_digest": _code_digest(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "sections": {},
     }
     if gpu:
         summary["device_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / GIB, 1)
@@ -337,6 +348,16 @@ def main() -> None:
 def _commit() -> str:
     run = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     return run.stdout.strip() or "unknown"
+
+
+def _code_digest() -> str:
+    """sha256 of the pack's and the benchmark's Python sources: names the code that ran even where the copy's git
+    metadata is stale or absent (a device machine gets the working tree, not necessarily the latest commit)."""
+    digest = hashlib.sha256()
+    sources = (p for folder in ("nodes", "r2moe_core", "bench", "tests") for p in (REPO / folder).rglob("*.py"))
+    for path in sorted(sources):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _host_version() -> str:

@@ -61,7 +61,7 @@ def routing_directions(concept: torch.Tensor, protected: torch.Tensor) -> Routin
         own = residual / residual.square().sum()
     if rows.shape[0]:
         system = torch.cat([c[None], rows])
-        target = torch.cat([c.new_zeros(1), -torch.ones(rows.shape[0], dtype=c.dtype)])
+        target = torch.cat([c.new_zeros(1), -c.new_ones(rows.shape[0])])
         away = torch.linalg.pinv(system) @ target
     else:
         away = torch.zeros_like(c)
