@@ -51,6 +51,13 @@ class SlotPatch(SharedOnClone):
             return self.previous(q, k, v, options)
         return stock_attention(q, k, v, options, self.preferred)
 
+    def to(self, device: Any) -> SlotPatch:
+        """ComfyUI calls `.to(device)` on every replace patch that has one when it loads the model and puts the
+        result in the slot: move the wrapped patch, but keep this slot (else the bank would silently drop out)."""
+        if self.previous is not None and hasattr(self.previous, "to"):
+            self.previous = self.previous.to(device)
+        return self
+
     def __getattr__(self, name: str) -> Any:
         # Only reached for names this object lacks: hand them to the wrapped patch.
         previous = self.__dict__.get("previous")

@@ -234,6 +234,9 @@ def train_concept(
     checkpointing, prune_threshold = request.gradient_checkpointing, request.prune_threshold
     text = clip.clone()
     text.patcher = trainable_view(clip.patcher)
+    # On a dynamic-VRAM host the view is a static delegate holding its own copy of the encoder: run that copy
+    # (the one the weight wrappers sit on and that loading puts on the device), not the clone's original.
+    text.cond_stage_model = text.patcher.model
     base_tokenizer = getattr(clip.tokenizer, "base", clip.tokenizer)
 
     def encode(texts: Sequence[str]) -> TextCondition:

@@ -131,6 +131,32 @@ def test_existing_attn2_replace_is_wrapped_and_still_runs(tiny, concept_bank):
     assert slot.set_new_condition(x=1) == {"x": 1}, "method calls reach the wrapped patch"
 
 
+class MovablePatch(ScaleValuePatch):
+    """A foreign patch with `.to(device)` (as IPAdapter's patches have): ComfyUI moves it on every model load."""
+
+    def __init__(self):
+        super().__init__()
+        self.moved_to = []
+
+    def to(self, device):
+        self.moved_to.append(str(device))
+        return self
+
+
+def test_a_wrapped_patch_with_to_is_moved_on_load_and_the_bank_stays_in_its_slot(tiny, concept_bank):
+    model, clip, _ = tiny
+    other = model.clone()
+    for layer in concept_bank.layers:
+        other.set_model_attn2_replace(MovablePatch(), *layer.block_key)
+    both, both_clip = apply(other, clip, concept_bank)
+    only_foreign = sample(other, clip, PROMPT, steps=2)
+    out_both = sample(both, both_clip, PROMPT, steps=2)  # loading calls .to(device) on every slot
+    slot = both.model_options["transformer_options"]["patches_replace"]["attn2"][concept_bank.layers[0].block_key]
+    assert type(slot).__name__ == "MoEAttentionPatch", f"the bank's slot was replaced by {type(slot).__name__}"
+    assert slot.previous.moved_to and slot.previous.calls > 0, "the wrapped patch was not moved, or never ran"
+    assert not torch.allclose(out_both, only_foreign, atol=1e-4), "the bank dropped out of the layers"
+
+
 def test_patches_survive_clone_without_copying_the_bank(tiny, concept_bank):
     model, clip, _ = tiny
     patched, _ = apply(model, clip, concept_bank)

@@ -346,6 +346,29 @@ def test_training_on_a_dynamic_vram_host_takes_the_static_delegate(host, tiny, e
         def get_non_dynamic_delegate(self):
             raise RuntimeError("Cannot create non-dynamic delegate: cached_patcher_init is not initialized.")
 
+    # The text encoder too: the delegate holds its own copy of the encoder, and that copy is the one that runs.
+    import copy
+
+    ran = []
+
+    class DynamicClipPatcher(type(clip.patcher)):
+        def is_dynamic(self):
+            return True
+
+        def get_non_dynamic_delegate(self):
+            delegate = clip.patcher.clone()
+            delegate.model = copy.deepcopy(clip.patcher.model)
+            for module in delegate.model.modules():  # the encoder is entered below its top module
+                module.register_forward_hook(lambda module, args, out: ran.append(1))
+            return delegate
+
+    dynamic_clip = clip.clone()
+    dynamic_clip.patcher.__class__ = DynamicClipPatcher
+    bank, _, _ = call_node(
+        "R2MoETrainConcept", model=model, clip=dynamic_clip, vae=vae, bank=empty, concept_name="dyn",
+        trigger_token="<dyn1>", class_word="dog", images=pictures(5), **FAST)
+    assert ran and bank.num_tasks == 1, "training ran the dynamic encoder, not its static delegate's copy"
+
     dynamic.__class__ = NoDelegate
     with pytest.raises(host.core.InvalidInputError, match="--disable-dynamic-vram"):
         call_node("R2MoETrainConcept", model=dynamic, clip=clip, vae=vae, bank=empty, concept_name="dyn",
