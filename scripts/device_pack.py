@@ -27,7 +27,8 @@ SKIP = {"tests", "tests-unit", "custom_nodes", "models", "input", "output", "tem
 LOG = logging.getLogger("r2moe.device_pack")
 
 
-def _keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+def keep_in_archive(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """tarfile filter: the host's source only (no tests, model folders, caches or links out of the tree)."""
     parts = Path(info.name).parts
     if len(parts) > 1 and (parts[1] in SKIP or "__pycache__" in parts):
         return None
@@ -39,7 +40,7 @@ def pack_host(dest: Path) -> Path:
         raise SystemExit(f"{HOST} is missing: run `make env` first.")
     target = dest / "comfyui.tar.gz"
     with tarfile.open(target, "w:gz", compresslevel=9) as archive:
-        archive.add(HOST, arcname="ComfyUI", filter=_keep)
+        archive.add(HOST, arcname="ComfyUI", filter=keep_in_archive)
     return target
 
 

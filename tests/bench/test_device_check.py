@@ -62,17 +62,17 @@ def test_the_world_section_returns_its_weights_in_parts_under_the_size_limit(smo
 
 def test_the_carried_host_archive_leaves_out_tests_and_links(tmp_path):
     sys.path.insert(0, str(REPO / "scripts"))
-    from device_pack import _keep
+    from device_pack import keep_in_archive
 
     def info(name: str, link: bool = False) -> tarfile.TarInfo:
         entry = tarfile.TarInfo(name)
         entry.type = tarfile.SYMTYPE if link else tarfile.REGTYPE
         return entry
 
-    assert _keep(info("ComfyUI/comfy/sd.py")) is not None
+    assert keep_in_archive(info("ComfyUI/comfy/sd.py")) is not None
     for dropped in ("ComfyUI/tests/x.py", "ComfyUI/custom_nodes/r2moe", "ComfyUI/comfy/__pycache__/sd.pyc"):
-        assert _keep(info(dropped)) is None
-    assert _keep(info("ComfyUI/comfy/link", link=True)) is None
+        assert keep_in_archive(info(dropped)) is None
+    assert keep_in_archive(info("ComfyUI/comfy/link", link=True)) is None
 
 
 def test_the_av_stand_in_satisfies_the_hosts_import_time_names():
