@@ -90,7 +90,7 @@ bench-lifelong: env
 bench-lifelong-quick: env
 	$(PY) bench/lifelong.py --quick --out output/lifelong_quick
 
-# One lent NVIDIA GPU: half-precision correctness, sampling and training speed and peak VRAM (README, "GPU check").
+# One lent NVIDIA GPU: half-precision correctness, sampling and training speed and peak VRAM (README, "On a GPU").
 # Here: `make device-pack` builds .device/ (pinned host + wheels the device lacks); the device call runs
 # `make device-check` with carry [".device"], results in $$OUT. SMOKE=1: the same code on the tiny models on a CPU.
 device-pack: env
