@@ -27,6 +27,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from comfy_inprocess import boot, call_node, family_checkpoint  # noqa: E402
 
+from r2moe_testkit.denoising import denoise_error  # noqa: E402
+
 LOG = logging.getLogger("r2moe.bench")
 CONCEPTS = REPO.parent / "shared" / "data" / "concepts"
 FULL_CHANNELS = 320  # model_channels of every full-size family
@@ -46,28 +48,6 @@ def full_size_bytes(bank, projections: list[str], scale: int) -> int:
         width_in, width_out = layer.in_dim, layer.out_dim * scale
         total += 4 * (width_in * rank + rank * width_out + width_in)
     return total
-
-
-def denoise_error(host, models, bank, pixels, prompt: str) -> float:
-    """Mean ε-prediction MSE on the photos at σ = 0.5, 2 and 6 through the model's own sampling, bank applied."""
-    import torch
-
-    model, clip, vae = models
-    training_host = sys.modules[host.pack.__name__ + ".nodes.training_host"]
-    patched, patched_clip = call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=1.0)
-    with torch.inference_mode():
-        x0 = model.model.process_latent_in(vae.encode(pixels)).float()
-        cond = call_node("CLIPTextEncode", clip=patched_clip, text=prompt)[0][0]
-        pooled = cond[1].get("pooled_output")
-        condition = training_host.TextCondition(
-            cond[0].repeat(len(x0), 1, 1), None if pooled is None else pooled.repeat(len(x0), 1)
-        )
-        predict, gen, errors = training_host.noise_predictor(patched), torch.Generator().manual_seed(11), []
-        for sigma in (0.5, 2.0, 6.0):
-            noise = torch.randn(x0.shape, generator=gen)
-            eps = predict(x0 + sigma * noise, torch.full((len(x0),), sigma), condition)
-            errors.append(torch.nn.functional.mse_loss(eps.float().cpu(), noise).item())
-    return sum(errors) / len(errors)
 
 
 def photos(core, name: str, resolution: int):

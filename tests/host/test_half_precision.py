@@ -18,8 +18,8 @@ import pytest
 import torch
 from comfy_inprocess import call_node, family_checkpoint
 
-from r2moe_testkit.banks import add_random_concept, force_coefficient_one
-from r2moe_testkit.denoising import denoise_error, pictures
+from r2moe_testkit.banks import add_random_concept, force_coefficient_one, write_kohya_lora
+from r2moe_testkit.denoising import denoise_error, pictures, resized
 from r2moe_testkit.half_precision import DTYPES, Recorder, cpu_runs, forward_dtypes, half_precision_loading
 from r2moe_testkit.sampling import encode, first_call, sample
 
@@ -71,7 +71,7 @@ def apply(models, bank):
     return call_node("R2MoEApplyBank", model=models[0], clip=models[1], bank=bank, strength=1.0)
 
 
-def assert_ran_in(seen: dict, name: str, experts: bool = True) -> None:
+def assert_ran_in(seen: dict, name: str) -> None:
     dtype = DTYPES[name]
     assert seen["unet_in"] == {dtype} and seen["unet_out"] == {dtype}, f"the UNet did not run in {name}: {seen}"
     assert seen["to_k_in"] == seen["to_k_weight"] == seen["to_k_out"] == {dtype}, f"K/V not in {name}: {seen}"
@@ -142,8 +142,8 @@ def test_training_lowers_the_denoising_error_with_fp32_masters_of_every_trained_
     stored = [dog.embedding, dog.gate_input] + [t for p in after.projections.values()
                                                 for e in p.experts.values() for t in (e.down, e.up, e.gate)]
     assert {t.dtype for t in stored} == {torch.float32}
-    before_error = denoise_error(host, models, empty, pictures(1), "photo of a <dog1> dog", SIZE)
-    after_error = denoise_error(host, models, after, pictures(1), "photo of a <dog1> dog", SIZE)
+    before_error = denoise_error(host, models, empty, resized(host, pictures(1), SIZE), "photo of a <dog1> dog")
+    after_error = denoise_error(host, models, after, resized(host, pictures(1), SIZE), "photo of a <dog1> dog")
     record(case, "training", error_before=before_error, error_after=after_error,
            trained_tensors=len(trained), trained_dtypes=sorted({str(d) for d in trained.values()}))
     assert after_error < 0.85 * before_error, f"denoising error {before_error:.4f} -> {after_error:.4f} in {name}"
@@ -200,15 +200,8 @@ def test_an_imported_lora_draws_like_the_stock_loader(host, half, empty):
 
     case, name, models = half
     model, clip, _ = models
-    gen, tensors = torch.Generator().manual_seed(11), {}
-    for layer in empty.layers:
-        for proj in host.core.PROJECTIONS:
-            key = "lora_unet_" + f"{layer.name}.{proj}".replace(".", "_")
-            tensors[f"{key}.lora_down.weight"] = torch.randn(4, layer.in_dim, generator=gen) * 0.1
-            tensors[f"{key}.lora_up.weight"] = torch.randn(layer.out_dim, 4, generator=gen) * 0.1
-            tensors[f"{key}.alpha"] = torch.tensor(4.0)
     lora_name = f"kohya_{case}.safetensors"
-    save_file(tensors, str(Path(folder_paths.get_folder_paths("loras")[0]) / lora_name))
+    write_kohya_lora(host.core, empty, Path(folder_paths.get_folder_paths("loras")[0]) / lora_name)
     folder_paths.filename_list_cache.clear()
     grown, _ = call_node("R2MoEImportLoRA", clip=clip, bank=empty, lora_name=lora_name, concept_name="style",
                          trigger_token="<sty1>", class_word="cat", example_prompts="a photo of <sty1> cat",

@@ -11,8 +11,8 @@ import pytest
 import torch
 from comfy_inprocess import call_node, family_checkpoint
 
-from r2moe_testkit.banks import add_random_concept, force_coefficient_one
-from r2moe_testkit.denoising import denoise_error, pictures
+from r2moe_testkit.banks import add_random_concept, force_coefficient_one, write_kohya_lora
+from r2moe_testkit.denoising import denoise_error, pictures, resized
 from r2moe_testkit.sampling import encode, first_call, sample
 
 LAYERS = {"sd2": 16, "sdxl": 70}
@@ -128,8 +128,8 @@ def test_training_lowers_the_denoising_error_on_the_concepts_photos(host, family
     models = family[1]
     assert after_dog.num_tasks == 1 and after_dog.family == family[0]
     assert after_dog.concepts[0].embedding.shape == (1, empty.token_dim)
-    before = denoise_error(host, models, empty, pictures(1), DOG_PROMPT, SIZE)
-    after = denoise_error(host, models, after_dog, pictures(1), DOG_PROMPT, SIZE)
+    before = denoise_error(host, models, empty, resized(host, pictures(1), SIZE), DOG_PROMPT)
+    after = denoise_error(host, models, after_dog, resized(host, pictures(1), SIZE), DOG_PROMPT)
     assert after < 0.85 * before, f"denoising error on the concept's photos {before:.4f} -> {after:.4f}"
 
 
@@ -194,14 +194,7 @@ def test_a_kohya_lora_of_the_family_imports_and_draws_like_the_stock_loader(host
     from safetensors.torch import save_file
 
     name, (model, clip, _) = family
-    gen, tensors = torch.Generator().manual_seed(11), {}
-    for layer in empty.layers:
-        for proj in host.core.PROJECTIONS:
-            key = "lora_unet_" + f"{layer.name}.{proj}".replace(".", "_")
-            tensors[f"{key}.lora_down.weight"] = torch.randn(4, layer.in_dim, generator=gen) * 0.1
-            tensors[f"{key}.lora_up.weight"] = torch.randn(layer.out_dim, 4, generator=gen) * 0.1
-            tensors[f"{key}.alpha"] = torch.tensor(4.0)
-    save_file(tensors, str(Path(folder_paths.get_folder_paths("loras")[0]) / f"kohya_{name}.safetensors"))
+    write_kohya_lora(host.core, empty, Path(folder_paths.get_folder_paths("loras")[0]) / f"kohya_{name}.safetensors")
     folder_paths.filename_list_cache.clear()
     grown, report = call_node(
         "R2MoEImportLoRA", clip=clip, bank=empty, lora_name=f"kohya_{name}.safetensors", concept_name="style",

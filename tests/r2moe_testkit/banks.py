@@ -57,3 +57,18 @@ def force_coefficient_one(bank, task: int, gate_in: torch.Tensor):
         }
         projections[name] = replace(proj, experts=experts)
     return replace(bank, projections=projections)
+
+
+def write_kohya_lora(core: ModuleType, bank, path, seed: int = 11, rank: int = 4, scale: float = 0.1) -> None:
+    """A LoRA in kohya's key names (`lora_unet_<layer>_to_k`, as kohya's trainers write them) on every K/V
+    projection of the bank's layers, random and seeded, alpha = rank."""
+    from safetensors.torch import save_file
+
+    gen, tensors = torch.Generator().manual_seed(seed), {}
+    for layer in bank.layers:
+        for proj in core.PROJECTIONS:
+            key = "lora_unet_" + f"{layer.name}.{proj}".replace(".", "_")
+            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, layer.in_dim, generator=gen) * scale
+            tensors[f"{key}.lora_up.weight"] = torch.randn(layer.out_dim, rank, generator=gen) * scale
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -17,18 +18,24 @@ def pictures(seed: int, n: int = 4, size: int = 96) -> torch.Tensor:
     return (base + 0.05 * torch.rand(n, size, size, 3, generator=gen)).clamp(0, 1)
 
 
-def denoise_error(host: Any, models: tuple, bank: Any, images: torch.Tensor, prompt: str, size: int) -> float:
-    """ε-prediction error on the concept's own photos at fixed noise levels, through the model's own sampling
-    (v-prediction and SDXL's pooled/size conditioning included)."""
+def resized(host: Any, images: torch.Tensor, size: int) -> torch.Tensor:
+    """Photos [n, H, W, 3] as the square `size`-pixel crops training uses."""
+    return torch.stack([host.core.square_resize(i, size) for i in images])
+
+
+def denoise_error(host: Any, models: tuple, bank: Any, pixels: torch.Tensor, prompt: str) -> float:
+    """Mean ε-prediction MSE on `pixels` at σ = 0.5, 2 and 6 through the model's own sampling (v-prediction and
+    SDXL's pooled/size conditioning included), the bank applied."""
     model, clip, vae = models
-    training_host = __import__(host.pack.__name__ + ".nodes.training_host", fromlist=["x"])
+    training_host = sys.modules[host.pack.__name__ + ".nodes.training_host"]
     patched, patched_clip = call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=1.0)
     with torch.inference_mode():
-        pixels = torch.stack([host.core.square_resize(i, size) for i in images])
         x0 = model.model.process_latent_in(vae.encode(pixels)).float()
         cond = encode(patched_clip, prompt)[0]
-        condition = training_host.TextCondition(cond[0].repeat(len(x0), 1, 1),
-                                                cond[1]["pooled_output"].repeat(len(x0), 1))
+        pooled = cond[1].get("pooled_output")
+        condition = training_host.TextCondition(
+            cond[0].repeat(len(x0), 1, 1), None if pooled is None else pooled.repeat(len(x0), 1)
+        )
         predict, gen, errors = training_host.noise_predictor(patched), torch.Generator().manual_seed(11), []
         for sigma in (0.5, 2.0, 6.0):
             noise = torch.randn(x0.shape, generator=gen)
