@@ -12,7 +12,8 @@ Sections, each written to its own JSON under --out as soon as it ends (a later f
   stock TrainLoraNode at rank 4 (SD1.5 512 px batch 2, SDXL 1024 px batch 1), gradient checkpointing off and on,
   and the largest R2MoE batch whose peak fits 12 GB and 24 GB (a line through two measured peaks, then checked
   by a run at that batch);
-- world (--world): the benchmark world's pretraining recipe on this device, its weights back under --out.
+- world (--world): the benchmark world's recipe sweep (bench/world_sweep.py) on this device, the winner's
+  weights and the sweep table back under --out.
 
 Peaks are measured with the tiny checkpoints' text encoders and VAE beside the full-size UNet (the photos are
 encoded by the node, and the trigger token is trained through the text encoder): a user's real CLIP-L (SD1.5)
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -278,29 +280,32 @@ def batch_fits(run: Callable[..., float], rows: list[dict], batch: int, gpu: boo
 
 
 def world(out: Path, smoke: bool, clock: Clock) -> dict:
-    """The benchmark world's pretraining recipe (bench/pretrain_world.py, resumable) within what is left of the
-    budget; the weights come back in 15 MiB parts (out/world/world.safetensors.partN; `cat` joins them)."""
+    """The world's recipe sweep (bench/world_sweep.py: one VAE, several UNet recipes at the same steps, each
+    judged by eval_world's readings, the best kept) in what is left of the budget. The winner's weights come back
+    in 15 MiB parts (out/world/world.safetensors.partN; `cat` joins them), with sweep.json and the log."""
     target = out / "world"
     target.mkdir(exist_ok=True)
-    weights = target / "world.safetensors"
-    command = [sys.executable, str(REPO / "bench" / "pretrain_world.py"), "--out", str(weights),
-               # A fixed folder on the device, so a second call on the same held machine continues the run.
-               "--work", tempfile.mkdtemp() if smoke else str(Path(tempfile.gettempdir()) / "r2moe_world_work"),
-               "--max-minutes", f"{max(0.5, (clock.left() - 45) / 60):.1f}"]
-    if smoke:
-        command.append("--quick")
-    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    work = Path(tempfile.mkdtemp(prefix="r2moe_world_"))
+    command = [sys.executable, str(REPO / "bench" / "world_sweep.py"), "--out", str(work),
+               "--budget-s", f"{max(60.0, clock.left() - 40):.0f}"]
+    if smoke:  # one recipe at the shipped size: the path, not the numbers
+        command += ["--smoke", "--device", "cpu", "--recipes", "v_loss", "--workers", "2"]
+    size = "64" if smoke else os.environ.get("R2MOE_WORLD_SIZE", "128")
+    env = os.environ | {"R2MOE_WORLD_SIZE": size, "PYTHONUNBUFFERED": "1"}
+    with (target / "sweep_log.txt").open("w") as log:
+        run = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     parts = []
+    weights = work / "world.safetensors"
     if weights.is_file():
         data, size = weights.read_bytes(), 15 * 1024 * 1024
         for i in range(0, len(data), size):
             part = target / f"world.safetensors.part{i // size}"
             part.write_bytes(data[i : i + size])
             parts.append(part.name)
-        weights.unlink()
-    # 75: paused with its state kept; the same command continues it (on this machine, while it is held).
-    return {"ok": run.returncode in (0, 75), "finished": run.returncode == 0, "command": command[1:],
-            "output_tail": (run.stdout + run.stderr)[-3000:], "parts": parts}
+    if (work / "sweep.json").is_file():
+        shutil.copy(work / "sweep.json", target / "sweep.json")
+    return {"ok": run.returncode == 0, "command": command[1:], "parts": parts,
+            "log_tail": (target / "sweep_log.txt").read_text()[-3000:]}
 
 
 def main() -> None:

@@ -30,7 +30,10 @@ from world.evaluators import ATTRIBUTES, WorldEvaluator, labels, to_tensor, trai
 from world.multiconcept import BOXES, PLACES
 from world.recogniser import build_recogniser, draw_many
 from world.sampler import LATENT_SCALE, sample
-from world.scenes import caption, random_composite, random_scene, render
+from world.scenes import Composite, Scene, caption, random_composite, random_scene, render
+from world.text import TextEncoder
+from world.unet import UNet
+from world.vae import WorldVAE
 from world.vocab import BACKGROUNDS, SIZE
 
 LOG = logging.getLogger("r2moe.bench.eval_world")
@@ -38,18 +41,42 @@ HERE = Path(__file__).resolve().parent
 
 
 def generate(checkpoint: Path, captions: list[str], steps: int, cfg: float) -> list[np.ndarray]:
-    unet, text, vae = load_world(checkpoint)
+    return draw(*load_world(checkpoint), captions, steps, cfg)
+
+
+def draw(unet: UNet, text: TextEncoder, vae: WorldVAE, captions: list[str], steps: int, cfg: float,
+         device: str = "cpu") -> list[np.ndarray]:
+    """Images (H, W, 3 uint8) for `captions`, 32 at a time, fixed seed: the same pictures on any device."""
     images: list[np.ndarray] = []
     with torch.no_grad():
-        empty = text([""])
+        empty = text([""]).to(device)
         for start in range(0, len(captions), 32):
-            context = text(captions[start:start + 32])
+            context = text(captions[start:start + 32]).to(device)
             with unet.fixed_contexts():
                 latents = sample(lambda x, t, c: unet(x, t, c), context, empty, steps=steps, cfg=cfg,
                                  latent_size=SIZE // 8)
-            decoded = vae.decode(latents / LATENT_SCALE).permute(0, 2, 3, 1)
+            decoded = vae.decode(latents / LATENT_SCALE).permute(0, 2, 3, 1).float().cpu()
             images += list((decoded * 255).round().byte().numpy())
     return images
+
+
+def eval_scenes(prompts: int, two_object_prompts: int) -> tuple[list[Scene], list[Composite]]:
+    """The fixed captions every world is judged on: one-kind scenes and two different objects in named halves."""
+    singles = [random_scene(rng) for rng in [random.Random(12345)] for _ in range(prompts)]
+    pairs = [random_composite(rng, 2) for rng in [random.Random(54321)] for _ in range(two_object_prompts)]
+    return singles, pairs
+
+
+def drawn_as_asked(evaluator: WorldEvaluator, images: list[np.ndarray], singles: list[Scene],
+                   pairs: list[Composite]) -> dict[str, float]:
+    """Per attribute, the share of one-kind images the evaluator reads as captioned, and the two-object scores
+    (`images` holds the singles' pictures, then the pairs')."""
+    with torch.no_grad():
+        predicted = evaluator(to_tensor(images[:len(singles)]))
+    truth = [labels(s) for s in singles]
+    accuracy = {k: float(np.mean([int(predicted[k][i].argmax()) == truth[i][k] for i in range(len(singles))]))
+                for k in ATTRIBUTES} | two_object_scores(evaluator, images[len(singles):], pairs)
+    return {k: round(v, 3) for k, v in accuracy.items()}
 
 
 def judge_accuracy(evaluator: WorldEvaluator, concepts: Path) -> dict:
@@ -95,18 +122,13 @@ def main() -> None:
     opts = parser.parse_args()
     torch.set_num_threads(2)
     evaluator, report = train_evaluator(train_images=opts.eval_images, half_crops=opts.half_crops)
-    singles = [random_scene(rng) for rng in [random.Random(12345)] for _ in range(opts.prompts)]
-    pairs = [random_composite(rng, 2) for rng in [random.Random(54321)] for _ in range(opts.two_object_prompts)]
+    singles, pairs = eval_scenes(opts.prompts, opts.two_object_prompts)
     images = generate(opts.checkpoint, [caption(s) for s in singles + pairs], opts.steps, opts.cfg)
-    with torch.no_grad():
-        predicted = evaluator(to_tensor(images[:len(singles)]))
-    truth = [labels(s) for s in singles]
-    accuracy = {k: float(np.mean([int(predicted[k][i].argmax()) == truth[i][k] for i in range(len(singles))]))
-                for k in ATTRIBUTES} | two_object_scores(evaluator, images[len(singles):], pairs)
+    accuracy = drawn_as_asked(evaluator, images, singles, pairs)
     clean = two_object_scores(evaluator, [render(p, SIZE) for p in pairs], pairs)
     judge = judge_accuracy(evaluator, opts.concepts)
     results = {
-        "accuracy": {k: round(v, 3) for k, v in accuracy.items()},
+        "accuracy": accuracy,
         "evaluator_accuracy": {k: round(v, 3) for k, v in (report.accuracy | clean).items()},
         "judge_accuracy": judge["balanced"],
         "judge": {k: judge[k] for k in ("per_class", "concept_vs_concept", "two_concepts_located",

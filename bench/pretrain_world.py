@@ -7,19 +7,25 @@ ComfyUI's key layout, loadable by the stock CheckpointLoaderSimple (with R2MOE_T
     python bench/pretrain_world.py                      # the full run that produces the shipped weights
     python bench/pretrain_world.py --quick --out X      # seconds: checks the pipeline end to end
 
-The defaults reproduce the shipped weights (54 min on 2 CPU threads). `--text-init 1 --loss eps --channels 32
+The defaults reproduce world v2's weights (64 px, 54 min on 2 CPU threads). `--text-init 1 --loss eps --channels 32
 --threads 1` is the first world, which drew backgrounds at chance; `--high-noise` and `--init-from` are for
-experiments (README, "the world model", says what was measured).
+experiments (README, "the world model", says what was measured). World v3 (128 px) was made on a GPU by
+bench/world_sweep.py, which trains several UNet recipes with these functions and keeps the best; on a CPU its
+recipe is `--size 128 --composites 0.3 --vae-edge 1 --loss capped-v --offset-noise 0.1 --ema 0.999` (with
+`--work DIR --max-minutes N` to run it in chunks; bench/results/world_recipe_sweep.json has what it measured).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import logging
 import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +52,22 @@ WORLD_UNETS = {64: {"model_channels": 64, "channel_mult": (1, 1, 2, 2)},  # the 
 DEFAULT_OUT = Path(__file__).resolve().parent / "world" / "weights" / "world_sd15.safetensors"
 
 
-def scene_pool(count: int, seed: int, size: int = SIZE, composites: float = 0.0) -> tuple[torch.Tensor, list[str]]:
+def scene_pool(count: int, seed: int, size: int = SIZE, composites: float = 0.0, workers: int = 1
+               ) -> tuple[torch.Tensor, list[str]]:
     """`composites` of the scenes (two thirds of them with two objects, one third with three) show different
-    objects in named places; 0 draws the shipped world's pool exactly."""
+    objects in named places; 0 draws the shipped world's pool exactly. Scenes are drawn in order from the seed,
+    so `workers` > 1 (processes rendering them) gives the same pool, faster (15 ms per 128 px scene)."""
     rng = random.Random(seed)
     scenes = [random_scene(rng) if composites == 0 or rng.random() >= composites else
               random_composite(rng, 2 if rng.random() < 2 / 3 else 3) for _ in range(count)]
-    images = torch.from_numpy(np.stack([render(s, size) for s in scenes])).permute(0, 3, 1, 2).float() / 255.0
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            pixels = list(pool.map(render, scenes, [size] * len(scenes), chunksize=64))
+    else:
+        pixels = [render(s, size) for s in scenes]
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 255.0
     return images, [caption(s) for s in scenes]
 
 
@@ -107,16 +122,32 @@ def init_vae_(vae: WorldVAE) -> WorldVAE:
     return vae
 
 
+def edge_error(decoded: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the horizontal and vertical pixel differences: what outlines and stripes are made of,
+    and what a plain MSE spends little on (an object's edge is a few pixels of a mostly flat image)."""
+    def grads(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+    (dx, dy), (tx, ty) = grads(decoded), grads(target)
+    return 0.5 * ((dx - tx).square().mean() + (dy - ty).square().mean())
+
+
 def train_vae(images: torch.Tensor, steps: int, batch: int, gen: torch.Generator, crop: int = 0,
-              lr: float = 3e-4, work: WorkDir | None = None, allowance: Allowance | None = None) -> WorldVAE:
-    """From `init_vae_`; `crop` > 0 trains on random crops of that many pixels (0: whole images, world v2)."""
-    vae = init_vae_(WorldVAE())
+              lr: float = 3e-4, work: WorkDir | None = None, allowance: Allowance | None = None,
+              edge_weight: float = 0.0, device: str = "cpu") -> WorldVAE:
+    """From `init_vae_`; `crop` > 0 trains on random crops of that many pixels (0: whole images, world v2);
+    `edge_weight` adds `edge_error` to the MSE (0: world v2's loss)."""
+    vae = init_vae_(WorldVAE()).to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)  # refining a good start, not finding one
 
     def step(_: int) -> float:
-        x = random_crops(images, batch, crop, gen)
-        z = vae.taesd_encoder(x)
-        loss = torch.nn.functional.mse_loss(vae.taesd_decoder(z), x) + 1e-4 * z.square().mean()
+        x = random_crops(images, batch, crop, gen).to(device)
+        with autocast(device):
+            z = vae.taesd_encoder(x)
+            decoded = vae.taesd_decoder(z).float()
+        loss = torch.nn.functional.mse_loss(decoded, x) + 1e-4 * z.float().square().mean()
+        if edge_weight:
+            loss = loss + edge_weight * edge_error(decoded, x)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -125,24 +156,63 @@ def train_vae(images: torch.Tensor, steps: int, batch: int, gen: torch.Generator
     run_stage(Stage("vae", steps, vae, optimizer, step, gen, log_every=max(steps // 10, 1)),
               work or WorkDir(None, {}), allowance or Allowance())
     with torch.no_grad():  # scale latents so that, after ComfyUI's x0.18215, they have unit spread
-        spread = vae.taesd_encoder(images[:256]).std()
+        spread = vae.taesd_encoder(images[:256].to(device)).std()
         vae.vae_scale.fill_(float(spread) * LATENT_SCALE)
     return vae.requires_grad_(False).eval()
 
 
-def train_unet(latents: torch.Tensor, contexts: torch.Tensor, empty: torch.Tensor, steps: int, batch: int,
-               gen: torch.Generator, lr: float = 5e-4, high_noise: float = 0.0, unet: UNet | None = None,
-               loss_weight: str = "v", channels: int = 64, work: WorkDir | None = None,
-               allowance: Allowance | None = None) -> UNet:
-    """ε-prediction with uniform t, weighted as the v-prediction loss (`loss_weight="v"`), plus an optional
-    `high_noise` share of each batch at t >= 750.
+LOSS_WEIGHTS = ("v", "eps", "capped-v")
 
-    Why the weighting: at σ_max = 14.6 an ε error e becomes an x0 error 14.6·e, and Euler sampling never undoes
+
+def loss_weight_of(sigma: torch.Tensor, kind: str, cap: float) -> torch.Tensor:
+    """Per-sample weight of the ε error. "v": σ²+1 (ε error / ᾱ, the v-prediction loss: an x0 error weighs the same
+    at every σ, about 81 % of the weight on σ > 5); "capped-v": min(σ²+1, cap), which keeps v's weight at low σ and
+    moves the rest of it to σ < 5, where shapes and textures are decided; "eps": 1."""
+    if kind == "v":
+        return sigma**2 + 1
+    if kind == "capped-v":
+        return (sigma**2 + 1).clamp(max=cap)
+    return torch.ones_like(sigma)
+
+
+def autocast(device: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on a GPU (the world's UNet and VAE train 3-4x faster there); exact fp32 on the CPU."""
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class UNetRecipe:
+    """How the UNet is trained; the defaults are world v2's (`python bench/pretrain_world.py` reproduces it)."""
+
+    steps: int = 2400
+    batch: int = 48
+    lr: float = 6e-4
+    high_noise: float = 0.0  # extra share of each batch at t >= 750
+    loss_weight: str = "v"  # LOSS_WEIGHTS
+    v_cap: float = 5.0  # the cap of "capped-v"
+    offset_noise: float = 0.0  # std of a per-sample, per-channel constant added to the noise
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: none)
+    channels: int = 64
+
+
+def train_unet(latents: torch.Tensor, contexts: torch.Tensor, empty: torch.Tensor, recipe: UNetRecipe,
+               gen: torch.Generator, unet: UNet | None = None, work: WorkDir | None = None,
+               allowance: Allowance | None = None, device: str = "cpu") -> tuple[UNet, UNet | None]:
+    """ε-prediction with uniform t, weighted per `loss_weight_of`; returns the UNet and its EMA (None without).
+
+    Why a weighting: at σ_max = 14.6 an ε error e becomes an x0 error 14.6·e, and Euler sampling never undoes
     it, while plain ε MSE prices an x0 error d at σ as (d/σ)². The first world (32 channels, plain ε MSE, 2400
-    steps) ended at ε MSE 0.022 at t = 999; the shipped world (64 channels, v weighting, 2400 steps) at 0.0021.
+    steps) ended at ε MSE 0.022 at t = 999; world v2 (64 channels, v weighting, 2400 steps) at 0.0021.
+    Offset noise: a constant per channel added to the noise makes the noisy input's global mean (a background
+    colour, readable from the input at 16x16 latents even at t = 999) unreliable, so the model takes it from the
+    caption, as it must at sampling time, which starts from pure noise.
     """
-    unet = (unet or UNet(**WORLD_UNETS[channels])).train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
+    unet = (unet or UNet(**WORLD_UNETS[recipe.channels])).to(device).train().requires_grad_(True)
+    ema = copy.deepcopy(unet).requires_grad_(False).eval() if recipe.ema else None
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.lr)
+    steps = recipe.steps
     # short warm-up, then cosine decay to a tenth: a CPU budget of a few thousand steps needs a high rate early
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / 100) * (0.55 + 0.45 * math.cos(math.pi * min(s / steps, 1.0))))
@@ -150,34 +220,55 @@ def train_unet(latents: torch.Tensor, contexts: torch.Tensor, empty: torch.Tenso
     every = max(steps // 10, 1)
 
     def step(i: int) -> float:
+        batch = recipe.batch
         rows = torch.randint(0, len(latents), (batch,), generator=gen)
         t = torch.randint(0, len(sigmas), (batch,), generator=gen)
-        if high_noise > 0:  # drawn only when asked, so `--high-noise 0` replays the first world's random stream
-            high = torch.rand(batch, generator=gen) < high_noise
+        if recipe.high_noise > 0:  # drawn only when asked, so `--high-noise 0` replays the first world's stream
+            high = torch.rand(batch, generator=gen) < recipe.high_noise
             t = torch.where(high, torch.randint(750, len(sigmas), (batch,), generator=gen), t)
         sigma = sigmas[t].view(-1, 1, 1, 1)
-        noise = torch.randn(latents[rows].shape, generator=gen)
+        x0 = latents[rows.to(latents.device)]
+        noise = torch.randn(x0.shape, generator=gen)
+        if recipe.offset_noise:
+            noise = noise + recipe.offset_noise * torch.randn(batch, x0.shape[1], 1, 1, generator=gen)
         drop = torch.rand(batch, generator=gen) < 0.1  # caption dropout: the model also learns the empty prompt
-        context = torch.where(drop[:, None, None], empty, contexts[rows])
-        x_in = (latents[rows] + sigma * noise) / (sigma**2 + 1).sqrt()
-        error = (unet(x_in, t.float(), context) - noise).square()
-        if loss_weight == "v":  # ε error / ᾱ = the v-prediction loss: an x0 error weighs the same at every σ
-            weight = sigma**2 + 1
-            loss = (weight * error).mean() / weight.mean()
-        else:
-            loss = error.mean()
+        context = torch.where(drop[:, None, None].to(device), empty, contexts[rows.to(contexts.device)])
+        sigma, noise, t = sigma.to(device), noise.to(device), t.to(device)
+        x_in = (x0 + sigma * noise) / (sigma**2 + 1).sqrt()
+        with autocast(device):
+            predicted = unet(x_in, t.float(), context)
+        error = (predicted.float() - noise).square()
+        weight = loss_weight_of(sigma, recipe.loss_weight, recipe.v_cap)
+        loss = (weight * error).mean() / weight.mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:  # the decay ramps up (1+i)/(10+i), so the random start fades out of the average
+            with torch.no_grad():
+                decay = min(recipe.ema, (1 + i) / (10 + i))
+                torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1 - decay)
         if i % every == 0 or i == steps - 1:
             LOG.info("unet step %d/%d: loss %.4f, ε MSE at t=999 %.4f", i, steps, loss.item(),
                      eps_error_at_max_noise(unet, latents[:64], contexts[:64]))
         return loss.item()
 
-    run_stage(Stage("unet", steps, unet, optimizer, step, gen, scheduler), work or WorkDir(None, {}),
+    run_stage(Stage("unet", steps, unet, optimizer, step, gen, scheduler, extra=ema), work or WorkDir(None, {}),
               allowance or Allowance())
-    return unet.eval()
+    return unet.eval(), ema
+
+
+@torch.no_grad()
+def training_data(vae: WorldVAE, text: TextEncoder, images: torch.Tensor, captions: list[str], device: str = "cpu"
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(latents x the SD latent scale, caption contexts, the empty prompt's context), on `device`: encoded once,
+    since the VAE and the text encoder are frozen while the UNet trains."""
+    vae, text = vae.to(device), text.to(device)  # the text encoder is 2 s per 256 captions on 2 CPU threads
+    latents = torch.cat([vae.encode(images[i : i + 256].to(device)) for i in range(0, len(images), 256)])
+    contexts = torch.cat([text(captions[i : i + 256]) for i in range(0, len(captions), 256)])
+    empty = text([""])
+    text.to("cpu")
+    return latents * LATENT_SCALE, contexts, empty
 
 
 @torch.no_grad()
@@ -186,9 +277,10 @@ def eps_error_at_max_noise(unet: UNet, latents: torch.Tensor, contexts: torch.Te
     was_training = unet.training
     unet.eval()
     sigma = ddpm_sigmas()[-1]
-    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1)).to(latents.device)
     x_in = (latents + sigma * noise) / (sigma**2 + 1).sqrt()
-    error = (unet(x_in, torch.full((len(latents),), 999.0), contexts) - noise).square().mean().item()
+    t = torch.full((len(latents),), 999.0, device=latents.device)
+    error = (unet(x_in, t, contexts) - noise).square().mean().item()
     unet.train(was_training)
     return error
 
@@ -200,7 +292,7 @@ def save_checkpoint(path: Path, unet: UNet, text: TextEncoder, vae: WorldVAE, se
 
     tensors = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
     tensors |= {f"first_stage_model.{k}": v for k, v in vae.state_dict().items()}
-    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in tensors.items()}
+    tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"r2moe_world": f"seed={seed}", "r2moe_world_text_seed": str(seed),
@@ -226,8 +318,17 @@ def main() -> None:
                         help="text encoder init (world/text.py); 2 is the shipped world's")
     parser.add_argument("--channels", type=int, default=64, choices=sorted(WORLD_UNETS),
                         help="UNet width at the first level: 64 (shipped) or 32 (the first world)")
-    parser.add_argument("--loss", default="v", choices=("v", "eps"),
-                        help="UNet loss weighting: v (ε error / ᾱ, the shipped world's) or plain ε MSE")
+    parser.add_argument("--loss", default="v", choices=LOSS_WEIGHTS,
+                        help="UNet loss weighting: v (ε error / ᾱ, world v2's), plain ε MSE, or v capped at --v-cap")
+    parser.add_argument("--v-cap", type=float, default=5.0, help="the cap of --loss capped-v")
+    parser.add_argument("--offset-noise", type=float, default=0.0,
+                        help="std of a per-channel constant added to the training noise (0: none)")
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="decay of an EMA of the UNet weights, which is then what is saved (0: none)")
+    parser.add_argument("--vae-edge", type=float, default=0.0,
+                        help="weight of the pixel-difference (edge) error in the VAE loss (0: MSE only)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda)")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering the scene pool")
     parser.add_argument("--high-noise", type=float, default=0.0,
                         help="extra share of each UNet batch drawn from t >= 750 (0 = uniform t)")
     parser.add_argument("--init-from", type=Path, default=None,
@@ -264,7 +365,7 @@ def main() -> None:
     torch.manual_seed(opts.seed)
     gen = torch.Generator().manual_seed(opts.seed)
     started = time.perf_counter()
-    images, captions = scene_pool(opts.images, opts.seed, opts.size, opts.composites)
+    images, captions = scene_pool(opts.images, opts.seed, opts.size, opts.composites, opts.workers)
     start_unet = None
     if opts.init_from:
         from world.checkpoint import load_world
@@ -273,15 +374,14 @@ def main() -> None:
         vae = vae.requires_grad_(False).eval()
         LOG.info("continuing from %s (VAE kept)", opts.init_from)
     else:
-        vae = train_vae(images, opts.vae_steps, opts.vae_batch, gen, opts.vae_crop, opts.vae_lr, work, allowance)
+        vae = train_vae(images, opts.vae_steps, opts.vae_batch, gen, opts.vae_crop, opts.vae_lr, work, allowance,
+                        opts.vae_edge, opts.device)
     text = random_text_encoder(opts.seed, opts.text_init)
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(images[i : i + 256]) for i in range(0, len(images), 256)]) * LATENT_SCALE
-        contexts = torch.cat([text(captions[i : i + 256]) for i in range(0, len(captions), 256)])
-        empty = text([""])
-    unet = train_unet(latents, contexts, empty, opts.unet_steps, opts.batch, gen, opts.lr, opts.high_noise,
-                      start_unet, opts.loss, opts.channels, work, allowance)
-    save_checkpoint(opts.out, unet, text, vae, opts.seed, opts.text_init)
+    latents, contexts, empty = training_data(vae, text, images, captions, opts.device)
+    recipe = UNetRecipe(opts.unet_steps, opts.batch, opts.lr, opts.high_noise, opts.loss, opts.v_cap,
+                        opts.offset_noise, opts.ema, opts.channels)
+    unet, ema = train_unet(latents, contexts, empty, recipe, gen, start_unet, work, allowance, opts.device)
+    save_checkpoint(opts.out, ema or unet, text, vae, opts.seed, opts.text_init)
     LOG.info("world model written to %s in %.0f s", opts.out, time.perf_counter() - started)
 
 

@@ -40,8 +40,7 @@ REGIONAL_WORKFLOW = REPO / "scripts" / "api_workflows" / "api_regional_two_conce
 # A few minutes alone on 2 cores; generous, since a busy shared machine can be several times slower.
 WORKFLOW_TIMEOUT_S = 3600.0
 TINY = "r2moe_tiny_sd15.safetensors"
-WORLD = REPO / "bench" / "world" / "weights" / "world_sd15.safetensors"
-WORLD_NAME = "r2moe_world_sd15.safetensors"
+WORLD_NAMES = {64: "r2moe_world_sd15.safetensors", 128: "r2moe_world_v3.safetensors"}
 
 
 # Per model kind: training inputs of R2MoETrainConcept (yours: the template's reference settings), sampling
@@ -54,8 +53,9 @@ SAMPLING = {"world": (64, 20, 4), "tiny": (128, 8, 1), "user": (512, 25, 1)}
 PLACES = {"world": ("on the left, grass background", "on the right, snow background", "in the center, sky background"),
           "tiny": ("on the grass", "by the sea"), "user": ("on the grass", "by the sea")}
 EVALUATOR_IMAGES, EVALUATOR_EPOCHS = 2000, 4  # the demo's world evaluator: trained once, then cached
+HELDOUT_SEED = 1  # the world concepts' training photos are drawn with seed 0
 
-DESCRIBE = {"world": "built-in world model, SD1.x layout pretrained on a procedural 64 px world",
+DESCRIBE = {"world": "built-in world model, SD1.x layout pretrained on a procedural world of shapes",
             "tiny": "built-in tiny SD1.5-layout model, random weights", "user": "yours"}
 
 
@@ -88,13 +88,15 @@ def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
         ensure_tiny_checkpoint(folder / TINY)
         return TINY, "tiny"
     if str(ckpt) == "world":
-        target = folder / WORLD_NAME
-        if not target.is_file() or target.stat().st_mtime < WORLD.stat().st_mtime:
-            _repo_code_on_path()
-            from world.checkpoint import assemble
+        _repo_code_on_path()
+        from world.checkpoint import SHIPPED, assemble
+        from world.vocab import SIZE
 
-            assemble(WORLD, target)  # the shipped UNet + VAE plus the text encoder rebuilt from its seed
-        return WORLD_NAME, "world"
+        name = WORLD_NAMES.get(SIZE, WORLD_NAMES[64])
+        target = folder / name
+        if not target.is_file() or target.stat().st_mtime < SHIPPED.stat().st_mtime:
+            assemble(SHIPPED, target)  # the shipped UNet + VAE plus the text encoder rebuilt from its seed
+        return name, "world"
     ckpt = ckpt.expanduser().resolve()
     if not ckpt.is_file():
         raise SystemExit(f"CKPT={ckpt} does not exist; give the path of an SD1.x, SD 2.x or SDXL .safetensors "
@@ -106,22 +108,32 @@ def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
 
 
 def world_concept_sets(root: Path) -> list[tuple[str, Path, str]]:
-    """The first two concepts of the world's default set, as photo folders with caption.txt."""
+    """The first two concepts of the world's default set, as photo folders with caption.txt; beside each, in
+    `root/heldout/<name>`, 8 renders of the concept that are not among its photos (other backgrounds, places and
+    sizes), which image alignment is measured against."""
     _repo_code_on_path()
     from PIL import Image
     from world.concepts import concept_images, load_concepts
 
     out = []
     for spec in load_concepts(REPO / "bench" / "world" / "concepts_10.json")[:2]:
-        folder = root / spec.name
+        folder, heldout = root / spec.name, root / "heldout" / spec.name
         folder.mkdir(parents=True, exist_ok=True)
+        heldout.mkdir(parents=True, exist_ok=True)
         captions = []
         for i, (pixels, caption) in enumerate(concept_images(spec, 5)):
             Image.fromarray(pixels).save(folder / f"{i:02d}.png")
             captions.append(caption.replace(spec.token, "<new1>"))
         (folder / "caption.txt").write_text("\n".join(captions) + "\n")
+        for i, (pixels, _) in enumerate(concept_images(spec, 8, seed=HELDOUT_SEED)):
+            Image.fromarray(pixels).save(heldout / f"{i:02d}.png")
         out.append((spec.name, folder, spec.class_word))
     return out
+
+
+def heldout_references(concept: DemoConcept) -> list[Path]:
+    """The held-out renders `world_concept_sets` wrote for a world concept."""
+    return sorted((concept.folder.parent / "heldout" / concept.folder.name).glob("*.png"))
 
 
 def concept_folders(images: str) -> list[Path]:
@@ -205,9 +217,9 @@ def saved_images(entry: dict[str, Any], nodes: Iterable[str], output: Path) -> l
     return images
 
 
-def world_alignment(rows: list[tuple[list[Path], list[Path], list[Path]]], cache: Path) -> list[tuple[float, float]]:
-    """Image alignment (x100: mean cosine of the world evaluator's features, as the lifelong benchmark measures it)
-    of the base model's and the learned images to each concept's reference photos."""
+def world_alignment(rows: list[tuple[list[Path], dict[str, list[Path]]]], cache: Path) -> list[dict[str, float]]:
+    """Per concept and column, image alignment (x100: mean cosine of the world evaluator's features, as the
+    lifelong benchmark measures it) of the drawn images to the concept's held-out references."""
     _repo_code_on_path()
     import numpy as np
     from PIL import Image
@@ -222,8 +234,8 @@ def world_alignment(rows: list[tuple[list[Path], list[Path], list[Path]]], cache
         return [np.asarray(Image.open(p).convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
                 for p in paths]
 
-    return [(100 * image_alignment(evaluator, pixels(base), pixels(refs)),
-             100 * image_alignment(evaluator, pixels(after), pixels(refs))) for refs, base, after in rows]
+    return [{column: round(100 * image_alignment(evaluator, pixels(drawn), pixels(refs)), 1)
+             for column, drawn in columns.items()} for refs, columns in rows]
 
 
 def demo_concepts(folders: list[tuple[str, Path, str]], places: tuple[str, ...]) -> list[DemoConcept]:
@@ -262,6 +274,9 @@ def main() -> None:
     parser.add_argument("--sam", default="auto",
                         help="SAM file in models/sams for the two-concept image: auto (the first one, if any), "
                         "none (box masks), or a file name")
+    parser.add_argument("--token-only", choices=("auto", "yes", "no"), default="auto",
+                        help="also learn each trigger token alone (textual inversion) and draw it beside R2MoE: "
+                             "doubles the training; auto = yes on the built-in models, no on your checkpoint")
     parser.add_argument("--host", type=Path, default=HOST_ROOT, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     opts.output.mkdir(parents=True, exist_ok=True)
@@ -276,11 +291,16 @@ def main() -> None:
     if opts.steps:
         train_inputs["steps"] = opts.steps
     size, sample_steps, batch = SAMPLING[kind]
+    if kind == "world":  # the world's own size: 64 px (v2) or 128 px (v3, R2MOE_WORLD_SIZE=128)
+        from world.vocab import SIZE
+
+        size = train_inputs["resolution"] = SIZE
     if kind == "user":  # the family's own size for sampling; training's resolution 0 takes it too
         size = native_size(HOST_ROOT / "models" / "checkpoints" / ckpt_name)
         train_inputs.setdefault("resolution", 0)
+    token_only = opts.token_only == "yes" or (opts.token_only == "auto" and built_in)
     graph, nodes = training_graph(json.loads(WORKFLOW.read_text()), ckpt_name, concepts, train_inputs, size, batch,
-                                  sample_steps)
+                                  sample_steps, token_only)
     scene = "grass background" if kind == "world" else "by the sea"
     first, second = concepts[:2]
     two_prompt = (f"photo of a {first.token} {first.class_word} on the left and a {second.token} "
@@ -296,7 +316,8 @@ def main() -> None:
         t0 = time.monotonic()
         entry = server.run(graph, timeout=WORKFLOW_TIMEOUT_S)
         run_s = time.monotonic() - t0
-        saved = {n: saved_images(entry, (n,), opts.output) for c in nodes for n in (c.after, c.base, c.loss)}
+        saved = {n: saved_images(entry, (n,), opts.output) for c in nodes
+                 for n in (c.after, c.base, c.loss, c.token_only) if n is not None}
         saved["20"] = saved_images(entry, ("20",), opts.output)
         sam_name = pick_sam(server, opts.sam)
         sampling = f"R2MoEHierarchicalSampler with SAM {sam_name}" if sam_name else "box masks, stock KSampler"
@@ -307,18 +328,23 @@ def main() -> None:
         regional_s = time.monotonic() - t0
         regional_image, layout_image = saved_images(regional, ("10", "12"), opts.output)
     references = [photos(c.folder) for c in concepts]
-    alignment = (world_alignment([(refs, saved[n.base], saved[n.after]) for refs, n in zip(references, nodes,
-                                                                                           strict=True)],
+    columns = [{"base": saved[n.base], "r2moe": saved[n.after]} | ({"token_only": saved[n.token_only]}
+                                                                   if n.token_only else {}) for n in nodes]
+    alignment = (world_alignment([(heldout_references(c), cols) for c, cols in zip(concepts, columns, strict=True)],
                                  opts.output / ".cache") if kind == "world" else [None] * len(concepts))
     picture = before_after_picture(
-        [ConceptRow(f"{c.token} {c.class_word}: {c.prompt}", refs[0], saved[n.base][0], saved[n.after][0], a)
-         for c, n, refs, a in zip(concepts, nodes, references, alignment, strict=True)],
+        [ConceptRow(f"{c.token} {c.class_word}: {c.prompt}", refs[0], {k: v[0] for k, v in cols.items()}, a)
+         for c, cols, refs, a in zip(concepts, columns, references, alignment, strict=True)],
         (regional_image, layout_image, two_prompt), opts.output / "r2moe_demo_before_after.png")
+    write_json_report(opts.output / "r2moe_demo_report.json", concepts, alignment)
     report = opts.output / "r2moe_demo_report.md"
     bank_text = entry["outputs"]["19"]["text"][0]
     training = "\n\n".join(entry["outputs"][n.train]["text"][0] for n in nodes)
     scores = "".join(
-        f"| {c.token} {c.class_word} | `{c.prompt}` | " + ("– | – |" if a is None else f"{a[0]:.1f} | {a[1]:.1f} |")
+        f"| {c.token} {c.class_word} | `{c.prompt}` | "
+        + ("– | – | – |" if a is None else " | ".join(f"{a[k]:.1f}" if k in a else "–" for k in
+                                                    ("base", "token_only", "r2moe")) + " |")
+        + ("" if a is None else (" yes |" if a["r2moe"] > max(a["base"], a.get("token_only", -1e9)) else " no |"))
         + "\n" for c, a in zip(concepts, alignment, strict=True))
     images = [p for paths in saved.values() for p in paths]
     report.write_text(
@@ -332,9 +358,12 @@ def main() -> None:
         f"- before/after picture: {picture}\n"
         "\n## Concepts learned\n\n"
         "Image alignment: mean cosine (x100) between the world evaluator's features of the generated images and "
-        "of the concept's photos, as the lifelong benchmark measures it; before = the base model given the same "
-        "prompt (it does not know the trigger token), after = with the bank.\n\n"
-        "| concept | prompt | image alignment before | after |\n|---|---|---|---|\n" + scores
+        "of renders of the concept that were not among its training photos (other backgrounds, places and sizes), "
+        "as the lifelong benchmark measures it. Same prompt and seed in every column: the base model (it does not "
+        "know the trigger token), the trigger token learned alone (textual inversion, same steps), and R2MoE "
+        "(expert, gate and token).\n\n"
+        "| concept | prompt | base model | token alone | R2MoE | R2MoE best |\n|---|---|---|---|---|---|\n"
+        + scores
         + "\n## Two concepts in one image\n\n"
         f"- workflow: {REGIONAL_WORKFLOW.relative_to(REPO)}, {regional_s:.1f} s\n"
         f"- prompt: `{two_prompt}` (rule-based layout planner)\n"
@@ -348,9 +377,17 @@ def main() -> None:
     LOG.info("R2MoE demo finished: training workflow %.1f s, two-concept workflow %.1f s.", run_s, regional_s)
     for c, a in zip(concepts, alignment, strict=True):
         if a is not None:
-            LOG.info("%s: image alignment %.1f before learning, %.1f after", c.token, *a)
+            LOG.info("%s: image alignment to held-out renders: %s", c.token, a)
     LOG.info("Before/after picture: %s", picture)
     LOG.info("Report: %s", report)
+
+
+def write_json_report(path: Path, concepts: list[DemoConcept], alignment: list[dict[str, float] | None]) -> None:
+    """`{"concepts": {name: {"base": x, "token_only": y, "r2moe": z}}}`: held-out image alignment per concept
+    (empty per concept where it is not measured: the tiny model and your checkpoint have no evaluator)."""
+    data = {"concepts": {c.name: a or {} for c, a in zip(concepts, alignment, strict=True)},
+            "measured_against": "renders of each concept that were not among its training photos"}
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""The demo's picture a person reads at a glance: per concept its reference photo, the base model's image of the
-same prompt and the image after learning, with image alignment before and after; then the two-concept image
-beside its layout."""
+"""The demo's picture a person reads at a glance: per concept its reference photo, then the same prompt and seed
+drawn by the base model, with the trigger token learned alone, and with R2MoE, each with its image alignment;
+then the two-concept image beside its layout."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-CELL = 192  # px per picture cell: the world's 64 px images are scaled up 3x, pixel for pixel
+CELL = 192  # px per picture cell: 64 px images are scaled up 3x pixel for pixel, 128 px ones 1.5x
 LABEL = 22
+COLUMNS = {"base": "base model, same prompt", "token_only": "trigger token learned alone", "r2moe": "R2MoE"}
 
 
 @dataclass(frozen=True)
 class ConceptRow:
     title: str  # "<token> class: prompt"
     reference: Path
-    base: Path
-    after: Path
-    alignment: tuple[float, float] | None = None  # image alignment (x100) before and after learning
+    images: dict[str, Path]  # per column of COLUMNS that was drawn: the image
+    alignment: dict[str, float] | None = None  # per column: image alignment (x100) to held-out references
 
 
 def _cell(path: Path) -> Image.Image:
@@ -32,21 +32,26 @@ def _cell(path: Path) -> Image.Image:
 
 
 def before_after_picture(rows: list[ConceptRow], composite: tuple[Path, Path, str] | None, path: Path) -> Path:
-    """Write the picture (rows of reference | base model | after learning; then image | layout) to `path`."""
-    heads = ("reference photo", "base model, same prompt", "after learning")
-    height = LABEL + sum(2 * LABEL + CELL for _ in rows) + (2 * LABEL + CELL if composite else 0)
-    canvas = Image.new("RGB", (3 * CELL, height), "white")
+    """Write the picture (rows of reference | base model | token alone | R2MoE, each with its image alignment
+    under it; then image | layout) to `path`. Columns no row drew are left out."""
+    columns = [c for c in COLUMNS if any(c in row.images for row in rows)]
+    width = (1 + max(len(columns), 2)) * CELL
+    height = LABEL + sum(3 * LABEL + CELL for _ in rows) + (2 * LABEL + CELL if composite else 0)
+    canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    for j, head in enumerate(heads):
+    for j, head in enumerate(["reference photo", *(COLUMNS[c] for c in columns)]):
         draw.text((j * CELL + 4, 4), head, fill="black")
     y = LABEL
     for row in rows:
-        scores = "" if row.alignment is None else \
-            f"  (image alignment {row.alignment[0]:.1f} -> {row.alignment[1]:.1f})"
-        draw.text((4, y + 4), row.title + scores, fill="black")
-        for j, image in enumerate((row.reference, row.base, row.after)):
-            canvas.paste(_cell(image), (j * CELL, y + LABEL))
-        y += 2 * LABEL + CELL
+        draw.text((4, y + 4), row.title, fill="black")
+        canvas.paste(_cell(row.reference), (0, y + LABEL))
+        for j, column in enumerate(columns, start=1):
+            if column in row.images:
+                canvas.paste(_cell(row.images[column]), (j * CELL, y + LABEL))
+            if row.alignment is not None and column in row.alignment:
+                draw.text((j * CELL + 4, y + LABEL + CELL + 4), f"image alignment {row.alignment[column]:.1f}",
+                          fill="black")
+        y += 3 * LABEL + CELL
     if composite is not None:
         image, layout, prompt = composite
         draw.text((4, y + 4), f"two concepts in one image: {prompt}", fill="black")

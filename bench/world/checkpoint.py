@@ -12,8 +12,11 @@ from safetensors.torch import load_file, save_file
 from .text import TextEncoder, random_text_encoder
 from .unet import UNet
 from .vae import WorldVAE
+from .vocab import SIZE
 
-SHIPPED = Path(__file__).resolve().parent / "weights" / "world_sd15.safetensors"
+# The world drawn at the size the benchmark runs at (vocab.SIZE): v2 at 64 px, v3 at 128 px (R2MOE_WORLD_SIZE=128).
+WEIGHTS = {64: "world_sd15.safetensors", 128: "world_v3.safetensors"}
+SHIPPED = Path(__file__).resolve().parent / "weights" / WEIGHTS.get(SIZE, WEIGHTS[64])
 TEXT_PREFIX = "cond_stage_model.transformer."
 
 

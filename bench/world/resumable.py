@@ -87,14 +87,18 @@ class Stage:
     gen: torch.Generator
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     log_every: int = 0
+    extra: torch.nn.Module | None = None  # saved and restored beside the model (an EMA of its weights)
 
     def state(self, done: int) -> dict:
         return {"done": done, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-                "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
+                "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "extra": None if self.extra is None else self.extra.state_dict()}
 
     def restore(self, state: dict) -> int:
         self.model.load_state_dict(state["model"])
+        if self.extra is not None:
+            self.extra.load_state_dict(state["extra"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])

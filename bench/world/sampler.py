@@ -36,16 +36,17 @@ Switch = tuple[int, Callable[[torch.Tensor], None]]  # (step index, callback(x0 
 
 @torch.no_grad()
 def euler_cfg(cond: Eps, uncond: Eps, batch: int, steps: int, cfg: float, seed: int, latent_size: int = 8,
-              switch: Switch | None = None) -> torch.Tensor:
+              switch: Switch | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
     """Latents [batch, 4, s, s] (already multiplied by the SD latent scale); `switch` sees one step's x0 estimate
-    (the regional sampler refines its masks there)."""
+    (the regional sampler refines its masks there). The starting noise is drawn on the CPU whatever `device`, so
+    a seed gives the same picture on either."""
     gen = torch.Generator().manual_seed(seed)
     timesteps, sigmas = schedule(steps)
-    x = torch.randn(batch, 4, latent_size, latent_size, generator=gen) * sigmas[0]
+    x = (torch.randn(batch, 4, latent_size, latent_size, generator=gen) * sigmas[0]).to(device)
     for i, t in enumerate(timesteps):
         sigma = sigmas[i]
         x_in = x / (sigma**2 + 1).sqrt()
-        tt = t.expand(batch)
+        tt = t.expand(batch).to(device)
         e_cond, e_uncond = cond(x_in, tt), uncond(x_in, tt)
         e = e_uncond + cfg * (e_cond - e_uncond)
         if switch is not None and i == switch[0]:
@@ -63,7 +64,7 @@ def sample(
     seed: int = 0,
     latent_size: int = 8,
 ) -> torch.Tensor:
-    """Latents [B, 4, s, s] (already multiplied by the SD latent scale) for contexts [B, 77, D]."""
+    """Latents [B, 4, s, s] (already multiplied by the SD latent scale) for contexts [B, 77, D], on their device."""
     uncond = empty.expand_as(context)
     return euler_cfg(lambda x, t: eps(x, t, context), lambda x, t: eps(x, t, uncond), context.shape[0], steps, cfg,
-                     seed, latent_size)
+                     seed, latent_size, device=context.device)

@@ -105,7 +105,11 @@ class TextEncoder(torch.nn.Module):
         for text in texts:
             pieces = [bos, *self.token_ids(text, triggers), eos]
             pieces += [eos] * (TOKENS - len(pieces))
-            vectors = [table(torch.tensor(p)) if isinstance(p, int) else p.to(table.weight.dtype) for p in pieces]
+            if all(isinstance(p, int) for p in pieces):  # one lookup per prompt: the same rows, far fewer calls
+                rows.append(table(torch.tensor(pieces, device=table.weight.device)))
+                continue
+            vectors = [table(torch.tensor(p, device=table.weight.device)) if isinstance(p, int)
+                       else p.to(table.weight) for p in pieces]
             rows.append(torch.stack(vectors))
         h = torch.stack(rows) + self.text_model.embeddings.position_embedding.weight[None]
         for layer in self.text_model.encoder.layers:

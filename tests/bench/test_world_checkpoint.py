@@ -45,3 +45,30 @@ def test_quick_pretraining_loads_through_checkpoint_loader_simple(host, tmp_path
         assert torch.allclose(unet(x, t, ours), theirs.float(), atol=1e-2)
     assert torch.isfinite(sample(model, clip, prompt, steps=2, size=64)).all()
     assert vae.first_stage_model.vae_scale.item() != 1.0, "the VAE's latent scale is calibrated by pretraining"
+
+
+def test_world_v3_loads_through_the_stock_loader_and_keeps_128_px_scenes(host, tmp_path):
+    """The 128 px world (bench/world/weights/world_v3.safetensors) is a checkpoint the stock loader takes, and its
+    VAE, run by ComfyUI, gives back a 128 px scene with its shapes (the v2 VAE's blur-pool start does not)."""
+    import random
+
+    import folder_paths
+    import numpy as np
+    from world.checkpoint import WEIGHTS
+    from world.scenes import random_scene, render
+
+    source = REPO / "bench" / "world" / "weights" / WEIGHTS[128]
+    target = assemble(source, Path(folder_paths.get_folder_paths("checkpoints")[0]) / "world_v3_test.safetensors")
+    folder_paths.filename_list_cache.clear()
+    _, _, vae = call_node("CheckpointLoaderSimple", ckpt_name=target.name)
+    rng = random.Random(7)
+    scenes = np.stack([render(random_scene(rng), 128) for _ in range(8)])
+    pixels = torch.from_numpy(scenes).float() / 255.0
+    with torch.inference_mode():  # as ComfyUI runs its VAE
+        latents = vae.encode(pixels)
+        back = vae.decode(latents).reshape(pixels.shape)
+    assert latents.shape[-2:] == (16, 16)
+    error = float((back - pixels).square().mean())
+    blurred = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(pixels.permute(0, 3, 1, 2), 8),
+                                              scale_factor=8).permute(0, 2, 3, 1)
+    assert error < 0.5 * float((blurred - pixels).square().mean()), "the v3 VAE keeps more than 8x average pooling"

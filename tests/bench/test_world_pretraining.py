@@ -11,8 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
-# a few steps of both stages, with composites and VAE crops: every random draw of the v3 recipe is exercised
-QUICK = ["--quick", "--composites", "0.3", "--vae-crop", "32", "--threads", "1"]  # 3 VAE and 3 UNet steps
+# a few steps of both stages with every part of the v3 recipe (composites, VAE crops and edge loss, capped-v
+# loss, offset noise, an EMA that must survive the stops): every random draw and every piece of state is exercised
+QUICK = ["--quick", "--composites", "0.3", "--vae-crop", "32", "--threads", "1", "--vae-edge", "1",
+         "--loss", "capped-v", "--offset-noise", "0.1", "--ema", "0.9"]  # 3 VAE and 3 UNet steps
 
 
 def pretrain(*extra: str) -> subprocess.CompletedProcess:
@@ -42,3 +44,16 @@ def test_a_work_directory_refuses_other_settings(tmp_path) -> None:
     other = pretrain("--out", str(tmp_path / "b.safetensors"), "--work", str(work), "--seed", "1")
     assert other.returncode == 2 and "seed" in other.stderr and "another --work directory" in other.stderr
     assert "--work" in pretrain("--max-minutes", "5").stderr  # a time limit without a place to keep the state
+
+
+def test_the_capped_v_weighting_moves_weight_to_low_noise() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    from pretrain_world import loss_weight_of
+    from world.sampler import ddpm_sigmas
+
+    sigma = ddpm_sigmas()
+    v, capped = loss_weight_of(sigma, "v", 5.0), loss_weight_of(sigma, "capped-v", 5.0)
+    low = sigma < 2
+    assert torch.equal(v[low], capped[low]) and capped.max() == 5.0
+    share = lambda w: float(w[sigma < 5].sum() / w.sum())  # noqa: E731
+    assert share(v) < 0.25 < 0.6 < share(capped)  # v puts most of its weight on σ > 5, capped-v most below

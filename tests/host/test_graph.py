@@ -53,7 +53,8 @@ def test_demo_two_concept_workflow_writes_the_image_and_its_layout(host, tiny, s
 
 def test_demo_training_graph_learns_every_concept_and_samples_bank_and_base_side_by_side(host, tmp_path):
     """`make demo`'s training graph for three concepts: one chained training node each, every concept drawn with the
-    bank and with the base model alone (same seed), and the before/after picture built from what it saved."""
+    bank, with the base model alone and with its token learned alone (same seed), and the four-column picture built
+    from what it saved."""
     import folder_paths
     import numpy as np
     from demo import demo_concepts, photos
@@ -67,8 +68,11 @@ def test_demo_training_graph_learns_every_concept_and_samples_bank_and_base_side
     concepts = demo_concepts([*folders, ("third", folders[0][1], "thing")], ("on the grass", "by the sea"))
     template = load_api_workflow("api_train_two_concepts.json")
     graph, nodes = training_graph(template, host.checkpoint.name, concepts,
-                                  {"steps": 2, "resolution": 64, "preview_every": 0}, size=64, batch=1, sample_steps=2)
+                                  {"steps": 2, "resolution": 64, "preview_every": 0}, size=64, batch=1, sample_steps=2,
+                                  token_only=True)
     assert [graph[n.train]["inputs"]["bank"][0] for n in nodes] == ["2", nodes[0].train, nodes[1].train]
+    alone = [graph[str(500 + 10 * i)]["inputs"] for i in range(3)]
+    assert all(a["bank"] == ["2", 0] and a["lr_experts"] == a["lr_router"] == 0.0 and a["lr_token"] > 0 for a in alone)
     result = run_graph(graph, prompt_id="demo-training")
     assert result.success, result.messages
     assert "3 concept(s)" in result.outputs["19"]["text"][0]
@@ -78,11 +82,13 @@ def test_demo_training_graph_learns_every_concept_and_samples_bank_and_base_side
         return Path(folder_paths.get_output_directory()) / saved["subfolder"] / saved["filename"]
 
     for n in nodes:
-        after, base = (np.asarray(Image.open(image(x))) for x in (n.after, n.base))
-        assert after.shape == base.shape == (64, 64, 3)
+        after, base, token = (np.asarray(Image.open(image(x))) for x in (n.after, n.base, n.token_only))
+        assert after.shape == base.shape == token.shape == (64, 64, 3)
         assert not np.array_equal(after, base), "the bank changes what the same prompt and seed draw"
-    rows = [ConceptRow(c.prompt, photos(c.folder)[0], image(n.base), image(n.after), (10.0, 20.0))
+    rows = [ConceptRow(c.prompt, photos(c.folder)[0], {"base": image(n.base), "token_only": image(n.token_only),
+                                                       "r2moe": image(n.after)},
+                       {"base": 10.0, "token_only": 15.0, "r2moe": 20.0})
             for c, n in zip(concepts, nodes, strict=True)]
     picture = before_after_picture(rows, (image(nodes[0].after), image(nodes[1].after), "two"), tmp_path / "p.png")
     with Image.open(picture) as shown:
-        assert shown.width == 3 * 192 and shown.height > 4 * 192
+        assert shown.width == 4 * 192 and shown.height > 4 * 192
