@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -45,14 +46,18 @@ WORLD_NAMES = {64: "r2moe_world_sd15.safetensors", 128: "r2moe_world_v3.safetens
 
 # Per model kind: training inputs of R2MoETrainConcept (yours: the template's reference settings), sampling
 # (size, steps, images per prompt), and the places of the concept prompts.
-TRAIN_INPUTS = {"world": {"steps": 150, "resolution": 64, "lr_experts": 2e-3, "lr_router": 2e-3, "lr_token": 5e-3,
-                          "preview_every": 25},
-                "tiny": {"steps": 120, "resolution": 128, "lr_experts": 5e-3, "lr_router": 5e-3, "lr_token": 5e-3,
+# The world's come from the lifelong benchmark's budget (`world_train_inputs`), so the demo learns as it measures.
+TRAIN_INPUTS = {"tiny": {"steps": 120, "resolution": 128, "lr_experts": 5e-3, "lr_router": 5e-3, "lr_token": 5e-3,
                          "preview_every": 20}}
+# The world samples as it is evaluated (bench/eval_world.py): CFG 5 against the empty prompt, which is what it
+# learned as the unconditional prompt; it never saw words like "blurry".
+WORLD_NEGATIVE, WORLD_CFG = "", 5.0
 SAMPLING = {"world": (64, 20, 4), "tiny": (128, 8, 1), "user": (512, 25, 1)}
 PLACES = {"world": ("on the left, grass background", "on the right, snow background", "in the center, sky background"),
           "tiny": ("on the grass", "by the sea"), "user": ("on the grass", "by the sea")}
-EVALUATOR_IMAGES, EVALUATOR_EPOCHS = 2000, 4  # the demo's world evaluator: trained once, then cached
+# The demo's world evaluator, trained once then cached: image alignment is read at 64 px (images are scaled down
+# to it), where the evaluator trains in a quarter of the 128 px time and still reads shapes (89 % held out).
+EVALUATOR_IMAGES, EVALUATOR_EPOCHS, EVALUATOR_SIZE = 2000, 4, 64
 HELDOUT_SEED = 1  # the world concepts' training photos are drawn with seed 0
 
 DESCRIBE = {"world": "built-in world model, SD1.x layout pretrained on a procedural world of shapes",
@@ -131,6 +136,17 @@ def world_concept_sets(root: Path) -> list[tuple[str, Path, str]]:
     return out
 
 
+def world_train_inputs() -> dict[str, float | int]:
+    """R2MoETrainConcept's inputs for the world: the lifelong benchmark's learning rates and batch, and twice its
+    step budget (bench/results/budget.json: the held-out loss has nearly levelled off by then)."""
+    _repo_code_on_path()
+    from world.methods import Budget
+
+    budget = Budget()
+    return {"steps": 2 * budget.steps, "batch_size": budget.batch_size, "lr_experts": budget.lr,
+            "lr_router": budget.lr_router, "lr_token": budget.lr_token, "preview_every": 25}
+
+
 def heldout_references(concept: DemoConcept) -> list[Path]:
     """The held-out renders `world_concept_sets` wrote for a world concept."""
     return sorted((concept.folder.parent / "heldout" / concept.folder.name).glob("*.png"))
@@ -164,7 +180,8 @@ def concept_sets(folders: list[Path], output: Path, kind: str) -> list[tuple[str
 
 
 def regional_graph(
-    ckpt_name: str, bank_file: str, prompt: str, size: int, steps: int, sam_name: str | None
+    ckpt_name: str, bank_file: str, prompt: str, size: int, steps: int, sam_name: str | None,
+    negative: str | None = None, cfg: float | None = None,
 ) -> dict[str, Any]:
     """The two-concept workflow for this run: both concepts in one image, plus the layout the planner made.
 
@@ -179,6 +196,10 @@ def regional_graph(
     graph["5"]["inputs"]["text"] = re.sub(r"<[^<>\s]+>\s*", "", prompt)
     graph["7"]["inputs"].update(width=size, height=size)
     graph["8"]["inputs"]["steps"] = steps
+    if negative is not None:
+        graph["6"]["inputs"]["text"] = negative
+    if cfg is not None:
+        graph["8"]["inputs"]["cfg"] = cfg
     if sam_name is not None:
         sampler = graph.pop("8")["inputs"]
         del graph["4"]
@@ -225,14 +246,13 @@ def world_alignment(rows: list[tuple[list[Path], dict[str, list[Path]]]], cache:
     from PIL import Image
     from world.cache import cached_evaluator
     from world.evaluators import image_alignment
-    from world.vocab import SIZE
 
-    evaluator, report = cached_evaluator(cache, EVALUATOR_IMAGES, EVALUATOR_EPOCHS)
+    evaluator, report = cached_evaluator(cache, EVALUATOR_IMAGES, EVALUATOR_EPOCHS, EVALUATOR_SIZE)
     LOG.info("world evaluator held-out accuracy: %s", {k: round(v, 2) for k, v in report.accuracy.items()})
 
     def pixels(paths: list[Path]) -> list[np.ndarray]:
-        return [np.asarray(Image.open(p).convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
-                for p in paths]
+        side = EVALUATOR_SIZE
+        return [np.asarray(Image.open(p).convert("RGB").resize((side, side), Image.Resampling.BOX)) for p in paths]
 
     return [{column: round(100 * image_alignment(evaluator, pixels(drawn), pixels(refs)), 1)
              for column, drawn in columns.items()} for refs, columns in rows]
@@ -269,7 +289,7 @@ def main() -> None:
     parser.add_argument("--images", default="", help="concept photo folders, comma-separated: learned after the "
                                                      "world's two concepts (world model) or alone (your checkpoint)")
     parser.add_argument("--steps", type=int, default=0,
-                        help="training steps per concept (default: 150 world, 120 tiny, 800 yours)")
+                        help="training steps per concept (default: 100 world, 120 tiny, 800 yours)")
     parser.add_argument("--output", type=Path, default=REPO / "output")
     parser.add_argument("--sam", default="auto",
                         help="SAM file in models/sams for the two-concept image: auto (the first one, if any), "
@@ -279,6 +299,8 @@ def main() -> None:
                              "doubles the training; auto = yes on the built-in models, no on your checkpoint")
     parser.add_argument("--host", type=Path, default=HOST_ROOT, help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    # The world's 128 px version (v3) unless R2MOE_WORLD_SIZE says otherwise: set before any world code is imported
+    os.environ.setdefault("R2MOE_WORLD_SIZE", "128")
     opts.output.mkdir(parents=True, exist_ok=True)
     folders = concept_folders(opts.images)  # checked before anything is set up
     ckpt_name, kind = prepare_checkpoint(opts.ckpt)
@@ -287,7 +309,7 @@ def main() -> None:
     if len(concepts) < 2:
         raise SystemExit("the demo needs two concepts for its two-concept image: give two IMAGES folders, "
                          "comma-separated, with your own checkpoint")
-    train_inputs = dict(TRAIN_INPUTS.get(kind, {}))
+    train_inputs = world_train_inputs() if kind == "world" else dict(TRAIN_INPUTS.get(kind, {}))
     if opts.steps:
         train_inputs["steps"] = opts.steps
     size, sample_steps, batch = SAMPLING[kind]
@@ -299,8 +321,9 @@ def main() -> None:
         size = native_size(HOST_ROOT / "models" / "checkpoints" / ckpt_name)
         train_inputs.setdefault("resolution", 0)
     token_only = opts.token_only == "yes" or (opts.token_only == "auto" and built_in)
+    world_sampling = {"negative": WORLD_NEGATIVE, "cfg": WORLD_CFG} if kind == "world" else {}
     graph, nodes = training_graph(json.loads(WORKFLOW.read_text()), ckpt_name, concepts, train_inputs, size, batch,
-                                  sample_steps, token_only)
+                                  sample_steps, token_only, **world_sampling)
     scene = "grass background" if kind == "world" else "by the sea"
     first, second = concepts[:2]
     two_prompt = (f"photo of a {first.token} {first.class_word} on the left and a {second.token} "
@@ -323,7 +346,8 @@ def main() -> None:
         sampling = f"R2MoEHierarchicalSampler with SAM {sam_name}" if sam_name else "box masks, stock KSampler"
         LOG.info("Two concepts in one image: %r (%s)", two_prompt, sampling)
         t0 = time.monotonic()
-        regional_graph_ = regional_graph(ckpt_name, bank_file, two_prompt, size, sample_steps, sam_name)
+        regional_graph_ = regional_graph(ckpt_name, bank_file, two_prompt, size, sample_steps, sam_name,
+                                         **world_sampling)
         regional = server.run(regional_graph_, timeout=WORKFLOW_TIMEOUT_S)
         regional_s = time.monotonic() - t0
         regional_image, layout_image = saved_images(regional, ("10", "12"), opts.output)

@@ -35,18 +35,21 @@ class ConceptNodes:
 
 def training_graph(template: dict[str, Any], ckpt_name: str, concepts: list[DemoConcept],
                    train_inputs: dict[str, Any], size: int, batch: int, sample_steps: int | None,
-                   token_only: bool = False) -> tuple[dict[str, Any], list[ConceptNodes]]:
+                   token_only: bool = False, negative: str = NEGATIVE, cfg: float | None = None
+                   ) -> tuple[dict[str, Any], list[ConceptNodes]]:
     """The template's loader, bank, save, apply and info nodes, with one training chain link and one pair of
     samplers (bank / base model) per concept, and with `token_only` a token-alone run and its sampler too.
-    `sample_steps` None keeps the template's sampler settings."""
+    `sample_steps` and `cfg` None keep the template's sampler settings."""
     graph = {k: copy.deepcopy(template[k]) for k in ("1", "2", "5", "6", "9", "10", "19", "20")}
     graph["1"]["inputs"]["ckpt_name"] = ckpt_name
     graph["10"]["inputs"].update(width=size, height=size, batch_size=batch)
-    graph["9"]["inputs"]["text"] = NEGATIVE
-    graph["90"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": NEGATIVE}}
+    graph["9"]["inputs"]["text"] = negative
+    graph["90"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": negative}}
     sampler = copy.deepcopy(template["11"])
     if sample_steps is not None:
         sampler["inputs"]["steps"] = sample_steps
+    if cfg is not None:
+        sampler["inputs"]["cfg"] = cfg
     previous = ["2", 0]
     nodes = []
     for i, concept in enumerate(concepts):

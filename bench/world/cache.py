@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .evaluators import EvaluatorReport, WorldEvaluator, train_evaluator
+from .vocab import SIZE
 
 WORLD = Path(__file__).resolve().parent
 REPO = WORLD.parents[1]
@@ -24,17 +25,19 @@ def code_digest() -> bytes:
     return digest.digest()
 
 
-def cached_evaluator(cache: Path | None, images: int, epochs: int) -> tuple[WorldEvaluator, EvaluatorReport]:
-    """The world evaluator, trained once per world code and settings (minutes on 2 cores), then read from cache."""
-    digest = hashlib.sha256(code_digest() + repr((images, epochs)).encode()).hexdigest()[:16]
+def cached_evaluator(cache: Path | None, images: int, epochs: int, size: int = SIZE
+                     ) -> tuple[WorldEvaluator, EvaluatorReport]:
+    """The world evaluator for `size` px images, trained once per world code and settings (minutes on 2 cores),
+    then read from cache."""
+    digest = hashlib.sha256(code_digest() + repr((images, epochs, size)).encode()).hexdigest()[:16]
     path = cache / f"evaluator_{digest}.pkl" if cache else None
     if path is not None and path.is_file():
         state, report = pickle.loads(path.read_bytes())
-        return evaluator_from_state(state), report
+        return evaluator_from_state(state, size), report
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # float sums depend on the thread count: one thread gives the committed evaluator
     try:
-        evaluator, report = train_evaluator(train_images=images, epochs=epochs)
+        evaluator, report = train_evaluator(train_images=images, epochs=epochs, size=size)
     finally:
         torch.set_num_threads(threads)
     if path is not None:
@@ -42,8 +45,8 @@ def cached_evaluator(cache: Path | None, images: int, epochs: int) -> tuple[Worl
     return evaluator, report
 
 
-def evaluator_from_state(state: dict) -> WorldEvaluator:
-    evaluator = WorldEvaluator()
+def evaluator_from_state(state: dict, size: int = SIZE) -> WorldEvaluator:
+    evaluator = WorldEvaluator(size=size)
     evaluator.load_state_dict(state)
     return evaluator.eval()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -92,3 +93,9 @@ def test_demo_training_graph_learns_every_concept_and_samples_bank_and_base_side
     picture = before_after_picture(rows, (image(nodes[0].after), image(nodes[1].after), "two"), tmp_path / "p.png")
     with Image.open(picture) as shown:
         assert shown.width == 4 * 192 and shown.height > 4 * 192
+    from demo import write_json_report
+
+    scores = [{"base": 1.0, "token_only": 2.0, "r2moe": 3.0}, None, {"base": 0.5, "token_only": 0.5, "r2moe": 0.5}]
+    write_json_report(tmp_path / "report.json", concepts, scores)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["concepts"] == {c.name: s or {} for c, s in zip(concepts, scores, strict=True)}
