@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -288,6 +289,7 @@ def world(out: Path, smoke: bool, clock: Clock) -> dict:
     work = Path(tempfile.mkdtemp(prefix="r2moe_world_"))
     command = [sys.executable, str(REPO / "bench" / "world_sweep.py"), "--out", str(work),
                "--budget-s", f"{max(60.0, clock.left() - 40):.0f}"]
+    command += shlex.split(os.environ.get("SWEEP_ARGS", ""))  # e.g. SWEEP_ARGS="--init-from W --class-objects 0.2"
     if smoke:  # one recipe at the shipped size: the path, not the numbers
         command += ["--smoke", "--device", "cpu", "--recipes", "v_loss", "--workers", "2"]
     size = "64" if smoke else os.environ.get("R2MOE_WORLD_SIZE", "128")

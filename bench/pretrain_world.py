@@ -34,9 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from world.concepts import class_scene
 from world.resumable import Allowance, AllowanceSpentError, RecipeMismatchError, Stage, WorkDir, run_stage
 from world.sampler import LATENT_SCALE, ddpm_sigmas
-from world.scenes import caption, random_composite, random_scene, render
+from world.scenes import Composite, Scene, caption, random_composite, random_scene, render
 from world.text import TEXT_INITS, TextEncoder, random_text_encoder
 from world.unet import UNet
 from world.vae import WorldVAE
@@ -52,14 +53,22 @@ WORLD_UNETS = {64: {"model_channels": 64, "channel_mult": (1, 1, 2, 2)},  # the 
 DEFAULT_OUT = Path(__file__).resolve().parent / "world" / "weights" / "world_sd15.safetensors"
 
 
-def scene_pool(count: int, seed: int, size: int = SIZE, composites: float = 0.0, workers: int = 1
-               ) -> tuple[torch.Tensor, list[str]]:
+def scene_pool(count: int, seed: int, size: int = SIZE, composites: float = 0.0, workers: int = 1,
+               class_objects: float = 0.0) -> tuple[torch.Tensor, list[str]]:
     """`composites` of the scenes (two thirds of them with two objects, one third with three) show different
-    objects in named places; 0 draws the shipped world's pool exactly. Scenes are drawn in order from the seed,
-    so `workers` > 1 (processes rendering them) gives the same pool, faster (15 ms per 128 px scene)."""
+    objects in named places, `class_objects` one object of a concept class (`concepts.class_scene`); 0 and 0
+    draw world v2's pool exactly. Scenes are drawn in order from the seed, so `workers` > 1 (processes rendering
+    them) gives the same pool, faster (15 ms per 128 px scene)."""
     rng = random.Random(seed)
-    scenes = [random_scene(rng) if composites == 0 or rng.random() >= composites else
-              random_composite(rng, 2 if rng.random() < 2 / 3 else 3) for _ in range(count)]
+
+    def draw() -> Scene | Composite:
+        if class_objects and rng.random() < class_objects:  # drawn only when asked: v2's and v3's streams stay
+            return class_scene(rng)
+        if composites == 0 or rng.random() >= composites:
+            return random_scene(rng)
+        return random_composite(rng, 2 if rng.random() < 2 / 3 else 3)
+
+    scenes = [draw() for _ in range(count)]
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -338,6 +347,9 @@ def main() -> None:
     parser.add_argument("--composites", type=float, default=0.0,
                         help="share of pretraining scenes with two or three different objects in named places "
                              "(0: the shipped world's one-kind scenes only)")
+    parser.add_argument("--class-objects", type=float, default=0.0,
+                        help="share of pretraining scenes with one object of a concept class, captioned with its "
+                             "class word (`photo of a kite on the left, sand background`); 0: none (v2, v3)")
     parser.add_argument("--vae-crop", type=int, default=0, help="train the VAE on random crops of this side (0: "
                                                                   "whole images)")
     parser.add_argument("--vae-lr", type=float, default=3e-4)
@@ -365,7 +377,8 @@ def main() -> None:
     torch.manual_seed(opts.seed)
     gen = torch.Generator().manual_seed(opts.seed)
     started = time.perf_counter()
-    images, captions = scene_pool(opts.images, opts.seed, opts.size, opts.composites, opts.workers)
+    images, captions = scene_pool(opts.images, opts.seed, opts.size, opts.composites, opts.workers,
+                                  opts.class_objects)
     start_unet = None
     if opts.init_from:
         from world.checkpoint import load_world

@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=520.0, help="wall clock of the whole sweep")
     parser.add_argument("--images", type=int, default=20000, help="scenes in the pretraining pool")
     parser.add_argument("--composites", type=float, default=0.3)
+    parser.add_argument("--class-objects", type=float, default=0.0,
+                        help="share of scenes with one object of a concept class (pretrain_world.py's option)")
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--vae-edge", type=float, default=1.0)
@@ -110,7 +112,7 @@ def main() -> None:
 
 def sweep(opts: argparse.Namespace, names: list[str], started: float, judged: Future, evaluator_path: Path) -> dict:
     gen = torch.Generator().manual_seed(opts.seed)
-    images, captions = scene_pool(opts.images, opts.seed, SIZE, opts.composites, opts.workers)
+    images, captions = scene_pool(opts.images, opts.seed, SIZE, opts.composites, opts.workers, opts.class_objects)
     LOG.info("pool: %d scenes at %d px in %.0f s", len(images), SIZE, time.monotonic() - started)
     text = random_text_encoder(opts.seed, 2)
     if opts.init_from:
@@ -133,6 +135,7 @@ def sweep(opts: argparse.Namespace, names: list[str], started: float, judged: Fu
     steps = 2 if opts.smoke else max(int(left / len(names) / step_s), 50)
     LOG.info("UNet step %.3f s at batch %d: %d steps per recipe", step_s, opts.batch, steps)
     results: dict = {"size": SIZE, "device": opts.device, "pool": opts.images, "composites": opts.composites,
+                     "class_objects": opts.class_objects,
                      "vae": {"steps": 0 if opts.init_from else opts.vae_steps, "batch": opts.vae_batch,
                              "edge_weight": opts.vae_edge, "from": opts.init_from and opts.init_from.name},
                      "unet": {"steps": steps, "batch": opts.batch, "lr": opts.lr, "ema": opts.ema,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a lent device machine runs (`make device-check` there): unpack the carried host and wheels from .device/
 # (made here by `make device-pack`), then bench/device_check.py with the image's own python3 and torch.
-# Results land in $OUT (the device tool brings them back). WORLD=1 adds the world pretraining section; CHECK_ARGS
-# passes more options (CHECK_ARGS=--smoke dry-runs this whole path on a CPU).
+# Results land in $OUT (the device tool brings them back). WORLD=1 adds the world recipe sweep (SWEEP_ARGS passes
+# options to bench/world_sweep.py); CHECK_ARGS passes more options (CHECK_ARGS=--smoke dry-runs this whole path on
+# a CPU).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-$PWD/output/device_check}"

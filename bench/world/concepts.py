@@ -138,6 +138,17 @@ def random_concept(name: str, rng: random.Random) -> ConceptSpec:
     )
 
 
+def class_scene(rng: random.Random) -> Scene:
+    """One object of a concept class, drawn fresh: a `random_concept` shape, colour, texture and marking, captioned
+    with its class word alone (`photo of a kite on the left, sand background`). Pretraining on these teaches the
+    world what a kite or a badge can look like, as a photo model has seen many dogs before it learns yours; a
+    learned concept is then one instance of a known class, not a shape the model has never drawn."""
+    spec = random_concept("class", rng)
+    position, background = rng.choice(list(POSITIONS)), rng.choice(list(BACKGROUNDS))
+    return Scene(objects=(spec.object(),), count=1, position=position, background=background,
+                 size=rng.uniform(0.34, 0.44), words={"class": spec.class_word})
+
+
 def write_default_sets(folder: Path) -> list[Path]:
     """The shipped sets: 10 concepts (default) and 30 (long sequence), deterministic."""
     paths = []

@@ -80,6 +80,8 @@ def caption(scene: Scene | Composite) -> str:
     if isinstance(scene, Composite):
         return " and ".join(_phrase(p.words, 0) + f" {place(p.position)}" for p in scene.parts) + \
             f", {scene.background} background"
+    if "class" in scene.words:  # one object of a concept class (concepts.class_scene), named as its photos are
+        return f"photo of a {scene.words['class']} {place(scene.position)}, {scene.background} background"
     return f"{_phrase(scene.words, scene.count)} {place(scene.position)}, {scene.background} background"
 
 

@@ -3,6 +3,7 @@ through, and a work directory refuses a run with other settings."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 # a few steps of both stages with every part of the v3 recipe (composites, VAE crops and edge loss, capped-v
 # loss, offset noise, an EMA that must survive the stops): every random draw and every piece of state is exercised
 QUICK = ["--quick", "--composites", "0.3", "--vae-crop", "32", "--threads", "1", "--vae-edge", "1",
-         "--loss", "capped-v", "--offset-noise", "0.1", "--ema", "0.9"]  # 3 VAE and 3 UNet steps
+         "--loss", "capped-v", "--offset-noise", "0.1", "--ema", "0.9", "--class-objects", "0.2"]  # 3+3 steps
 
 
 def pretrain(*extra: str) -> subprocess.CompletedProcess:
@@ -57,3 +58,19 @@ def test_the_capped_v_weighting_moves_weight_to_low_noise() -> None:
     assert torch.equal(v[low], capped[low]) and capped.max() == 5.0
     share = lambda w: float(w[sigma < 5].sum() / w.sum())  # noqa: E731
     assert share(v) < 0.25 < 0.6 < share(capped)  # v puts most of its weight on σ > 5, capped-v most below
+
+
+def test_class_objects_show_fresh_members_of_the_concept_classes_named_by_their_class_word() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    from pretrain_world import scene_pool
+    from world.concepts import CLASS_WORDS, class_scene, load_concepts
+
+    images, captions = scene_pool(60, 3, 64, composites=0.3, class_objects=0.5)
+    named = [c for c in captions if c.startswith("photo of a ")]
+    assert 15 <= len(named) <= 45 and len(images) == 60
+    assert {c.split()[3] for c in named} <= set(CLASS_WORDS)
+    plain, plain_captions = scene_pool(60, 3, 64, composites=0.3)
+    assert not any(c.startswith("photo of a ") for c in plain_captions) and not torch.equal(images, plain)
+    shipped = {s.polygon for s in load_concepts(REPO / "bench" / "world" / "concepts_10.json")}
+    rng = random.Random(3)
+    assert not {class_scene(rng).objects[0].polygon for _ in range(200)} & shipped, "no shipped concept is pretrained"
