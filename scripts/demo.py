@@ -364,12 +364,7 @@ def main() -> None:
     report = opts.output / "r2moe_demo_report.md"
     bank_text = entry["outputs"]["19"]["text"][0]
     training = "\n\n".join(entry["outputs"][n.train]["text"][0] for n in nodes)
-    scores = "".join(
-        f"| {c.token} {c.class_word} | `{c.prompt}` | "
-        + ("– | – | – |" if a is None else " | ".join(f"{a[k]:.1f}" if k in a else "–" for k in
-                                                    ("base", "token_only", "r2moe")) + " |")
-        + ("" if a is None else (" yes |" if a["r2moe"] > max(a["base"], a.get("token_only", -1e9)) else " no |"))
-        + "\n" for c, a in zip(concepts, alignment, strict=True))
+    scores = "".join(alignment_row(c, a) for c, a in zip(concepts, alignment, strict=True))
     images = [p for paths in saved.values() for p in paths]
     report.write_text(
         "# R2MoE demo run\n\n"
@@ -378,7 +373,8 @@ def main() -> None:
         f"- device: {'GPU' if server.gpu else 'CPU'}; server start {boot_s:.1f} s, workflow {run_s:.1f} s\n"
         f"- R2MoE nodes listed by /object_info: {', '.join(ours)}\n"
         f"- training workflow: built from {WORKFLOW.relative_to(REPO)} (one training node per concept, each "
-        "concept sampled with the bank and with the base model alone, same seed)\n"
+        "concept sampled with the bank, with the base model alone and, where learned, with its token alone; "
+        "same seed)\n"
         f"- before/after picture: {picture}\n"
         "\n## Concepts learned\n\n"
         "Image alignment: mean cosine (x100) between the world evaluator's features of the generated images and "
@@ -404,6 +400,15 @@ def main() -> None:
             LOG.info("%s: image alignment to held-out renders: %s", c.token, a)
     LOG.info("Before/after picture: %s", picture)
     LOG.info("Report: %s", report)
+
+
+def alignment_row(concept: DemoConcept, alignment: dict[str, float] | None) -> str:
+    """One Markdown table row: the concept, its prompt, each column's image alignment, and whether R2MoE is above
+    every other column."""
+    cells = [f"{alignment[k]:.1f}" if alignment and k in alignment else "–" for k in ("base", "token_only", "r2moe")]
+    best = "–" if not alignment else "yes" if alignment["r2moe"] > max(
+        v for k, v in alignment.items() if k != "r2moe") else "no"
+    return f"| {concept.token} {concept.class_word} | `{concept.prompt}` | {' | '.join(cells)} | {best} |\n"
 
 
 def write_json_report(path: Path, concepts: list[DemoConcept], alignment: list[dict[str, float] | None]) -> None:
