@@ -292,8 +292,8 @@ def world(out: Path, smoke: bool, clock: Clock) -> dict:
     command += shlex.split(os.environ.get("SWEEP_ARGS", ""))  # e.g. SWEEP_ARGS="--init-from W --class-objects 0.2"
     if smoke:  # one recipe at the shipped size: the path, not the numbers
         command += ["--smoke", "--device", "cpu", "--recipes", "v_loss", "--workers", "2"]
-    size = "64" if smoke else os.environ.get("R2MOE_WORLD_SIZE", "128")
-    env = os.environ | {"R2MOE_WORLD_SIZE": size, "PYTHONUNBUFFERED": "1"}
+    world_size = "64" if smoke else os.environ.get("R2MOE_WORLD_SIZE", "128")
+    env = os.environ | {"R2MOE_WORLD_SIZE": world_size, "PYTHONUNBUFFERED": "1"}
     with (target / "sweep_log.txt").open("w") as log:
         run = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     parts = []

@@ -56,7 +56,8 @@ SAMPLING = {"world": (64, 20, 4), "tiny": (128, 8, 1), "user": (512, 25, 1)}
 PLACES = {"world": ("on the left, grass background", "on the right, snow background", "in the center, sky background"),
           "tiny": ("on the grass", "by the sea"), "user": ("on the grass", "by the sea")}
 # The demo's world evaluator, trained once then cached: image alignment is read at 64 px (images are scaled down
-# to it), where the evaluator trains in a quarter of the 128 px time and still reads shapes (89 % held out).
+# to it), where the evaluator trains in a quarter of the 128 px time (held out, measured: shape 0.67, colour 0.95,
+# texture 0.86, background and position 0.99-1.00).
 EVALUATOR_IMAGES, EVALUATOR_EPOCHS, EVALUATOR_SIZE = 2000, 4, 64
 HELDOUT_SEED = 1  # the world concepts' training photos are drawn with seed 0
 
