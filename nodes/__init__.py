@@ -4,7 +4,7 @@ from .bank_edit_nodes import BANK_EDIT_NODES
 from .bank_history_nodes import BANK_HISTORY_NODES
 from .bank_nodes import BANK_NODES
 from .concept_export_nodes import EXPORT_NODES
-from .hierarchical import HIERARCHICAL_NODES
+from .hierarchical_nodes import HIERARCHICAL_NODES
 from .layout_nodes import LAYOUT_NODES
 from .lora_import_nodes import IMPORT_NODES
 from .regional_nodes import REGIONAL_NODES

@@ -200,7 +200,8 @@ class R2MoEPruneBank(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Re-prune every concept's expert with another threshold: an expert is removed in each layer where "
-                "its gate weight on the concept's own prompt is below the threshold. Removal cannot be undone."
+                "its share of the experts' output on the concept's own prompt is below the threshold. Removal "
+                "cannot be undone."
             ),
             inputs=[
                 Bank.Input("bank", tooltip=BANK_TIP),

@@ -11,7 +11,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..r2moe_core.bank.expert_bank import check_trigger_token
+from ..r2moe_core.bank.expert_bank import ConceptIdentity, check_trigger_token
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
 from ..r2moe_core.moe.lora_import import import_lora, read_lora
@@ -124,7 +124,7 @@ class R2MoEImportLoRA(io.ComfyNode):
         examples = prompt_gate_inputs(reader, prompts)
         protected = prompt_gate_inputs(reader, plain_prompts([word, *(c.class_word for c in bank.concepts)], prompts,
                                                              token))
-        grown, report = import_lora(bank, imported, name, token, word, embedding, examples, protected,
+        grown, report = import_lora(bank, imported, ConceptIdentity(name, token, word), embedding, examples, protected,
                                     prune_threshold)
         summary = f"{lora_name}: " + report.summary()
         LOGGER.info("R2MoE: %s", summary.replace("\n", ";"))

@@ -17,7 +17,14 @@ from ..r2moe_core.log import LOGGER
 from ..r2moe_core.train.augment import augmented_views
 from ..r2moe_core.train.concept_photos import concept_files, load_concept_folder, make_captions, square_resize
 from ..r2moe_core.train.loss_plot import loss_curve
-from ..r2moe_core.train.request import DEFAULT_CAPTION_TEMPLATE, MAX_PRIOR_IMAGES, MAX_VIEWS, ConceptRequest
+from ..r2moe_core.train.request import (
+    BANK_VALUE,
+    DEFAULT_CAPTION_TEMPLATE,
+    MAX_PRIOR_IMAGES,
+    MAX_VIEWS,
+    ConceptRequest,
+)
+from ..r2moe_core.train.step import TrainingData
 from ..r2moe_core.train.trainer import DISTILL_MODES, OPTIMIZERS
 from .class_prior_host import class_prior
 from .model_inspection import check_bank_serves
@@ -114,8 +121,10 @@ class R2MoETrainConcept(io.ComfyNode):
                                        "1e-4 is for a full router matrix and barely moves it)."),
                 io.Float.Input("lr_token", **advanced_input(), default=1e-3, min=0.0, max=1.0, step=1e-4,
                                tooltip="Learning rate of the trigger token's embedding (reference: 1e-3)."),
-                io.Float.Input("distill_lambda", **advanced_input(), default=1e-5, min=0.0, max=10.0, step=1e-6,
-                               tooltip="Weight of routing distillation, which keeps old concepts routed as before."),
+                io.Float.Input("distill_lambda", **advanced_input(), default=BANK_VALUE, min=BANK_VALUE, max=10.0,
+                               step=1e-6,
+                               tooltip="Weight of routing distillation (soft mode), which keeps old concepts routed "
+                                       "as before. -1: the bank's (set in R2MoE New Bank)."),
                 io.Combo.Input("distill_mode", **advanced_input(), options=list(DISTILL_MODES), default="exact",
                                tooltip="exact: old concepts keep their gate scores exactly (the gate changes only "
                                        "along a direction that is zero on their prompts); soft: the reference "
@@ -126,10 +135,11 @@ class R2MoETrainConcept(io.ComfyNode):
                                        "prompts (exact mode) and on plain prompts without a trigger: its share "
                                        "there is at most e^-margin of the auxiliary expert's. 0 = it ties with the "
                                        "auxiliary expert (the reference's limit)."),
-                io.Float.Input("prune_threshold", default=0.4, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("prune_threshold", default=BANK_VALUE, min=BANK_VALUE, max=1.0, step=0.01,
                                tooltip="Drop the new expert in layers where it gives less than this share of the "
                                        "experts' output on the concept's prompts (old experts already serve it). "
-                                       "The paper thresholds the gate weight instead."),
+                                       "-1: the bank's (set in R2MoE New Bank, 0.4 by default). The paper "
+                                       "thresholds the gate weight instead."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Same seed, same result (fixed: queuing again does not re-train)."),
                 io.Combo.Input("optimizer", **advanced_input(), options=list(OPTIMIZERS), default="AdamW",
@@ -241,9 +251,8 @@ class R2MoETrainConcept(io.ComfyNode):
 
         existing = bank.concept_by_name(request.name)
         work_bank = bank.without_concept(request.name) if existing is not None else bank
-        outcome = train_concept(
-            model, clip, work_bank, latents, views.captions, request, on_step, masks, prior, prompts=captions
-        )
+        data = TrainingData(latents, views.captions, masks, prior, captions)
+        outcome = train_concept(model, clip, work_bank, data, request, on_step)
         data = f"data: {len(frames)} photos + {len(views.captions) - len(frames)} rescaled/mirrored views" + (
             f"; {request.prior_images} class-prior images of '{prior.caption}' (weight {request.prior_weight:g})"
             if prior is not None else "; no class-prior images"

@@ -10,10 +10,9 @@ with the patch's wrappers merged into transformer_options, exactly as sampling w
 from __future__ import annotations
 
 import contextlib
-import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import comfy.model_management
@@ -23,12 +22,11 @@ import torch
 from ..r2moe_core.bank.expert_bank import ExpertBank
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
-from ..r2moe_core.moe.pruning import PruneReport, prune_task
-from ..r2moe_core.moe.routing import gate_input
-from ..r2moe_core.moe.routing_update import plain_prompts
-from ..r2moe_core.train.class_prior import PriorData
+from ..r2moe_core.moe.pruning import PruneReport
+from ..r2moe_core.train.concept_run import ConceptIdentity, run_concept
 from ..r2moe_core.train.request import ConceptRequest
-from ..r2moe_core.train.trainer import ExpertTrainer, TextCondition, TrainingRuntime, training_step
+from ..r2moe_core.train.step import TrainingData, append_dims
+from ..r2moe_core.train.trainer import ExpertTrainer, TextCondition, TrainingRuntime
 from .bank_patch import install_runtime
 from .clip_tokens import ConceptTokenizer
 
@@ -199,7 +197,7 @@ def noise_predictor(
             x_t.to(dtype), sigma, c_crossattn=condition.context.to(device, dtype), transformer_options=dict(options),
             **extra,
         )
-        return (x_t - denoised.float()) / sigma.view(-1, *([1] * (x_t.ndim - 1)))
+        return (x_t - denoised.float()) / append_dims(sigma, x_t.ndim)
 
     return predict_noise
 
@@ -213,94 +211,66 @@ class TrainOutcome:
     added_bytes: int
 
 
+class ComfyTrainingHost:
+    """`TrainingHost` on a ComfyUI MODEL and CLIP: trainable views of both (the shared ones are never touched),
+    the trigger token spliced into the tokenizer, noise predicted through the model's own apply_model."""
+
+    def __init__(self, model: Any, clip: Any, bank: ExpertBank) -> None:
+        self.model, self.bank = model, bank
+        self.text = clip.clone()
+        self.text.patcher = trainable_view(clip.patcher)
+        # On a dynamic-VRAM host the view is a static delegate holding its own copy of the encoder: run that copy
+        # (the one the weight wrappers sit on and that loading puts on the device), not the clone's original.
+        self.text.cond_stage_model = self.text.patcher.model
+        self.base_tokenizer = getattr(clip.tokenizer, "base", clip.tokenizer)
+        self.device = model.load_device
+        self.sigmas = model.model.model_sampling.sigmas.detach().float().cpu().clone()
+        self.unet: Any = None
+
+    def encoder(self, token: str, vector: torch.Tensor) -> Callable[[Sequence[str]], TextCondition]:
+        text, device = self.text, self.device
+        text.tokenizer = ConceptTokenizer(self.base_tokenizer, {token: vector}, self.bank.token_encoders)
+
+        def encode(texts: Sequence[str]) -> TextCondition:
+            # ComfyUI's CLIP adds residuals in place (`x += ...`), which autograd rejects when x was saved for
+            # backward; saving copies instead makes the text encoder differentiable without touching its code.
+            # The CLIP causal mask (77x77) is not aligned the way CUDA's fused SDPA backward needs: use the math
+            # kernel for these 77-token sequences (cheap), and keep the fused kernels for the UNet.
+            with torch.autograd.graph.saved_tensors_hooks(_clone_tensor, _identity), _math_attention():
+                encoded = {  # once each
+                    t: text.encode_from_tokens(text.tokenize(t), return_pooled=True) for t in dict.fromkeys(texts)
+                }
+                context = torch.cat([encoded[t][0] for t in texts]).to(device)
+                pooled = [encoded[t][1] for t in texts]
+                if any(p is None for p in pooled):
+                    return TextCondition(context)
+                return TextCondition(context, torch.cat(pooled).to(device))
+
+        return encode
+
+    def noise_predictor(self, trainer: ExpertTrainer) -> Callable[..., torch.Tensor]:
+        self.unet = install_runtime(trainable_view(self.model), TrainingRuntime(trainer), self.bank.layers)
+        self.device = self.unet.load_device
+        return noise_predictor(self.unet)
+
+    def check_interrupted(self) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+
 def train_concept(
-    model: Any,
-    clip: Any,
-    bank: ExpertBank,
-    latents: torch.Tensor,
-    captions: Sequence[str],
-    request: ConceptRequest,
+    model: Any, clip: Any, bank: ExpertBank, data: TrainingData, request: ConceptRequest,
     on_step: Callable[[int, float, list[float]], None] | None = None,
-    masks: torch.Tensor | None = None,
-    prior: PriorData | None = None,
-    prompts: Sequence[str] | None = None,
 ) -> TrainOutcome:
-    """Learn one concept; the input bank, model and CLIP are left untouched whatever happens.
-
-    `latents` [N, ...] with one caption each (and optional loss masks [N, 1, h, w]); `prompts` are the photos'
-    own captions (without the rescale words), from which the concept's gate input is taken."""
-    started = time.perf_counter()
-    name, token, class_word, settings = request.name, request.token, request.class_word, request.settings
-    checkpointing, prune_threshold = request.gradient_checkpointing, request.prune_threshold
-    text = clip.clone()
-    text.patcher = trainable_view(clip.patcher)
-    # On a dynamic-VRAM host the view is a static delegate holding its own copy of the encoder: run that copy
-    # (the one the weight wrappers sit on and that loading puts on the device), not the clone's original.
-    text.cond_stage_model = text.patcher.model
-    base_tokenizer = getattr(clip.tokenizer, "base", clip.tokenizer)
-
-    def encode(texts: Sequence[str]) -> TextCondition:
-        # ComfyUI's CLIP adds residuals in place (`x += ...`), which autograd rejects when x was saved for
-        # backward; saving copies instead makes the text encoder differentiable without touching its code.
-        # The CLIP causal mask (77x77) is not aligned the way CUDA's fused SDPA backward needs: use the math kernel
-        # for these 77-token sequences (cheap), and keep the fused kernels for the UNet.
-        with torch.autograd.graph.saved_tensors_hooks(_clone_tensor, _identity), _math_attention():
-            encoded = {  # once each
-                t: text.encode_from_tokens(text.tokenize(t), return_pooled=True) for t in dict.fromkeys(texts)
-            }
-            context = torch.cat([encoded[t][0] for t in texts]).to(device)
-            pooled = [encoded[t][1] for t in texts]
-            if any(p is None for p in pooled):
-                return TextCondition(context)
-            return TextCondition(context, torch.cat(pooled).to(device))
-
-    prompts = list(captions) if prompts is None else list(prompts)
-
-    def prompt_gate_inputs() -> torch.Tensor:
-        """[N, D] gate inputs of the distinct photo captions with the token as it is now."""
-        return torch.cat([gate_input(encode([c]).context) for c in dict.fromkeys(prompts)]).float().cpu()
-
-    encoders = bank.token_encoders
-    token_init = class_word_embedding(clip, class_word, encoders)
-    device = model.load_device
-    # Parameters and the tensors autograd saves must not be made under the executor's inference mode.
-    with torch.inference_mode(False):
-        text.tokenizer = ConceptTokenizer(base_tokenizer, {token: token_init}, encoders)
-        with torch.no_grad():
-            concept_inputs = prompt_gate_inputs()
-            plain = plain_prompts([class_word, *(c.class_word for c in bank.concepts)], prompts, token)
-            neutral_inputs = gate_input(encode(plain).context).float().cpu()
-        trainer = ExpertTrainer(bank, token_init, settings, concept_inputs, neutral_inputs)
-    text.tokenizer = ConceptTokenizer(base_tokenizer, {token: trainer.token}, encoders)
-    unet = install_runtime(trainable_view(model), TrainingRuntime(trainer), bank.layers)
-    predict_noise = noise_predictor(unet)
-    device = unet.load_device
-    sigmas = unet.model.model_sampling.sigmas.detach().float().cpu().clone()
-
-    losses: list[float] = []
-    unet_module = unet.model.diffusion_model
-    with torch.inference_mode(False), torch.enable_grad(), gradient_checkpointing(unet_module, checkpointing):
-        trainer.to(device)
-        optimizer = trainer.optimizer()
-        generator = torch.Generator().manual_seed(settings.seed)
-        x0 = latents.detach().clone().to(device, torch.float32)
-        masks = None if masks is None else masks.to(device, torch.float32)
-        if prior is not None:
-            prior = replace(prior, latents=prior.latents.to(device, torch.float32))
-        for step in range(settings.steps):
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            result = training_step(
-                trainer, optimizer, predict_noise, encode, x0, captions, sigmas, generator, masks, prior
-            )
-            losses.append(result.mse)
-            if on_step is not None:
-                on_step(step + 1, result.loss, losses)
-        with torch.no_grad():
-            prompt_inputs = prompt_gate_inputs()
-        trainer.to("cpu")
-        learned = trainer.export(name, token, class_word, prompt_inputs)
-    pruned, report = prune_task(learned, learned.num_tasks, prune_threshold, gate_inputs=prompt_inputs)
-    added = pruned.expert_bytes() - bank.expert_bytes()
-    seconds = time.perf_counter() - started
-    LOGGER.info("R2MoE: learned '%s' (%s) in %.1f s; %s", name, token, seconds, report.summary())
-    return TrainOutcome(pruned, losses, report, seconds, added)
+    """Learn one concept through the core run; the input bank, model and CLIP are left untouched whatever happens.
+    Parameters and the tensors autograd saves are made outside the executor's inference mode, and the UNet's
+    blocks recompute their activations in the backward pass when the request asks for it."""
+    concept = ConceptIdentity(request.name, request.token, request.class_word)
+    host = ComfyTrainingHost(model, clip, bank)
+    token_start = class_word_embedding(clip, request.class_word, bank.token_encoders)
+    checkpointing = gradient_checkpointing(model.model.diffusion_model, request.gradient_checkpointing)
+    with torch.inference_mode(False), torch.enable_grad(), checkpointing:
+        result = run_concept(host, bank, concept, token_start, data, request.settings, request.prune_threshold,
+                             on_step)
+    LOGGER.info("R2MoE: learned '%s' (%s) in %.1f s; %s", request.name, request.token, result.seconds,
+                result.prune.summary())
+    return TrainOutcome(result.bank, result.losses, result.prune, result.seconds, result.added_bytes(bank))

@@ -63,7 +63,8 @@ from .moe.routing import (
 from .train.concept_photos import load_concept_folder, make_captions, square_resize
 from .train.loss_plot import loss_curve
 from .train.request import ConceptRequest
-from .train.trainer import ExpertTrainer, TrainSettings, training_step
+from .train.step import TrainingData, training_step
+from .train.trainer import ExpertTrainer, TrainSettings
 from .version import __version__
 
 __all__ = [
@@ -100,6 +101,7 @@ __all__ = [
     "RuleBasedPlanner",
     "StackedExperts",
     "TrainSettings",
+    "TrainingData",
     "__version__",
     "bank_file_name",
     "bank_from_bytes",

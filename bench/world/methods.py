@@ -19,6 +19,7 @@ from safetensors.torch import save as st_save
 import r2moe_core as core
 from r2moe_core.bank.bank_file import bank_to_tensors
 from r2moe_core.moe.delta_cache import BankRuntime
+from r2moe_core.train.concept_run import ConceptIdentity, TrainingHost, finish_task, start_task
 from r2moe_core.train.trainer import ExpertTrainer, TrainSettings
 
 from .unet import CrossAttention, Delta, UNet
@@ -46,11 +47,11 @@ SIMPLIFICATIONS = {
 
 
 @dataclass(frozen=True)
-class GatePrompts:
-    """Gate inputs [N, D] of the concept's captions (token at its start value) and of the plain prompts."""
+class TaskStart:
+    """What a task starts from: the world as a `TrainingHost` (encode, predict noise) and the concept's captions."""
 
-    concept: torch.Tensor
-    neutral: torch.Tensor
+    host: TrainingHost
+    captions: list[str]
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,10 @@ class BaselineTask(torch.nn.Module):
         self.groups = [{"params": params, "lr": lr} for params, lr in trainable]
         self.groups.append({"params": [self.token], "lr": budget.lr_token})
         self.delta_fn, self.penalty, self.distill_lambda = delta, penalty, penalty_lambda
+        self.prior_rows = 0  # `training_step` marks class-prior rows; a baseline treats every row alike
+
+    def observe_gate_inputs(self, m: torch.Tensor) -> None:
+        """Baselines have no gate."""
 
     def delta(self, name: str, context: torch.Tensor) -> torch.Tensor | None:
         return self.delta_fn(name, context)
@@ -201,10 +206,10 @@ class Method:
         self.gen = torch.Generator().manual_seed(self.seed)
 
     def begin(self, token: str, class_word: str, token_init: torch.Tensor,
-              gates: GatePrompts) -> BaselineTask | R2MoETask:
+              start: TaskStart) -> BaselineTask | R2MoETask:
         raise NotImplementedError
 
-    def end(self, task: BaselineTask | R2MoETask, token: str, class_word: str, gate_inputs: torch.Tensor) -> None:
+    def end(self, task: BaselineTask | R2MoETask, token: str, class_word: str, start: TaskStart) -> None:
         self.tokens[token] = task.token.detach().clone()
         self.class_words.append(class_word)
 
@@ -236,12 +241,13 @@ class R2MoEMethod(Method):
         self.prune = variant != "no_prune"
         self.reports: list[core.PruneReport] = []
 
-    def begin(self, token: str, class_word: str, token_init: torch.Tensor, gates: GatePrompts) -> R2MoETask:
+    def begin(self, token: str, class_word: str, token_init: torch.Tensor, start: TaskStart) -> R2MoETask:
         b = self.budget
         settings = TrainSettings(steps=b.steps, batch_size=b.batch_size, lr_experts=b.lr, lr_router=b.lr_router,
                                  lr_token=b.lr_token, distill_mode=self.distill_mode,
                                  selective_activation=self.selective, seed=self.seed + self.bank.num_tasks)
-        return R2MoETask(ExpertTrainer(self.bank, token_init, settings, gates.concept, gates.neutral))
+        concept = ConceptIdentity(token.strip("<>"), token, class_word)
+        return R2MoETask(start_task(start.host, self.bank, concept, token_init, start.captions, settings))
 
     def kept_share(self) -> float:
         """Expert parameters (down, up) stored, over those of every concept's expert in every projection."""
@@ -250,13 +256,14 @@ class R2MoEMethod(Method):
         kept = sum(x.down.numel() + x.up.numel() for p in self.bank.projections.values() for x in p.experts.values())
         return kept / full
 
-    def end(self, task: R2MoETask, token: str, class_word: str, gate_inputs: torch.Tensor) -> None:
-        super().end(task, token, class_word, gate_inputs)
-        bank = task.trainer.export(token.strip("<>"), token, class_word, gate_inputs)
+    def end(self, task: R2MoETask, token: str, class_word: str, start: TaskStart) -> None:
+        super().end(task, token, class_word, start)
+        concept = ConceptIdentity(token.strip("<>"), token, class_word)
+        encode = start.host.encoder(token, task.token)
+        # without pruning: τ = 0 removes nothing
+        self.bank, report = finish_task(task.trainer, encode, concept, start.captions, None if self.prune else 0.0)
         if self.prune:
-            bank, report = core.prune_task(bank, bank.num_tasks, bank.config.prune_threshold, gate_inputs)
             self.reports.append(report)
-        self.bank = bank
 
     def sampling_delta(self, prompts: list[str], context: torch.Tensor) -> Delta | None:
         runtime = BankRuntime(self.bank, 1.0)
@@ -274,7 +281,7 @@ class R2MoEMethod(Method):
 class TextualInversionMethod(Method):
     """The trigger token alone: nothing but the token is stored or trained."""
 
-    def begin(self, token: str, class_word: str, token_init: torch.Tensor, gates: GatePrompts) -> BaselineTask:
+    def begin(self, token: str, class_word: str, token_init: torch.Tensor, start: TaskStart) -> BaselineTask:
         return BaselineTask(self.budget, token_init, [], lambda name, context: None)
 
     def sampling_delta(self, prompts: list[str], context: torch.Tensor) -> Delta | None:
@@ -286,7 +293,7 @@ class SequentialLoraMethod(Method):
         super().__post_init__()
         self.lora = _Lora(self.layers, self.budget.rank, self.gen)
 
-    def begin(self, token: str, class_word: str, token_init: torch.Tensor, gates: GatePrompts) -> BaselineTask:
+    def begin(self, token: str, class_word: str, token_init: torch.Tensor, start: TaskStart) -> BaselineTask:
         params = [*self.lora.downs, *self.lora.ups]
         return BaselineTask(self.budget, token_init, [(params, self.budget.lr)], self.lora.delta)
 
@@ -308,7 +315,7 @@ class CLoraMethod(Method):
             return sum(parts[1:], parts[0]) if parts else None
         return delta
 
-    def begin(self, token: str, class_word: str, token_init: torch.Tensor, gates: GatePrompts) -> BaselineTask:
+    def begin(self, token: str, class_word: str, token_init: torch.Tensor, start: TaskStart) -> BaselineTask:
         new = _Lora(self.layers, self.budget.rank, self.gen)
         with torch.no_grad():
             previous = [sum(lora.weight(i) for lora in self.loras) for i in range(len(new.names))] if self.loras \
@@ -323,8 +330,8 @@ class CLoraMethod(Method):
         return BaselineTask(self.budget, token_init, [([*new.downs, *new.ups], self.budget.lr)],
                             self._summed([*self.loras, new]), penalty, self.budget.c_lora_lambda)
 
-    def end(self, task: BaselineTask, token: str, class_word: str, gate_inputs: torch.Tensor) -> None:
-        super().end(task, token, class_word, gate_inputs)
+    def end(self, task: BaselineTask, token: str, class_word: str, start: TaskStart) -> None:
+        super().end(task, token, class_word, start)
         new = task.groups[0]["params"]
         lora = _Lora(self.layers, self.budget.rank, self.gen)
         half = len(new) // 2
@@ -349,12 +356,12 @@ class LoraPerConceptMethod(Method):
         super().__post_init__()
         self.loras: dict[str, _Lora] = {}
 
-    def begin(self, token: str, class_word: str, token_init: torch.Tensor, gates: GatePrompts) -> BaselineTask:
+    def begin(self, token: str, class_word: str, token_init: torch.Tensor, start: TaskStart) -> BaselineTask:
         self.loras[token] = lora = _Lora(self.layers, self.budget.rank, self.gen)
         return BaselineTask(self.budget, token_init, [([*lora.downs, *lora.ups], self.budget.lr)], lora.delta)
 
-    def end(self, task: BaselineTask, token: str, class_word: str, gate_inputs: torch.Tensor) -> None:
-        super().end(task, token, class_word, gate_inputs)
+    def end(self, task: BaselineTask, token: str, class_word: str, start: TaskStart) -> None:
+        super().end(task, token, class_word, start)
         self.loras[token].requires_grad_(False)
 
     def sampling_delta(self, prompts: list[str], context: torch.Tensor) -> Delta | None:
@@ -384,7 +391,7 @@ class CustomDiffusionMethod(Method):
         super().__post_init__()
         self.full = _Full(self.layers)
 
-    def begin(self, token: str, class_word: str, token_init: torch.Tensor, gates: GatePrompts) -> BaselineTask:
+    def begin(self, token: str, class_word: str, token_init: torch.Tensor, start: TaskStart) -> BaselineTask:
         return BaselineTask(self.budget, token_init, [(list(self.full.weights), self.budget.lr_full)], self.full.delta)
 
     def sampling_delta(self, prompts: list[str], context: torch.Tensor) -> Delta | None:

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from r2moe_core.moe.routing import gate_input
-from r2moe_core.moe.routing_update import plain_prompts
 from r2moe_core.train.class_prior import PriorData, prior_prompt
-from r2moe_core.train.trainer import training_step
+from r2moe_core.train.step import TrainingData, training_step
+from r2moe_core.train.trainer import ExpertTrainer
 
 from .concepts import ConceptSpec, concept_images
-from .methods import Budget, GatePrompts, Method, make_method
+from .methods import Budget, Method, TaskStart, make_method
 from .sampler import LATENT_SCALE, ddpm_sigmas, sample
 from .text import TextEncoder
 from .unet import UNet
@@ -140,9 +140,30 @@ StepHook = Callable[[int, Callable[[str, torch.Tensor], torch.Tensor | None], Ca
                     None]
 
 
+@dataclass
+class WorldHost:
+    """The world as a core `TrainingHost`: its text encoder with the method's learned tokens, its UNet."""
+
+    world: World
+    tokens: dict[str, torch.Tensor]
+    sigmas: torch.Tensor = SIGMAS
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def encoder(self, token: str, vector: torch.Tensor) -> Callable[[Sequence[str]], torch.Tensor]:
+        return lambda texts: self.world.text(list(texts), self.tokens | {token: vector})
+
+    def noise_predictor(self, trainer: ExpertTrainer) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
+                                                                  torch.Tensor]:
+        return noise_predictor(self.world.unet, lambda name, ctx: trainer.delta(trainer.index[name], ctx))
+
+    def check_interrupted(self) -> None:
+        """A benchmark run is not cancelled from outside."""
+
+
 def train_task(world: World, method: Method, concept: ConceptData, steps: int, seed: int,
                on_step: StepHook | None = None) -> tuple[float, list[float]]:
-    """One task through `r2moe_core.training_step`; returns (seconds, losses).
+    """One task through `r2moe_core.training_step` (R2MoE set up and exported by `r2moe_core.train.concept_run`,
+    as the node does); returns (seconds, losses).
 
     `on_step(step, delta, encode)` runs before the first step and after each one (the budget check reads a
     held-out loss there); it must not change the training state.
@@ -151,31 +172,23 @@ def train_task(world: World, method: Method, concept: ConceptData, steps: int, s
     class_ids = world.text.tokenizer(concept.class_word, add_special_tokens=False)["input_ids"]
     token_init = table[class_ids].mean(0, keepdim=True)
     started = time.perf_counter()
-    with torch.no_grad():
-        start = world.text(concept.captions, method.tokens | {concept.token: token_init})
-        plain = plain_prompts([*method.class_words, concept.class_word], concept.captions, concept.token)
-        gates = GatePrompts(gate_input(start), gate_input(world.text(plain, method.tokens)))
-    task = method.begin(concept.token, concept.class_word, token_init, gates)
+    start = TaskStart(WorldHost(world, dict(method.tokens)), list(concept.captions))
+    task = method.begin(concept.token, concept.class_word, token_init, start)
     optimizer = task.optimizer()
     latents = world.encode_images(concept.images)
     gen = torch.Generator().manual_seed(seed)
     predict = noise_predictor(world.unet, task.delta)
-
-    def encode(texts: Sequence[str]) -> torch.Tensor:
-        return world.text(list(texts), method.tokens | {concept.token: task.token})
-
+    encode = start.host.encoder(concept.token, task.token)
     prior = class_prior(world, concept.class_word, method.prior_images, method.budget.prior_weight)
+    data = TrainingData(latents, concept.captions, prior=prior)
     losses = []
     for step in range(steps):
         if on_step is not None:
             on_step(step, task.delta, encode)
-        losses.append(training_step(task, optimizer, predict, encode, latents, concept.captions, SIGMAS, gen,
-                                    prior=prior).mse)
+        losses.append(training_step(task, optimizer, predict, encode, data, SIGMAS, gen).mse)
     if on_step is not None:
         on_step(steps, task.delta, encode)
-    with torch.no_grad():
-        gate_inputs = gate_input(encode(concept.captions))
-    method.end(task, concept.token, concept.class_word, gate_inputs)
+    method.end(task, concept.token, concept.class_word, start)
     return time.perf_counter() - started, losses
 
 

@@ -30,6 +30,15 @@ def check_trigger_token(token: str) -> None:
 
 
 @dataclass(frozen=True)
+class ConceptIdentity:
+    """Who a new concept is before it has weights: its name in the bank, its trigger token and its class word."""
+
+    name: str
+    token: str
+    class_word: str
+
+
+@dataclass(frozen=True)
 class Concept:
     """A learned concept: how users call it and what R2MoE keeps to serve it."""
 
@@ -83,6 +92,10 @@ class ProjectionExperts:
 
 @dataclass(frozen=True)
 class ExpertBank:
+    """Every concept learned on one base model: per K/V projection its experts and gate columns, the concepts'
+    records (token, class word, gate input), and the settings and fingerprint it was made with. Immutable: each
+    edit returns a new bank, so a graph's earlier outputs never change under it."""
+
     config: BankConfig
     layers: tuple[LayerSpec, ...]
     fingerprint: ModelFingerprint

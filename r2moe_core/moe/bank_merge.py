@@ -118,25 +118,30 @@ def _scores(bank: ExpertBank, name: str, rows: torch.Tensor) -> dict[int, torch.
     return {i: rows @ e.gate.double() for i, e in bank.projections[name].experts.items()}
 
 
-def merge_banks(
-    a: ExpertBank, b: ExpertBank, on_clash: str = "refuse", protected: torch.Tensor | None = None
-) -> tuple[ExpertBank, MergeReport]:
-    """Bank A plus the concepts of bank B. `protected` [J, D]: gate inputs of prompts that should route as before
-    in both banks (plain class prompts, the empty prompt); their scores are kept like the concepts'."""
-    if on_clash not in CLASH_MODES:
-        raise InvalidInputError(f"on_clash must be one of {', '.join(CLASH_MODES)}, got {on_clash[:50]!r}.")
-    notes = check_mergeable(a, b)
-    shared_b = {}
+@dataclass(frozen=True)
+class _IncomingConcepts:
+    """Where bank B's concepts go in the merged bank: B task -> merged task, the new concept records, renames."""
+
+    task_map: dict[int, int]
+    shared: dict[int, int]  # B task -> A task, for concepts both banks hold
+    incoming: list[Concept]
+    renamed: list[tuple[str, str, str, str]]
+    num_tasks: int
+
+
+def _place_incoming(a: ExpertBank, b: ExpertBank, on_clash: str) -> _IncomingConcepts:
+    """Number bank B's concepts after bank A's (shared ones map onto A's), renaming or refusing clashes."""
+    shared = {}
     for cb in b.concepts:
         ca = a.concept_by_name(cb.name)
         if ca is not None and _same_concept(a, ca, b, cb):
-            shared_b[cb.task] = ca.task
+            shared[cb.task] = ca.task
     names, tokens = {c.name for c in a.concepts}, {c.token for c in a.concepts}
     incoming, renamed = [], []
     next_task = a.num_tasks
-    task_map = dict(shared_b)  # B task -> merged task
+    task_map = dict(shared)
     for cb in sorted(b.concepts, key=lambda c: c.task):
-        if cb.task in shared_b:
+        if cb.task in shared:
             continue
         name, token = cb.name, cb.token
         if name in names or token in tokens:
@@ -156,60 +161,87 @@ def merge_banks(
         names.add(name)
         tokens.add(token)
         incoming.append(replace(cb, name=name, token=token, task=next_task))
+    return _IncomingConcepts(task_map, shared, incoming, renamed, next_task)
 
-    # Rows whose routing is fixed: every concept's prompt, then the protected prompts (scored in both banks).
+
+@dataclass(frozen=True)
+class _FixedRows:
+    """Gate inputs whose scores the merge keeps [R, D]: bank A's concepts, then B's new ones, then protected
+    prompts; with their pseudo-inverse, the same in every projection, so computed once."""
+
+    rows: torch.Tensor
+    solve: torch.Tensor
+    n_a: int
+    n_b: int
+
+
+def _refit_gates(
+    a: ExpertBank, b: ExpertBank, name: str, placed: _IncomingConcepts, fixed: _FixedRows | None
+) -> tuple[ProjectionExperts, float]:
+    """Projection `name` of the merged bank: A's and B's experts with gate columns refitted (least change) so
+    every fixed row keeps the scores its own bank gave it; returns it with the largest score error."""
+    experts_a, experts_b = a.projections[name].experts, b.projections[name].experts
+    merged: dict[int, LoraExpert] = dict(experts_a)
+    for task, expert in experts_b.items():
+        if task not in placed.shared:
+            merged[placed.task_map[task]] = expert
+    in_dim = a.projections[name].in_dim
+    if fixed is None or not merged:
+        return ProjectionExperts(in_dim=in_dim, experts=merged), 0.0
+    rows, n_a, n_b = fixed.rows, fixed.n_a, fixed.n_b
+    ids = sorted(merged)
+    target = torch.empty(rows.shape[0], len(ids), dtype=torch.float64)
+    score_a, score_b = _scores(a, name, rows), _scores(b, name, rows)
+    b_of = {placed.task_map[t]: t for t in experts_b}
+    for j, expert_id in enumerate(ids):
+        in_a, in_b = expert_id in experts_a, expert_id in b_of
+        column = target[:, j]
+        column[:n_a] = score_a[expert_id][:n_a] if in_a else -FOREIGN_SCORE
+        column[n_a:n_a + n_b] = score_b[b_of[expert_id]][n_a:n_a + n_b] if in_b else -FOREIGN_SCORE
+        if rows.shape[0] > n_a + n_b:
+            # A protected prompt keeps the score of the bank the expert comes from (A's for shared ones).
+            column[n_a + n_b:] = (score_a[expert_id] if in_a else score_b[b_of[expert_id]])[n_a + n_b:]
+    start = torch.stack([merged[i].gate.double() for i in ids], dim=1)  # [D, E]
+    fitted = start + fixed.solve @ (target - rows @ start)
+    columns = {i: fitted[:, j].to(merged[i].gate.dtype) for j, i in enumerate(ids)}
+    stored = torch.stack([columns[i].double() for i in ids], dim=1)  # as saved: the error is checked on it
+    error = float((rows @ stored - target).abs().max())
+    return ProjectionExperts(in_dim=in_dim, experts={i: replace(merged[i], gate=columns[i]) for i in ids}), error
+
+
+def merge_banks(
+    a: ExpertBank, b: ExpertBank, on_clash: str = "refuse", protected: torch.Tensor | None = None
+) -> tuple[ExpertBank, MergeReport]:
+    """Bank A plus the concepts of bank B. `protected` [J, D]: gate inputs of prompts that should route as before
+    in both banks (plain class prompts, the empty prompt); their scores are kept like the concepts'."""
+    if on_clash not in CLASH_MODES:
+        raise InvalidInputError(f"on_clash must be one of {', '.join(CLASH_MODES)}, got {on_clash[:50]!r}.")
+    notes = check_mergeable(a, b)
+    placed = _place_incoming(a, b, on_clash)
     rows_a = [c.gate_input.double() for c in a.concepts]
-    rows_b = [c.gate_input.double() for c in b.concepts if c.task not in shared_b]
+    rows_b = [c.gate_input.double() for c in b.concepts if c.task not in placed.shared]
     extra = [] if protected is None else list(protected.double())
-    rows = torch.stack(rows_a + rows_b + extra) if rows_a or rows_b or extra else None
-    n_a, n_b = len(rows_a), len(rows_b)
-    solve = torch.linalg.pinv(rows) if rows is not None else None  # the same rows in every projection: once
+    fixed = None
+    if rows_a or rows_b or extra:
+        rows = torch.stack(rows_a + rows_b + extra)
+        fixed = _FixedRows(rows, torch.linalg.pinv(rows), len(rows_a), len(rows_b))
     projections, worst = {}, 0.0
     for name in a.projection_names():
-        experts_a, experts_b = a.projections[name].experts, b.projections[name].experts
-        merged: dict[int, LoraExpert] = dict(experts_a)
-        for task, expert in experts_b.items():
-            if task not in shared_b:
-                merged[task_map[task]] = expert
-        if rows is None or not merged:
-            projections[name] = ProjectionExperts(in_dim=a.projections[name].in_dim, experts=merged)
-            continue
-        # Targets [R, E] for the merged columns, and which entries are fixed by which bank.
-        ids = sorted(merged)
-        target = torch.empty(rows.shape[0], len(ids), dtype=torch.float64)
-        score_a = _scores(a, name, rows)
-        score_b = _scores(b, name, rows)
-        b_of = {task_map[t]: t for t in experts_b}
-        for j, expert_id in enumerate(ids):
-            in_a, in_b = expert_id in experts_a, expert_id in b_of
-            column = target[:, j]
-            column[:n_a] = score_a[expert_id][:n_a] if in_a else -FOREIGN_SCORE
-            column[n_a:n_a + n_b] = score_b[b_of[expert_id]][n_a:n_a + n_b] if in_b else -FOREIGN_SCORE
-            if extra:
-                # A protected prompt keeps the score of the bank the expert comes from (A's for shared ones).
-                column[n_a + n_b:] = (score_a[expert_id] if in_a else score_b[b_of[expert_id]])[n_a + n_b:]
-        start = torch.stack([merged[i].gate.double() for i in ids], dim=1)  # [D, E]
-        fitted = start + solve @ (target - rows @ start)
-        columns = {i: fitted[:, j].to(merged[i].gate.dtype) for j, i in enumerate(ids)}
-        stored = torch.stack([columns[i].double() for i in ids], dim=1)  # as saved: the error is checked on it
-        worst = max(worst, float((rows @ stored - target).abs().max()))
-        projections[name] = ProjectionExperts(
-            in_dim=a.projections[name].in_dim,
-            experts={i: replace(merged[i], gate=columns[i]) for i in ids},
-        )
+        projections[name], error = _refit_gates(a, b, name, placed, fixed)
+        worst = max(worst, error)
     if worst > MAX_SCORE_ERROR:
         raise InvalidInputError(
             f"The two banks hold concepts whose prompts cannot be routed apart (a gate score misses its target by "
             f"{worst:.3g}): two concepts were learned from the same prompt. Remove one of them before merging."
         )
-    bank = replace(a, projections=projections, concepts=(*a.concepts, *incoming), num_tasks=next_task)
+    bank = replace(a, projections=projections, concepts=(*a.concepts, *placed.incoming), num_tasks=placed.num_tasks)
     bank.validate()
     report = MergeReport(
         from_a=tuple(c.name for c in a.concepts),
-        from_b=tuple(c.name for c in incoming),
-        shared=tuple(c.name for c in b.concepts if c.task in shared_b),
-        renamed=tuple(renamed),
-        max_mixture_change=max_mixture_change(a, b, bank, task_map),
+        from_b=tuple(c.name for c in placed.incoming),
+        shared=tuple(c.name for c in b.concepts if c.task in placed.shared),
+        renamed=tuple(placed.renamed),
+        max_mixture_change=max_mixture_change(a, b, bank, placed.task_map),
         notes=tuple(notes),
     )
     return bank, report

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..bank.attention_targets import PROJECTIONS
-from ..bank.expert_bank import Concept, ExpertBank, ProjectionExperts
+from ..bank.expert_bank import Concept, ConceptIdentity, ExpertBank, ProjectionExperts
 from ..bank.experts import LoraExpert
 from ..errors import InvalidInputError
 from .concept_export import diffusers_path, kohya_lora_key
@@ -182,18 +182,17 @@ def trigger_directions(examples: torch.Tensor, protected: torch.Tensor) -> tuple
 def import_lora(
     bank: ExpertBank,
     imported: ImportedLoRA,
-    name: str,
-    token: str,
-    class_word: str,
+    concept: ConceptIdentity,
     token_embedding: torch.Tensor,
     example_inputs: torch.Tensor,
     protected_inputs: torch.Tensor,
     prune_threshold: float = 0.4,
     margin: float = 8.0,
 ) -> tuple[ExpertBank, ImportReport]:
-    """The bank with the LoRA as concept `name`. `example_inputs` [N, D]: gate inputs of prompts with the trigger
+    """The bank with the LoRA as the new concept. `example_inputs` [N, D]: gate inputs of prompts with the trigger
     (encoded with `token_embedding`); `protected_inputs` [J, D]: prompts that must keep their routing besides the
     old concepts' stored ones (the empty prompt, plain class prompts, the examples without the trigger)."""
+    name, token = concept.name, concept.token
     bank.check_new_concept(name, token)
     if example_inputs.ndim != 2 or example_inputs.shape[0] == 0:
         raise InvalidInputError("Importing a LoRA needs at least one example prompt with its trigger token.")
@@ -212,9 +211,9 @@ def import_lora(
             down, up = imported.experts[proj_name]
             experts[task] = LoraExpert(down=down, up=up, gate=(lead * own + margin * away).float())
         projections[proj_name] = ProjectionExperts(in_dim=proj.in_dim, experts=experts)
-    concept = Concept(name=name, token=token, class_word=class_word, task=task,
-                      embedding=token_embedding.detach().float().cpu().reshape(1, -1), gate_input=concept_mean)
-    grown = bank.with_concept(concept, projections)
+    record = Concept(name=name, token=token, class_word=concept.class_word, task=task,
+                     embedding=token_embedding.detach().float().cpu().reshape(1, -1), gate_input=concept_mean)
+    grown = bank.with_concept(record, projections)
     share = _mean_share(grown, task, example_inputs)
     pruned, prune_report = prune_task(grown, task, prune_threshold, example_inputs.float())
     return pruned, ImportReport(name, token, imported.summary(2 * len(bank.layers)), share, prune_report)

@@ -25,6 +25,8 @@ OVERPRUNED_SHARE = 0.75  # above this share of removed slots, the trainer warns
 
 @dataclass(frozen=True)
 class PruneReport:
+    """What pruning did to one concept's expert: its output share per projection, and which slots it kept."""
+
     task: int
     concept: str
     threshold: float

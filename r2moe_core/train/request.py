@@ -14,6 +14,10 @@ DEFAULT_CAPTION_TEMPLATE = "photo of a {token} {class}"
 MAX_VIEWS = 16
 MAX_PRIOR_IMAGES = 1000
 _RENAMED = {"concept_name": "name", "trigger_token": "token"}  # widget name -> field name
+# Settings the bank owns (`BankConfig`: how it was made, reused by every later concept); a run may override them,
+# and a widget value of BANK_VALUE (the default) leaves them to the bank.
+BANK_OWNED = ("prune_threshold", "distill_lambda")
+BANK_VALUE = -1.0
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class ConceptRequest:
     folder: str = ""
     caption_template: str = DEFAULT_CAPTION_TEMPLATE
     resolution: int = 0  # 0: the model family's own (SD1.x 512, SD 2.x 768, SDXL 1024), see `at_resolution`
-    prune_threshold: float = 0.4
+    prune_threshold: float | None = None  # None: the bank's (`BankConfig`, set when the bank was made)
     replace_existing: bool = False
     gradient_checkpointing: bool = True
     preview_every: int = 50
@@ -47,8 +51,12 @@ class ConceptRequest:
             raise InvalidInputError(
                 f"resolution must be 0 (the model's own) or a multiple of 8 (the latent grid), got {self.resolution}."
             )
-        if not (math.isfinite(self.prune_threshold) and 0.0 <= self.prune_threshold <= 1.0):
-            raise InvalidInputError(f"prune_threshold must lie in [0, 1], got {self.prune_threshold}.")
+        if self.prune_threshold is not None and not (
+            math.isfinite(self.prune_threshold) and 0.0 <= self.prune_threshold <= 1.0
+        ):
+            raise InvalidInputError(
+                f"prune_threshold must lie in [0, 1] (or be -1, the bank's), got {self.prune_threshold}."
+            )
         if self.preview_every < 0:
             raise InvalidInputError(f"preview_every must be >= 0, got {self.preview_every}.")
         if not 0 <= self.augment_views <= MAX_VIEWS:
@@ -67,6 +75,9 @@ class ConceptRequest:
         """Build from widget values keyed by input name (`concept_name`, `steps`, `lr_token`, ...); None means
         the default. Unknown names are refused, so a renamed widget cannot be silently ignored."""
         given = {_RENAMED.get(k, k): v for k, v in options.items() if v is not None}
+        for name in BANK_OWNED:  # the widgets' BANK_VALUE: leave the setting to the bank
+            if isinstance(given.get(name), (int, float)) and given[name] == BANK_VALUE:
+                del given[name]
         setting_names = {f.name for f in fields(TrainSettings)}
         own_names = {f.name for f in fields(cls)} - {"settings"}
         unknown = sorted(set(given) - setting_names - own_names)

@@ -24,7 +24,6 @@ kept after pruning depends on what training finds, not on which old experts happ
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -34,7 +33,6 @@ from ..bank.experts import AUX_EXPERT, LoraExpert, expert_delta
 from ..errors import InvalidInputError
 from ..moe.routing import gate_input, inference_coefficients, select_experts, training_coefficients
 from ..moe.routing_update import RoutingDirections, routing_directions
-from .class_prior import PriorData
 
 DISTILL_MODES = ("exact", "soft", "off")
 GATE_INPUT_MOMENTUM = 0.9
@@ -88,6 +86,46 @@ class TrainSettings:
             raise InvalidInputError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
 
 
+def _checked_context_dim(
+    bank: ExpertBank, token_init: torch.Tensor, concept_inputs: torch.Tensor, neutral_inputs: torch.Tensor | None
+) -> int:
+    """The one text width every layer reads, after checking the token and gate inputs against it."""
+    if token_init.ndim != 2 or token_init.shape[1] != bank.token_dim:
+        raise InvalidInputError(f"token embedding must be [n, {bank.token_dim}], got {tuple(token_init.shape)}")
+    context_dims = {layer.in_dim for layer in bank.layers}
+    if len(context_dims) != 1:
+        raise InvalidInputError(f"all cross-attention layers must read one text width, found {sorted(context_dims)}")
+    (context_dim,) = context_dims
+    rows_of = (("concept", concept_inputs), ("neutral", neutral_inputs if neutral_inputs is not None
+                                            else torch.zeros(0, context_dim)))
+    for label, rows in rows_of:
+        if rows.ndim != 2 or rows.shape[1] != context_dim:
+            raise InvalidInputError(f"{label} gate inputs must be [N, {context_dim}], got {tuple(rows.shape)}")
+    if concept_inputs.shape[0] == 0:
+        raise InvalidInputError("training needs the gate input of at least one caption of the concept.")
+    return context_dim
+
+
+class FrozenProjection(torch.nn.Module):
+    """One projection's state while task t trains, none of it trainable: the router as the bank left it
+    [in, t+1], which experts are alive (the new one included), and the old experts stacked."""
+
+    def __init__(self, proj: ProjectionExperts, task: int, out_dim: int, rank: int) -> None:
+        super().__init__()
+        n_experts = task + 1
+        alive = proj.alive_mask(n_experts)
+        alive[task] = True
+        old_ids = sorted(proj.experts)
+        downs = [proj.experts[e].down.float() for e in old_ids]
+        ups = [proj.experts[e].up.float() for e in old_ids]
+        self.register_buffer("router", proj.router(n_experts), persistent=False)
+        self.register_buffer("alive", alive, persistent=False)
+        self.register_buffer("old_ids", torch.tensor(old_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("old_downs", torch.stack(downs) if downs else torch.zeros(0, proj.in_dim, rank),
+                             persistent=False)
+        self.register_buffer("old_ups", torch.stack(ups) if ups else torch.zeros(0, rank, out_dim), persistent=False)
+
+
 class ExpertTrainer(torch.nn.Module):
     """The trainable state of one task over a frozen bank; `export()` turns it into the next bank.
 
@@ -105,26 +143,13 @@ class ExpertTrainer(torch.nn.Module):
         neutral_inputs: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        if token_init.ndim != 2 or token_init.shape[1] != bank.token_dim:
-            raise InvalidInputError(f"token embedding must be [n, {bank.token_dim}], got {tuple(token_init.shape)}")
-        context_dims = {layer.in_dim for layer in bank.layers}
-        if len(context_dims) != 1:
-            raise InvalidInputError(
-                f"all cross-attention layers must read one text width, found {sorted(context_dims)}"
-            )
-        (context_dim,) = context_dims
+        context_dim = _checked_context_dim(bank, token_init, concept_inputs, neutral_inputs)
         neutral_inputs = torch.zeros(0, context_dim) if neutral_inputs is None else neutral_inputs
-        for label, rows in (("concept", concept_inputs), ("neutral", neutral_inputs)):
-            if rows.ndim != 2 or rows.shape[1] != context_dim:
-                raise InvalidInputError(f"{label} gate inputs must be [N, {context_dim}], got {tuple(rows.shape)}")
-        if concept_inputs.shape[0] == 0:
-            raise InvalidInputError("training needs the gate input of at least one caption of the concept.")
         self.bank = bank
         self.settings = settings
         self.task = bank.num_tasks + 1
         self.top_k = bank.config.top_k
         self.distill_lambda = bank.config.distill_lambda if settings.distill_lambda is None else settings.distill_lambda
-        gen = torch.Generator().manual_seed(settings.seed)
         self.names = bank.projection_names()
         self.index = {name: i for i, name in enumerate(self.names)}
         old = [c.gate_input.float() for c in sorted(bank.concepts, key=lambda c: c.task)]
@@ -143,40 +168,22 @@ class ExpertTrainer(torch.nn.Module):
         self.register_buffer("away_direction", torch.zeros(context_dim), persistent=False)
         self.refresh_directions_()
         self.prior_rows = 0  # trailing batch rows that are class-prior images (`training_step` sets it)
-        n_experts = self.task + 1
-        rank = bank.config.rank
-        downs, ups, scores = [], [], []
+        gen = torch.Generator().manual_seed(settings.seed)
+        frozen, downs, ups, scores = [], [], [], []
         for layer in bank.layers:
             for name in layer.projection_names():
-                proj = bank.projections[name]
-                i = self.index[name]
-                base = proj.router(n_experts)
-                self.register_buffer(f"router_{i}", base, persistent=False)
-                alive = proj.alive_mask(n_experts)
-                alive[self.task] = True
-                self.register_buffer(f"alive_{i}", alive, persistent=False)
-                old_ids = sorted(proj.experts)
-                self.register_buffer(f"old_ids_{i}", torch.tensor(old_ids, dtype=torch.long), persistent=False)
-                self.register_buffer(
-                    f"old_downs_{i}",
-                    torch.stack([proj.experts[e].down.float() for e in old_ids]) if old_ids
-                    else torch.zeros(0, layer.in_dim, rank),
-                    persistent=False,
-                )
-                self.register_buffer(
-                    f"old_ups_{i}",
-                    torch.stack([proj.experts[e].up.float() for e in old_ids]) if old_ids
-                    else torch.zeros(0, rank, layer.out_dim),
-                    persistent=False,
-                )
+                state = FrozenProjection(bank.projections[name], self.task, layer.out_dim, bank.config.rank)
+                frozen.append(state)
                 # nn.Linear's default init for `down` (Kaiming-uniform, a=sqrt(5)), zeros for `up`: the new
                 # expert starts as an exact no-op, as in the reference.
                 bound = 1.0 / math.sqrt(layer.in_dim)
+                rank = bank.config.rank
                 downs.append(torch.nn.Parameter((torch.rand(layer.in_dim, rank, generator=gen) * 2 - 1) * bound))
                 ups.append(torch.nn.Parameter(torch.zeros(rank, layer.out_dim)))
                 start = torch.zeros(self.task)
-                start[-1] = self._even_start(concept_mean @ base, alive) if self.distinct_share else 0.0
+                start[-1] = self._even_start(concept_mean @ state.router, state.alive) if self.distinct_share else 0.0
                 scores.append(torch.nn.Parameter(start))
+        self.frozen = torch.nn.ModuleList(frozen)  # per projection, in `names` order: what the task does not train
         self.downs = torch.nn.ParameterList(downs)
         self.ups = torch.nn.ParameterList(ups)
         self.route_scores = torch.nn.ParameterList(scores)  # per projection: score of experts 1..t along `own`
@@ -213,11 +220,11 @@ class ExpertTrainer(torch.nn.Module):
         return own + away
 
     def router(self, i: int) -> torch.Tensor:
-        return getattr(self, f"router_{i}") + self.router_increment(i)
+        return self.frozen[i].router + self.router_increment(i)
 
     def coefficients(self, i: int, m: torch.Tensor) -> torch.Tensor:
         """[B, t+1] mixture for gate inputs m [B, D] in projection i (SAE, or the inference rule when ablated)."""
-        router, alive = self.router(i), getattr(self, f"alive_{i}").cpu()
+        router, alive = self.router(i), self.frozen[i].alive.cpu()
         if self.settings.selective_activation:
             return training_coefficients(m, router, alive, self.task, self.top_k)
         # ablation: the new expert must win its place among the top-k like any other
@@ -232,10 +239,10 @@ class ExpertTrainer(torch.nn.Module):
         if self.prior_rows:
             own = self.coefficients(i, self.concept_gate[None].to(coeffs.device)).detach()
             coeffs = torch.cat([coeffs[: -self.prior_rows], own.expand(self.prior_rows, -1)])
-        old_ids = getattr(self, f"old_ids_{i}")
-        ids = torch.cat([old_ids, torch.tensor([self.task], device=old_ids.device)])
-        downs = torch.cat([getattr(self, f"old_downs_{i}"), self.downs[i][None]])
-        ups = torch.cat([getattr(self, f"old_ups_{i}"), self.ups[i][None]])
+        frozen = self.frozen[i]
+        ids = torch.cat([frozen.old_ids, torch.tensor([self.task], device=frozen.old_ids.device)])
+        downs = torch.cat([frozen.old_downs, self.downs[i][None]])
+        ups = torch.cat([frozen.old_ups, self.ups[i][None]])
         g = coeffs.index_select(1, ids.to(coeffs.device))
         return expert_delta(context.float(), g, downs, ups).to(context.dtype)
 
@@ -290,89 +297,6 @@ class ExpertTrainer(torch.nn.Module):
             gate_input=gate_inputs.detach().float().mean(0).cpu(),
         )
         return self.bank.with_concept(concept, projections)
-
-
-@dataclass(frozen=True)
-class StepResult:
-    loss: float
-    mse: float
-    distill: float
-    prior: float = 0.0
-
-
-def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean squared error over the pixels a mask [B, 1, h, w] covers (weights in [0, 1]); plain MSE without one."""
-    error = (prediction.float() - target.float()) ** 2
-    if mask is None:
-        return error.mean()
-    weights = mask.to(error.device, error.dtype).expand_as(error)
-    return (error * weights).sum() / weights.sum().clamp_min(1e-8)
-
-
-def training_step(
-    trainer: ExpertTrainer,
-    optimizer: torch.optim.Optimizer,
-    predict_noise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | TextCondition], torch.Tensor],
-    encode: Callable[[Sequence[str]], torch.Tensor | TextCondition],
-    latents: torch.Tensor,
-    captions: Sequence[str],
-    sigmas: torch.Tensor,
-    generator: torch.Generator,
-    masks: torch.Tensor | None = None,
-    prior: PriorData | None = None,
-) -> StepResult:
-    """One optimizer step: a random batch, random timesteps, x_t = x0 + σ·ε, loss = MSE(ε̂, ε) + λ·RDM.
-
-    `predict_noise(x_t, sigma, condition)` is the frozen denoiser with this trainer's deltas applied;
-    `encode(captions)` the text encoder with the trainable token embedding in place (a context tensor, or a
-    TextCondition when the UNet also reads a pooled embedding). `masks` [N, 1, h, w] limit
-    each training latent's loss to its photo (rescaled views); `prior` adds as many class-prior rows to the
-    batch, with loss weight `prior.weight` (Custom Diffusion's prior preservation).
-    """
-    n = latents.shape[0]
-    batch = trainer.settings.batch_size
-    rows = torch.randint(0, n, (batch,), generator=generator)
-    steps = torch.randint(0, sigmas.shape[0], (batch,), generator=generator)
-    noise = torch.randn((batch, *latents.shape[1:]), generator=generator)
-    device = latents.device
-    x0 = latents[rows.to(device)]
-    texts = [captions[int(r)] for r in rows]
-    mask = None if masks is None else masks[rows.to(masks.device)]
-    extra = 0
-    if prior is not None:
-        extra = batch
-        picks = torch.randint(0, prior.latents.shape[0], (batch,), generator=generator)
-        steps = torch.cat([steps, torch.randint(0, sigmas.shape[0], (batch,), generator=generator)])
-        noise = torch.cat([noise, torch.randn((batch, *latents.shape[1:]), generator=generator)])
-        x0 = torch.cat([x0, prior.latents[picks].to(device, x0.dtype)])
-        texts += [prior.caption] * batch
-    sigma = sigmas[steps].to(device, x0.dtype)
-    noise = noise.to(device, x0.dtype)
-    x_t = x0 + noise * sigma.view(-1, *([1] * (x0.ndim - 1)))
-    context = encode(texts)
-    if hasattr(trainer, "observe_gate_inputs"):
-        trainer.observe_gate_inputs(gate_input(context_of(context)[:batch]))
-    routes_prior = hasattr(trainer, "prior_rows")
-    if routes_prior:
-        trainer.prior_rows = extra
-    try:  # the rows stay marked through backward: gradient checkpointing re-runs the forward there
-        predicted = predict_noise(x_t, sigma, context).float()
-        mse = masked_mse(predicted[:batch], noise[:batch], mask)
-        prior_mse = masked_mse(predicted[batch:], noise[batch:], None) if extra else mse.new_zeros(())
-        distill = trainer.distill_loss()
-        loss = mse + trainer.distill_lambda * distill + (prior.weight * prior_mse if extra else 0.0)
-        if not torch.isfinite(loss):
-            raise InvalidInputError(
-                f"Training diverged (loss {loss.item()}); lower the learning rates or check the images and model."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    finally:
-        if routes_prior:
-            trainer.prior_rows = 0
-    trainer.after_step()
-    return StepResult(float(loss.detach()), float(mse.detach()), float(distill.detach()), float(prior_mse.detach()))
 
 
 @dataclass

@@ -294,8 +294,8 @@ def test_a_failed_training_run_leaves_no_dead_model_in_the_hosts_list(host, tmp_
 
     for i, colour in enumerate(["red", "darkred", "firebrick"]):
         Image.new("RGB", (64, 64), colour).save(tmp_path / f"{i}.png")
-    training_host = __import__(host.pack.__name__ + ".nodes.training_host", fromlist=["x"])
-    real_step, calls = training_host.training_step, {"n": 0}
+    concept_run = __import__(host.pack.__name__ + ".r2moe_core.train.concept_run", fromlist=["x"])
+    real_step, calls = concept_run.training_step, {"n": 0}
 
     def fails_at_the_second_step(*args, **kwargs):
         calls["n"] += 1
@@ -303,7 +303,7 @@ def test_a_failed_training_run_leaves_no_dead_model_in_the_hosts_list(host, tmp_
             raise RuntimeError("out of memory (injected)")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(training_host, "training_step", fails_at_the_second_step)
+    monkeypatch.setattr(concept_run, "training_step", fails_at_the_second_step)
     executor = execution.PromptExecutor(SilentServer(), cache_type=execution.CacheType.CLASSIC,
                                         cache_args={"lru": 0, "ram": 0})
     dead = []

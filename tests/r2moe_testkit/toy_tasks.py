@@ -11,7 +11,8 @@ import r2moe_core as core
 from r2moe_core.moe.delta_cache import BankRuntime
 from r2moe_core.moe.routing_update import plain_prompts
 from r2moe_core.train.class_prior import PriorData
-from r2moe_core.train.trainer import ExpertTrainer, TrainSettings, training_step
+from r2moe_core.train.step import TrainingData, training_step
+from r2moe_core.train.trainer import ExpertTrainer, TrainSettings
 
 from .small import small_layers
 from .toy import ToyDenoiser, ToyTextEncoder
@@ -69,8 +70,9 @@ def learn(
         return world.encoder(list(texts), {token: trainer.token})
 
     latents = concept_latents(seed if photos_seed is None else photos_seed)
+    data = TrainingData(latents, captions, prior=prior)
     losses = [
-        training_step(trainer, optimizer, predict, encode, latents, captions, SIGMAS, gen, prior=prior).mse
+        training_step(trainer, optimizer, predict, encode, data, SIGMAS, gen).mse
         for _ in range(steps)
     ]
     gate_in = core.gate_input(encode(list(dict.fromkeys(captions)))).detach()

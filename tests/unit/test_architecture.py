@@ -54,3 +54,34 @@ def test_no_module_imports_a_private_name():
                 names = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
                 offenders += [f"{path.relative_to(REPO)}: {n}" for n in names]
     assert not offenders, offenders
+
+
+MAX_FUNCTION_LINES, MAX_PARAMETERS = 80, 8
+
+
+def _functions(path: Path) -> list[tuple[str, int, int]]:
+    """(name, lines, parameters besides self/cls) of every function and method in a module."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+            params = len(names) - (1 if names[:1] in (["self"], ["cls"]) else 0)
+            out.append((node.name, node.end_lineno - node.lineno + 1, params))
+    return out
+
+
+def test_functions_stay_short_and_take_few_parameters():
+    """At most 80 lines and 8 parameters in the core and the node adapters; a node's `define_schema` (it only
+    declares) may be longer and its `execute` (it receives the node's inputs and turns them into settings objects
+    at once) may take more."""
+    too_long, too_many = [], []
+    for folder in ("r2moe_core", "nodes"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for name, lines, params in _functions(path):
+                where = f"{path.relative_to(REPO)}:{name}"
+                if lines > MAX_FUNCTION_LINES and name != "define_schema":
+                    too_long.append(f"{where} ({lines} lines)")
+                if params > MAX_PARAMETERS and name != "execute":
+                    too_many.append(f"{where} ({params} parameters)")
+    assert not too_long and not too_many, f"too long: {too_long}; too many parameters: {too_many}"

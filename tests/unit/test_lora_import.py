@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import r2moe_core as core
+from r2moe_core.bank.expert_bank import ConceptIdentity
 from r2moe_core.moe.concept_export import diffusers_path, kohya_lora_key
 from r2moe_core.moe.lora_import import import_lora, read_lora
 from r2moe_testkit.banks import add_random_concept
@@ -86,7 +87,7 @@ def test_imported_expert_serves_its_prompts_and_old_prompts_keep_their_routing(e
     examples = common + token_part + 0.05 * torch.randn(3, common.shape[0], generator=gen)
     plain = common + 0.05 * torch.randn(4, common.shape[0], generator=gen)  # the examples without the trigger
     tensors, _ = community_lora(bank)
-    after, report = import_lora(bank, read_lora(tensors, bank), "style", "<sty1>", "painting",
+    after, report = import_lora(bank, read_lora(tensors, bank), ConceptIdentity("style", "<sty1>", "painting"),
                                 torch.zeros(1, bank.token_dim), examples, plain)
     assert [c.name for c in after.concepts] == ["dog", "style"] and after.concepts[1].task == 2
     assert report.share_on_examples > 0.998
@@ -101,4 +102,5 @@ def test_imported_expert_serves_its_prompts_and_old_prompts_keep_their_routing(e
     assert (coefficient > 0.9).all(), "a trigger prompt not among the examples routes to it too"
     assert "kept in 6, removed in 0" in report.summary()
     with pytest.raises(core.InvalidInputError, match="already used by concept 'dog'"):
-        import_lora(bank, read_lora(tensors, bank), "style", "<dog1>", "painting", torch.zeros(1, 16), examples, plain)
+        import_lora(bank, read_lora(tensors, bank), ConceptIdentity("style", "<dog1>", "painting"), torch.zeros(1, 16),
+                    examples, plain)

@@ -94,7 +94,7 @@ def test_fully_pruned_concept_costs_only_its_record(world, after_dog):
 
 
 def test_non_finite_loss_is_a_clear_error(world):
-    from r2moe_core.train.trainer import training_step
+    from r2moe_core.train.step import TrainingData, training_step
 
     start = world.encoder.word("dog")[None]
     concept_in = core.gate_input(world.encoder([DOG], {"<dog1>": start}))
@@ -104,7 +104,7 @@ def test_non_finite_loss_is_a_clear_error(world):
         training_step(
             trainer, trainer.optimizer(),
             lambda x, s, c: world.denoiser(x, s, c), lambda t: world.encoder(list(t), {}),
-            latents, ["a", "b"], torch.ones(10), torch.Generator().manual_seed(0),
+            TrainingData(latents, ["a", "b"]), torch.ones(10), torch.Generator().manual_seed(0),
         )
 
 

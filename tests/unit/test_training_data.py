@@ -12,7 +12,7 @@ from r2moe_core.errors import InvalidInputError
 from r2moe_core.moe.routing import gate_input, inference_coefficients
 from r2moe_core.train.augment import CLOSE_WORDS, FAR_WORDS, augmented_views
 from r2moe_core.train.class_prior import PriorCache, PriorData, PriorKey
-from r2moe_core.train.trainer import masked_mse
+from r2moe_core.train.step import masked_mse
 from r2moe_testkit.toy_tasks import SIGMAS, ToyWorld, concept_latents, learn
 
 KEY = PriorKey("abc", "dog", 64, "euler/normal/25 steps/cfg 6.0")

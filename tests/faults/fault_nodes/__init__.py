@@ -10,11 +10,11 @@ import sys
 from typing import Any
 
 
-def _training_host() -> Any:
+def _training_run() -> Any:
     for name, module in list(sys.modules.items()):
-        if name.endswith(".nodes.training_host") and hasattr(module, "train_concept"):
+        if name.endswith(".r2moe_core.train.concept_run") and hasattr(module, "training_step"):
             return module
-    raise RuntimeError("the R2MoE pack's training_host module is not loaded")
+    raise RuntimeError("the R2MoE pack's training run module (r2moe_core.train.concept_run) is not loaded")
 
 
 class R2MoETestFaultAt:
@@ -31,7 +31,7 @@ class R2MoETestFaultAt:
         return float("nan")  # arm again on every run
 
     def arm(self, bank: Any, at_step: int) -> tuple[Any]:
-        host = _training_host()
+        host = _training_run()
         real = getattr(host.training_step, "unarmed", host.training_step)
         calls = {"n": 0}
 

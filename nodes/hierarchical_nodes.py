@@ -13,6 +13,7 @@ freshest estimate there is at step T. switch_at = 1 skips SAM and equals R2MoERe
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import comfy.sample
@@ -60,35 +61,45 @@ class StagedProgress:
         self.bar.update_absolute(value, self.total)
 
 
-def ksample(
-    model: Any,
-    latent: dict[str, Any],
-    seed: int,
-    steps: int,
-    cfg: float,
-    sampler_name: str,
-    scheduler: str,
-    positive: Any,
-    negative: Any,
-    denoise: float,
-    *,
-    add_noise: bool,
-    start: int | None,
-    last: int | None,
-    full_denoise: bool,
-    callback: Any,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SamplerSettings:
+    """KSampler's own inputs, as the user set them on the node: one object for every stage's sampling call."""
+
+    seed: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    positive: Any
+    negative: Any
+    denoise: float
+
+
+@dataclass(frozen=True)
+class StepSpan:
+    """Which steps one call samples, as KSamplerAdvanced's inputs: add noise, start and end step, and whether the
+    last step goes all the way to σ = 0."""
+
+    add_noise: bool
+    start: int | None = None
+    last: int | None = None
+    full_denoise: bool = False
+
+
+def ksample(model: Any, latent: dict[str, Any], settings: SamplerSettings, span: StepSpan,
+            callback: Any) -> dict[str, Any]:
     """What KSampler/KSamplerAdvanced do (nodes.common_ksampler), with our own progress callback."""
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    if add_noise:
-        noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    if span.add_noise:
+        noise = comfy.sample.prepare_noise(latent_image, settings.seed, latent.get("batch_index"))
     else:
         noise = torch.zeros(latent_image.size(), dtype=latent_image.dtype, layout=latent_image.layout, device="cpu")
     samples = comfy.sample.sample(
-        model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-        denoise=denoise, disable_noise=not add_noise, start_step=start, last_step=last,
-        force_full_denoise=full_denoise, noise_mask=latent.get("noise_mask"), callback=callback,
-        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+        model, noise, settings.steps, settings.cfg, settings.sampler_name, settings.scheduler, settings.positive,
+        settings.negative, latent_image, denoise=settings.denoise, disable_noise=not span.add_noise,
+        start_step=span.start, last_step=span.last, force_full_denoise=span.full_denoise,
+        noise_mask=latent.get("noise_mask"), callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=settings.seed,
     )  # fmt: skip
     out = latent.copy()
     out["samples"] = samples
@@ -193,38 +204,64 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
         scheduler, denoise, switch_at, strength, expert_strength=1.0, min_coverage=0.1, clip_to_box=True, dilate=0,
         allow_other_weights=False, sam=None,
     ) -> io.NodeOutput:  # fmt: skip
+        settings = SamplerSettings(seed, steps, cfg, sampler_name, scheduler, positive, negative, denoise)
+        regional = RegionalSettings(strength, expert_strength)
+        refine = RefineOptions(min_coverage=min_coverage, clip_to_box=clip_to_box, dilate_px=dilate)
         switch = switch_step(steps, switch_at)
         if sam is None and switch < steps:
             LOGGER.info("R2MoE Hierarchical Sampler: no SAM connected, so the regions keep their boxes to the end")
             switch = steps
-        options = RefineOptions(min_coverage=min_coverage, clip_to_box=clip_to_box, dilate_px=dilate)
-        prompts = prepare_regions(model, clip, bank, layout, allow_other_weights)
-        box_model = apply_regions(model, bank, prompts, strength, expert_strength)
-        common = (seed, steps, cfg, sampler_name, scheduler, positive, negative, denoise)
-        if switch >= steps:  # boxes all the way: exactly R2MoERegionalApply + KSampler
-            progress = StagedProgress(model, steps)
-            out = ksample(box_model, latent_image, *common, add_noise=True, start=None, last=None,
-                          full_denoise=False, callback=progress.callback(0))  # fmt: skip
-            image = decode(vae, out["samples"])
-            masks = box_masks(prompts.layout, int(image.shape[1]), int(image.shape[2]))
-            return io.NodeOutput(out, masks, image)
+        stages = HierarchicalStages(model, bank, prepare_regions(model, clip, bank, layout, allow_other_weights),
+                                    regional)
+        if switch >= steps:
+            return io.NodeOutput(*stages.boxes_only(vae, latent_image, settings))
+        return io.NodeOutput(*stages.boxes_then_sam(vae, sam, latent_image, settings, switch, refine))
 
-        progress = StagedProgress(model, steps + 2)
-        current = latent_image
+
+@dataclass(frozen=True)
+class RegionalSettings:
+    """How the regions are applied: η (`strength`) and the experts' scale."""
+
+    strength: float
+    expert_strength: float
+
+
+@dataclass(frozen=True)
+class HierarchicalStages:
+    """The sampler's two forms: boxes all the way, or boxes until step T then SAM masks."""
+
+    model: Any
+    bank: Any
+    prompts: Any  # prepared region prompts (`regional_patch.prepare_regions`)
+    regional: RegionalSettings
+
+    def regional_model(self, masks: torch.Tensor | None = None) -> Any:
+        return apply_regions(self.model, self.bank, self.prompts, self.regional.strength,
+                             self.regional.expert_strength, masks)
+
+    def boxes_only(self, vae: Any, latent: dict[str, Any], settings: SamplerSettings) -> tuple[Any, ...]:
+        """Exactly R2MoERegionalApply + KSampler."""
+        progress = StagedProgress(self.model, settings.steps)
+        out = ksample(self.regional_model(), latent, settings, StepSpan(add_noise=True), progress.callback(0))
+        image = decode(vae, out["samples"])
+        return out, box_masks(self.prompts.layout, int(image.shape[1]), int(image.shape[2])), image
+
+    def boxes_then_sam(self, vae: Any, sam: Any, latent: dict[str, Any], settings: SamplerSettings, switch: int,
+                       refine: RefineOptions) -> tuple[Any, ...]:
+        """Box masks for steps 0..T, the x0 estimate at T decoded and segmented by SAM, SAM masks from T on."""
+        progress = StagedProgress(self.model, settings.steps + 2)
+        box_model, current = self.regional_model(), latent
         if switch > 0:
-            current = ksample(box_model, latent_image, *common, add_noise=True, start=0, last=switch,
-                              full_denoise=False, callback=progress.callback(0))  # fmt: skip
-        x0_common = (seed, steps, cfg, X0_SAMPLER, scheduler, positive, negative, denoise)
-        x0 = ksample(box_model, current, *x0_common, add_noise=switch == 0, start=switch, last=switch + 1,
-                     full_denoise=True, callback=None)  # fmt: skip
+            current = ksample(box_model, latent, settings, StepSpan(True, 0, switch), progress.callback(0))
+        x0_span = StepSpan(add_noise=switch == 0, start=switch, last=switch + 1, full_denoise=True)
+        x0 = ksample(box_model, current, replace(settings, sampler_name=X0_SAMPLER), x0_span, None)
         image = decode(vae, x0["samples"])
         progress.reach(switch + 1)
-        masks = refine_with_sam(sam, image, prompts.layout, options).masks
+        masks = refine_with_sam(sam, image, self.prompts.layout, refine).masks
         progress.reach(switch + 2)
-        sam_model = apply_regions(model, bank, prompts, strength, expert_strength, masks)
-        out = ksample(sam_model, current, *common, add_noise=switch == 0, start=switch, last=None,
-                      full_denoise=True, callback=progress.callback(switch + 2))  # fmt: skip
-        return io.NodeOutput(out, masks, image)
+        rest = StepSpan(add_noise=switch == 0, start=switch, last=None, full_denoise=True)
+        out = ksample(self.regional_model(masks), current, settings, rest, progress.callback(switch + 2))
+        return out, masks, image
 
 
 HIERARCHICAL_NODES: list[type[io.ComfyNode]] = [R2MoEHierarchicalSampler]

@@ -1,0 +1,87 @@
+"""One concept's run through the core (`r2moe_core.train.concept_run`) on the toy world: what the node and the
+benchmark both call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+
+import r2moe_core as core
+from r2moe_core.bank.expert_bank import ConceptIdentity
+from r2moe_core.train.concept_run import run_concept
+from r2moe_core.train.step import TrainingData
+from r2moe_core.train.trainer import TrainSettings
+from r2moe_testkit.toy_tasks import SIGMAS, ToyWorld, concept_latents, eval_loss
+
+DOG = ConceptIdentity("dog", "<dog1>", "dog")
+CAPTIONS = ["photo of <dog1> dog"] * 4
+SETTINGS = TrainSettings(steps=120, lr_experts=3e-2, lr_router=3e-2, lr_token=1e-2, seed=1)
+
+
+@dataclass
+class ToyHost:
+    """The toy world as a `TrainingHost`; `cancel_at` raises at that step, as a user's Cancel would."""
+
+    world: ToyWorld
+    cancel_at: int = 0
+    sigmas: torch.Tensor = SIGMAS
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 (a constant)
+    checks: int = 0
+
+    def encoder(self, token, vector):
+        return lambda texts: self.world.encoder(list(texts), {token: vector})
+
+    def noise_predictor(self, trainer):
+        def delta(proj, ctx):
+            d = trainer.delta(trainer.index[proj], ctx)
+            return 0 if d is None else d
+
+        return lambda x, sigma, context: self.world.denoiser(x, sigma, context, delta)
+
+    def check_interrupted(self):
+        self.checks += 1
+        if self.checks == self.cancel_at:
+            raise RuntimeError("cancelled")
+
+
+@pytest.fixture(scope="module")
+def world():
+    return ToyWorld.make()
+
+
+def _data() -> TrainingData:
+    return TrainingData(concept_latents(1), CAPTIONS)
+
+
+def test_a_run_learns_the_concept_and_prunes_with_the_banks_threshold(world):
+    bank = replace(world.bank, config=replace(world.bank.config, prune_threshold=1.0))
+    result = run_concept(ToyHost(world), bank, DOG, world.encoder.word("dog")[None], _data(), SETTINGS)
+    assert result.prune.threshold == 1.0 and not result.prune.kept, "the bank's τ = 1 removes the whole expert"
+    assert len(result.losses) == SETTINGS.steps
+    kept = run_concept(ToyHost(world), bank, DOG, world.encoder.word("dog")[None], _data(), SETTINGS,
+                       prune_threshold=0.0)
+    assert kept.prune.threshold == 0.0 and not kept.prune.removed, "a run's own τ overrides the bank's"
+    before, after = eval_loss(world, world.bank, "dog", 1), eval_loss(world, kept.bank, "dog", 1)
+    assert after < 0.7 * before, f"denoising error on the concept's images: {before:.3f} -> {after:.3f}"
+    assert [c.name for c in kept.bank.concepts] == ["dog"] and not bank.concepts
+
+
+def test_cancel_stops_the_run_at_the_next_step_and_the_bank_is_as_it_was(world):
+    host = ToyHost(world, cancel_at=3)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        run_concept(host, world.bank, DOG, world.encoder.word("dog")[None], _data(), SETTINGS)
+    assert host.checks == 3 and not world.bank.concepts
+
+
+def test_the_training_widgets_leave_bank_owned_settings_to_the_bank():
+    request = core.ConceptRequest.from_options({"concept_name": "mug", "trigger_token": "<mug1>",
+                                                "class_word": "mug", "prune_threshold": -1.0, "distill_lambda": -1.0})
+    assert request.prune_threshold is None and request.settings.distill_lambda is None
+    chosen = core.ConceptRequest.from_options({"concept_name": "mug", "trigger_token": "<mug1>",
+                                               "class_word": "mug", "prune_threshold": 0.2, "distill_lambda": 0.5})
+    assert chosen.prune_threshold == 0.2 and chosen.settings.distill_lambda == 0.5
+    with pytest.raises(core.InvalidInputError, match="prune_threshold"):
+        core.ConceptRequest.from_options({"concept_name": "mug", "trigger_token": "<mug1>", "class_word": "mug",
+                                          "prune_threshold": -0.5})
