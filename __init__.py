@@ -22,7 +22,7 @@ except ImportError:
 
 if ComfyExtension is not None:
     from .nodes import ALL_NODES
-    from .nodes.model_folders import register_model_folder, register_sam_folder
+    from .nodes.host.model_folders import register_model_folder, register_sam_folder
 
     register_model_folder()
     register_sam_folder()

@@ -12,8 +12,8 @@ from ..r2moe_core.log import LOGGER
 from ..r2moe_core.moe.bank_edit import removal_summary, remove_concept, rename_concept
 from ..r2moe_core.moe.bank_merge import CLASH_MODES, check_mergeable, merge_banks
 from ..r2moe_core.moe.routing_update import plain_prompts
-from .clip_tokens import prompt_gate_inputs
-from .model_inspection import check_clip_serves
+from .host.clip_tokens import prompt_gate_inputs
+from .host.model_inspection import check_clip_serves
 from .types import BANK_TIP, Bank, schema_extras
 
 CATEGORY = "R2MoE"

@@ -12,7 +12,7 @@ from ..r2moe_core.bank.bank_file import DEFAULT_KEEP_VERSIONS, load_bank
 from ..r2moe_core.bank.bank_history import bank_versions, restore_version
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
-from .model_folders import bank_files, bank_name_check, bank_path
+from .host.model_folders import bank_files, bank_name_check, bank_path
 from .types import Bank
 
 CATEGORY = "R2MoE"

@@ -17,10 +17,10 @@ from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
 from ..r2moe_core.moe.gate_map import gate_heatmap, gate_summary, prompt_gate_weights
 from ..r2moe_core.moe.pruning import prune_bank
-from .bank_patch import apply_bank
-from .clip_tokens import clip_with_concepts, encode_prompt
-from .model_folders import bank_dir, bank_files, bank_name_check, bank_path
-from .model_inspection import check_clip_serves, model_fingerprint
+from .host.bank_patch import apply_bank
+from .host.clip_tokens import clip_with_concepts, encode_prompt
+from .host.model_folders import bank_dir, bank_files, bank_name_check, bank_path
+from .host.model_inspection import check_clip_serves, model_fingerprint
 from .types import BANK_TIP, Bank
 
 CATEGORY = "R2MoE"

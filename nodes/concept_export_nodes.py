@@ -16,8 +16,8 @@ from ..r2moe_core.log import LOGGER
 from ..r2moe_core.moe.concept_export import embedding_name, embedding_tensors, mixture_as_lora
 from ..r2moe_core.moe.gate_map import prompt_gate_weights
 from ..r2moe_core.version import __version__
-from .clip_tokens import clip_with_concepts, encode_prompt
-from .model_inspection import check_clip_serves
+from .host.clip_tokens import clip_with_concepts, encode_prompt
+from .host.model_inspection import check_clip_serves
 from .types import BANK_TIP, Bank
 
 CATEGORY = "R2MoE"

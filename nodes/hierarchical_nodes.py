@@ -27,7 +27,7 @@ from ..r2moe_core.compose.layout import box_masks
 from ..r2moe_core.compose.mask_refinement import RefineOptions
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
-from .regional_patch import apply_regions, prepare_regions
+from .host.regional_patch import apply_regions, prepare_regions
 from .sam_nodes import refine_inputs, refine_with_sam
 from .types import BANK_TIP, LAYOUT_TIP, SAM_TIP, Bank, Layout, Sam
 

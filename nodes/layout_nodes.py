@@ -26,7 +26,7 @@ from ..r2moe_core.compose.planner import check_prompt_tokens
 from ..r2moe_core.compose.rule_planner import RuleBasedPlanner
 from ..r2moe_core.errors import InvalidInputError, PlannerCancelledError
 from ..r2moe_core.log import LOGGER
-from .model_folders import planner_cache_dir
+from .host.model_folders import planner_cache_dir
 from .types import LAYOUT_TIP, Bank, Layout
 
 CATEGORY = "R2MoE/regional"

@@ -16,10 +16,10 @@ from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
 from ..r2moe_core.moe.lora_import import import_lora, read_lora
 from ..r2moe_core.moe.routing_update import plain_prompts
-from .clip_tokens import clip_with_concepts, prompt_gate_inputs
-from .model_folders import LORA_FOLDER, lora_path
-from .model_inspection import check_clip_serves
-from .training_host import class_word_embedding
+from .host.clip_tokens import clip_with_concepts, prompt_gate_inputs
+from .host.model_folders import LORA_FOLDER, lora_path
+from .host.model_inspection import check_clip_serves
+from .host.training_host import class_word_embedding
 from .types import BANK_TIP, Bank, schema_extras
 
 CATEGORY = "R2MoE"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .regional_patch import apply_regions, prepare_regions
+from .host.regional_patch import apply_regions, prepare_regions
 from .types import BANK_TIP, LAYOUT_TIP, Bank, Layout
 
 CATEGORY = "R2MoE/regional"

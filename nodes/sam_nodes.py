@@ -15,7 +15,7 @@ from ..r2moe_core.compose.mask_refinement import MAX_DILATE, RefineOptions, Refi
 from ..r2moe_core.compose.sam_loader import LoadedSam, box_segmenter, expected_files_hint, load_sam
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
-from .model_folders import sam_files, sam_path
+from .host.model_folders import sam_files, sam_path
 from .types import LAYOUT_TIP, SAM_TIP, Layout, Sam
 
 CATEGORY = "R2MoE/regional"

@@ -26,9 +26,9 @@ from ..r2moe_core.train.request import (
 )
 from ..r2moe_core.train.step import TrainingData
 from ..r2moe_core.train.trainer import DISTILL_MODES, OPTIMIZERS
-from .class_prior_host import class_prior
-from .model_inspection import check_bank_serves
-from .training_host import frames_released_on_failure, train_concept
+from .host.class_prior_host import class_prior
+from .host.model_inspection import check_bank_serves
+from .host.training_host import frames_released_on_failure, train_concept
 from .types import Bank, advanced_input, schema_extras
 
 CATEGORY = "R2MoE"

@@ -59,7 +59,7 @@ class NewerHostTokenizer:
 
 
 def test_lookup_follows_the_hosts_return_shape(host):
-    clip_tokens = __import__(host.pack.__name__ + ".nodes.clip_tokens", fromlist=["x"])
+    clip_tokens = __import__(host.pack.__name__ + ".nodes.host.clip_tokens", fromlist=["x"])
     name = host.core.embedding_name("<a1>")
     hooked = clip_tokens.with_bank_lookup(NewerHostTokenizer(), {name: torch.ones(1, 4)})
     vectors, got_name, leftover = hooked._try_get_embedding(f"{name} dog")

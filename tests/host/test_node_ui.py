@@ -68,7 +68,7 @@ def test_gate_map_shows_the_mixture_the_bank_uses_for_the_prompt(host, tiny, ban
     image, text = call_node("R2MoEGateMap", clip=tiny[1], bank=bank, prompt="a photo of <dog1> dog")
     assert image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] == 3 and image.shape[2] > 400
     assert "1: <dog1>" in text and "2: <cat1>" in text
-    clip = sys.modules[host.pack.__name__ + ".nodes.clip_tokens"].clip_with_concepts(tiny[1], bank)
+    clip = sys.modules[host.pack.__name__ + ".nodes.host.clip_tokens"].clip_with_concepts(tiny[1], bank)
     with torch.inference_mode():
         context = clip.encode_from_tokens(clip.tokenize("a photo of <dog1> dog")).float()
     weights = host.core.prompt_gate_weights(bank, context)

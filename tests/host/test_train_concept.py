@@ -57,7 +57,7 @@ def denoise_error(host, tiny, bank, images, prompt: str) -> float:
     import comfy.model_management
 
     model, clip, vae = tiny
-    training_host = __import__(host.pack.__name__ + ".nodes.training_host", fromlist=["x"])
+    training_host = __import__(host.pack.__name__ + ".nodes.host.training_host", fromlist=["x"])
     patched, patched_clip = call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=1.0)
     with torch.inference_mode():
         pixels = torch.stack([host.core.square_resize(i, 64) for i in images])

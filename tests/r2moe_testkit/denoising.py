@@ -27,7 +27,7 @@ def denoise_error(host: Any, models: tuple, bank: Any, pixels: torch.Tensor, pro
     """Mean ε-prediction MSE on `pixels` at σ = 0.5, 2 and 6 through the model's own sampling (v-prediction and
     SDXL's pooled/size conditioning included), the bank applied."""
     model, clip, vae = models
-    training_host = sys.modules[host.pack.__name__ + ".nodes.training_host"]
+    training_host = sys.modules[host.pack.__name__ + ".nodes.host.training_host"]
     patched, patched_clip = call_node("R2MoEApplyBank", model=model, clip=clip, bank=bank, strength=1.0)
     with torch.inference_mode():
         x0 = model.model.process_latent_in(vae.encode(pixels)).float()

@@ -85,3 +85,13 @@ def test_functions_stay_short_and_take_few_parameters():
                 if params > MAX_PARAMETERS and name != "execute":
                     too_many.append(f"{where} ({params} parameters)")
     assert not too_long and not too_many, f"too long: {too_long}; too many parameters: {too_many}"
+
+
+def test_node_modules_and_host_adapters_live_apart():
+    """`nodes/*_nodes.py` declare nodes (plus `types.py`, the socket types); `nodes/host/` holds the ComfyUI
+    adapters they share and declares none."""
+    odd = [p.name for p in (REPO / "nodes").glob("*.py")
+           if not p.name.endswith("_nodes.py") and p.name not in {"__init__.py", "types.py"}]
+    assert not odd, f"nodes/ modules that are neither node modules nor the socket types: {odd} (adapters: nodes/host/)"
+    declaring = [p.name for p in (REPO / "nodes" / "host").glob("*.py") if "node_id=" in p.read_text()]
+    assert not declaring, f"nodes/host/ modules that declare nodes: {declaring}"

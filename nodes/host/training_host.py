@@ -19,14 +19,14 @@ import comfy.model_management
 import comfy.patcher_extension
 import torch
 
-from ..r2moe_core.bank.expert_bank import ExpertBank
-from ..r2moe_core.errors import InvalidInputError
-from ..r2moe_core.log import LOGGER
-from ..r2moe_core.moe.pruning import PruneReport
-from ..r2moe_core.train.concept_run import ConceptIdentity, run_concept
-from ..r2moe_core.train.request import ConceptRequest
-from ..r2moe_core.train.step import TrainingData, append_dims
-from ..r2moe_core.train.trainer import ExpertTrainer, TextCondition, TrainingRuntime
+from ...r2moe_core.bank.expert_bank import ExpertBank
+from ...r2moe_core.errors import InvalidInputError
+from ...r2moe_core.log import LOGGER
+from ...r2moe_core.moe.pruning import PruneReport
+from ...r2moe_core.train.concept_run import ConceptIdentity, run_concept
+from ...r2moe_core.train.request import ConceptRequest
+from ...r2moe_core.train.step import TrainingData, append_dims
+from ...r2moe_core.train.trainer import ExpertTrainer, TextCondition, TrainingRuntime
 from .bank_patch import install_runtime
 from .clip_tokens import ConceptTokenizer
 

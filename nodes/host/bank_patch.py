@@ -15,10 +15,10 @@ from typing import Any
 import comfy.patcher_extension
 import torch
 
-from ..r2moe_core.bank.attention_targets import LayerSpec
-from ..r2moe_core.bank.expert_bank import ExpertBank
-from ..r2moe_core.log import LOGGER
-from ..r2moe_core.moe.delta_cache import BankRuntime
+from ...r2moe_core.bank.attention_targets import LayerSpec
+from ...r2moe_core.bank.expert_bank import ExpertBank
+from ...r2moe_core.log import LOGGER
+from ...r2moe_core.moe.delta_cache import BankRuntime
 from .attn2_slots import SharedOnClone, SlotPatch, install_attn2_patches
 from .clip_tokens import clip_with_concepts
 from .model_inspection import check_bank_serves

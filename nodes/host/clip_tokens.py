@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from ..r2moe_core.bank.expert_bank import ExpertBank
-from ..r2moe_core.bank.model_family import encoder_columns
-from ..r2moe_core.bank.trigger_tokens import RESERVED_PREFIX, embedding_name, lookup_embedding, substitute_triggers
-from ..r2moe_core.log import LOGGER
-from ..r2moe_core.moe.routing import gate_input
+from ...r2moe_core.bank.expert_bank import ExpertBank
+from ...r2moe_core.bank.model_family import encoder_columns
+from ...r2moe_core.bank.trigger_tokens import RESERVED_PREFIX, embedding_name, lookup_embedding, substitute_triggers
+from ...r2moe_core.log import LOGGER
+from ...r2moe_core.moe.routing import gate_input
 
 
 def _inner_tokenizers(tokenizer: Any) -> list[tuple[str, Any]]:

@@ -14,7 +14,7 @@ from typing import Any
 import comfy.ldm.modules.attention as attention
 import torch
 
-from ..r2moe_core.bank.attention_targets import LayerSpec
+from ...r2moe_core.bank.attention_targets import LayerSpec
 
 PASSES_TRANSFORMER_OPTIONS = hasattr(attention, "wrap_attn")  # attention kernels accept it since 0.3.6x
 

@@ -15,12 +15,12 @@ from typing import Any
 import comfy.patcher_extension
 import torch
 
-from ..r2moe_core.bank.attention_targets import LayerSpec
-from ..r2moe_core.bank.expert_bank import ExpertBank
-from ..r2moe_core.compose.layout import Layout, validate_layout
-from ..r2moe_core.compose.regional_attention import RegionalRuntime, row_spans, token_grid
-from ..r2moe_core.errors import InvalidInputError
-from ..r2moe_core.log import LOGGER
+from ...r2moe_core.bank.attention_targets import LayerSpec
+from ...r2moe_core.bank.expert_bank import ExpertBank
+from ...r2moe_core.compose.layout import Layout, validate_layout
+from ...r2moe_core.compose.regional_attention import RegionalRuntime, row_spans, token_grid
+from ...r2moe_core.errors import InvalidInputError
+from ...r2moe_core.log import LOGGER
 from .attn2_slots import SharedOnClone, SlotPatch, install_attn2_patches, stock_attention
 from .clip_tokens import clip_with_concepts, encode_prompt
 from .model_inspection import check_bank_serves

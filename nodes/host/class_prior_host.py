@@ -10,7 +10,7 @@ import comfy.model_management
 import comfy.sample
 import torch
 
-from ..r2moe_core.train.class_prior import PriorCache, PriorData, PriorKey, prior_prompt
+from ...r2moe_core.train.class_prior import PriorCache, PriorData, PriorKey, prior_prompt
 from .model_folders import class_prior_dir
 from .model_inspection import model_fingerprint
 

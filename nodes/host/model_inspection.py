@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 
-from ..r2moe_core.bank.attention_targets import LayerSpec, block_key
-from ..r2moe_core.bank.compatibility import check_bank_fits, check_token_width
-from ..r2moe_core.bank.expert_bank import ExpertBank
-from ..r2moe_core.bank.fingerprint import ModelFingerprint, compute_fingerprint
-from ..r2moe_core.errors import InvalidInputError
-from ..r2moe_core.log import LOGGER
+from ...r2moe_core.bank.attention_targets import LayerSpec, block_key
+from ...r2moe_core.bank.compatibility import check_bank_fits, check_token_width
+from ...r2moe_core.bank.expert_bank import ExpertBank
+from ...r2moe_core.bank.fingerprint import ModelFingerprint, compute_fingerprint
+from ...r2moe_core.errors import InvalidInputError
+from ...r2moe_core.log import LOGGER
 
 
 def _unpatched_weight(model: Any, key: str, param: torch.Tensor) -> torch.Tensor:
