@@ -9,7 +9,7 @@ ComfyUI's key layout, loadable by the stock CheckpointLoaderSimple (with R2MOE_T
 
 The defaults reproduce world v2's weights (64 px, 54 min on 2 CPU threads). `--text-init 1 --loss eps --channels 32
 --threads 1` is the first world, which drew backgrounds at chance; `--high-noise` and `--init-from` are for
-experiments (README, "the world model", says what was measured). World v3 (128 px) was made on a GPU by
+experiments (docs/benchmarks.md, "the world model", says what was measured). World v3 (128 px) was made on a GPU by
 bench/world_sweep.py, which trains several UNet recipes with these functions and keeps the best; on a CPU its
 recipe is `--size 128 --composites 0.3 --vae-edge 1 --loss capped-v --offset-noise 0.1 --ema 0.999` (with
 `--work DIR --max-minutes N` to run it in chunks; bench/results/world_recipe_sweep.json has what it measured).
@@ -47,7 +47,7 @@ LOG = logging.getLogger("r2moe.bench.pretrain")
 # 64 channels at the first level, not 32: ComfyUI's UNet ends in GroupNorm(32 groups), and with one channel per
 # group the last norm erases each channel's mean and scale over the 8x8 latent, which is exactly what a background
 # colour is and what ε at t=999 needs. A 32-channel world drew backgrounds at chance (15.6 %) with final latents
-# at 1.9x the data's spread; 64 channels at the same step count came out at 1.15x (see README, world model).
+# at 1.9x the data's spread; 64 channels at the same step count came out at 1.15x (see docs/benchmarks.md, world model).
 WORLD_UNETS = {64: {"model_channels": 64, "channel_mult": (1, 1, 2, 2)},  # the shipped world
                32: {"model_channels": 32, "channel_mult": (1, 2, 4, 4)}}  # the first world (and the tiny model)
 DEFAULT_OUT = Path(__file__).resolve().parent / "world" / "weights" / "world_sd15.safetensors"
