@@ -24,7 +24,7 @@ import torch
 from comfy_api.latest import io
 
 from ..r2moe_core.compose.layout import box_masks
-from ..r2moe_core.compose.mask_refinement import RefineOptions
+from ..r2moe_core.compose.masks.mask_refinement import RefineOptions
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
 from .host.regional_patch import apply_regions, prepare_regions

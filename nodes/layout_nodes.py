@@ -21,9 +21,9 @@ from ..r2moe_core.compose.layout import (
     with_boxes,
 )
 from ..r2moe_core.compose.layout_preview import draw_layout, layout_masks
-from ..r2moe_core.compose.llm_planner import LLMPlanner, check_key_env_name
-from ..r2moe_core.compose.planner import check_prompt_tokens
-from ..r2moe_core.compose.rule_planner import RuleBasedPlanner
+from ..r2moe_core.compose.planning.llm_planner import LLMPlanner, check_key_env_name
+from ..r2moe_core.compose.planning.planner import check_prompt_tokens
+from ..r2moe_core.compose.planning.rule_planner import RuleBasedPlanner
 from ..r2moe_core.errors import InvalidInputError, PlannerCancelledError
 from ..r2moe_core.log import LOGGER
 from .host.model_folders import planner_cache_dir

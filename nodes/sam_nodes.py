@@ -11,8 +11,8 @@ import torch
 from comfy_api.latest import io
 
 from ..r2moe_core.compose.layout import validate_layout
-from ..r2moe_core.compose.mask_refinement import MAX_DILATE, RefineOptions, RefineResult, refine_masks
-from ..r2moe_core.compose.sam_loader import LoadedSam, box_segmenter, expected_files_hint, load_sam
+from ..r2moe_core.compose.masks.mask_refinement import MAX_DILATE, RefineOptions, RefineResult, refine_masks
+from ..r2moe_core.compose.masks.sam_loader import LoadedSam, box_segmenter, expected_files_hint, load_sam
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
 from .host.model_folders import sam_files, sam_path

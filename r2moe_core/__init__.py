@@ -41,10 +41,10 @@ from .compose.layout import (
     validate_layout,
     with_boxes,
 )
-from .compose.llm_planner import LLMPlanner, check_key_env_name
-from .compose.planner import Planner
+from .compose.planning.llm_planner import LLMPlanner, check_key_env_name
+from .compose.planning.planner import Planner
+from .compose.planning.rule_planner import RuleBasedPlanner
 from .compose.regional_attention import RegionalRuntime, RegionMasks, blend_regions, token_grid
-from .compose.rule_planner import RuleBasedPlanner
 from .errors import BankFormatError, BankMismatchError, InvalidInputError, R2MoEError
 from .log import LOGGER
 from .moe.bank_edit import MixtureChange, concept_mixtures, remove_concept, rename_concept

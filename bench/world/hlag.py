@@ -5,7 +5,7 @@ The blend, the per-grid masks and the region K/V with their expert mixtures come
 plays the host: it hands the UNet's `regional` hook the conditional rows (one runtime per batch row, since every
 row has its own layout); `sampler.euler_cfg` samples and can switch masks at a step from the decoded x0
 estimate (the SAM step). No SAM weights exist offline, so the switch uses `colour_segmenter`, a deterministic
-stand-in, through `r2moe_core.compose.mask_refinement.refine_masks` (the pack's rule for empty masks, dilation
+stand-in, through `r2moe_core.compose.masks.mask_refinement.refine_masks` (the pack's rule for empty masks, dilation
 and clipping).
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from r2moe_core.bank.attention_targets import LayerSpec
-from r2moe_core.compose.mask_refinement import PixelBox, Segment
+from r2moe_core.compose.masks.mask_refinement import PixelBox, Segment
 from r2moe_core.compose.regional_attention import RegionalRuntime
 
 from .unet import Attention

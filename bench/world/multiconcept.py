@@ -13,7 +13,8 @@ Variants:
 - `boxes_sam`: as `boxes`, but after round(T·steps) steps the masks switch to refined ones from the decoded x0
   estimate. SUBSTITUTION: there are no SAM weights offline, so a deterministic colour segmenter stands in for SAM
   (`hlag.colour_segmenter`: box pixels whose colour differs from the box's border colour, dilated, clipped to the
-  box; nearly empty masks keep the box, by `r2moe_core.compose.mask_refinement.refine_masks`). Every report says so.
+  box; nearly empty masks keep the box, by `r2moe_core.compose.masks.mask_refinement.refine_masks`). Every report
+  says so.
 - `lora_stack`: every LoRA of the prompt's concepts applied at once to the whole prompt (how users stack LoRAs).
 
 Omission: fraction of placements (image, region, its concept) where the region does not show its concept.
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from r2moe_core.compose.layout import Layout, Region, validate_layout
-from r2moe_core.compose.mask_refinement import RefineOptions, refine_masks
+from r2moe_core.compose.masks.mask_refinement import RefineOptions, refine_masks
 from r2moe_core.compose.regional_attention import RegionalRuntime
 from r2moe_core.log import LOGGER as CORE_LOGGER
 
@@ -344,8 +345,8 @@ def run_multiconcept(world: World, specs: Sequence[ConceptSpec], concepts: Seque
                                 "the box's 2-px inner border exceeds 40 + 2x that border's median spread, dilated by "
                                 f"{settings.sam_dilate_px} px and clipped to the box; a mask covering less than "
                                 f"{settings.sam_min_coverage:.0%} of its box keeps the box "
-                                "(r2moe_core.compose.mask_refinement.refine_masks). Not SAM: no SAM weights exist "
-                                "offline.",
+                                "(r2moe_core.compose.masks.mask_refinement.refine_masks). Not SAM: no SAM weights "
+                                "exist offline.",
         },
         "recogniser_accuracy": accuracy,
         "timing": time_regions(world, learned, sets, settings),

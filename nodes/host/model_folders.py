@@ -6,7 +6,7 @@ import os
 
 import folder_paths
 
-from ...r2moe_core.compose.sam_loader import SAM_EXTENSIONS, expected_files_hint
+from ...r2moe_core.compose.masks.sam_loader import SAM_EXTENSIONS, expected_files_hint
 from ...r2moe_core.errors import InvalidInputError
 
 BANK_FOLDER = "r2moe"

@@ -22,7 +22,7 @@ from world.unet import UNet
 from world.vae import WorldVAE
 
 from r2moe_core.compose.layout import Layout, Region
-from r2moe_core.compose.mask_refinement import RefineOptions, refine_masks
+from r2moe_core.compose.masks.mask_refinement import RefineOptions, refine_masks
 from r2moe_core.compose.regional_attention import RegionalRuntime
 from r2moe_core.moe.delta_cache import BankRuntime
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from r2moe_core.compose.llm_planner import LLMPlanner
+from r2moe_core.compose.planning.llm_planner import LLMPlanner
 from r2moe_core.errors import InvalidInputError, PlannerCancelledError
 
 KEY = "sk-test-secret-0123456789"

@@ -78,7 +78,7 @@ def test_plain_pth_loads_with_weights_only(sams_dir):
 def test_official_variants_are_recognised_from_shapes():
     from segment_anything import sam_model_registry
 
-    from r2moe_core.compose.sam_loader import infer_config, variant_of
+    from r2moe_core.compose.masks.sam_loader import infer_config, variant_of
 
     for variant in ("vit_b", "vit_l", "vit_h"):
         with torch.device("meta"):

@@ -39,9 +39,11 @@ def test_core_stages_import_only_earlier_stages():
     root = REPO / "r2moe_core"
     for stage in STAGES:
         allowed = set(STAGES[: STAGES.index(stage) + 1]) | SHARED
-        for path in sorted((root / stage).glob("*.py")):
+        for path in sorted((root / stage).rglob("*.py")):
+            package = list(path.relative_to(root).parent.parts)  # e.g. ["compose", "planning"]
             for level, module, _ in _relative_imports(path):
-                target = module.split(".")[0] if level == 2 else stage
+                base = package[: len(package) - (level - 1)]  # where the relative import starts from
+                target = [*base, *(module.split(".") if module else [])][0]
                 assert target in allowed, f"{path.relative_to(REPO)} imports r2moe_core.{module} (a later stage)"
 
 

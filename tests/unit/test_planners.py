@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from r2moe_core.compose.layout import layout_to_json
-from r2moe_core.compose.llm_planner import LLMPlanner
-from r2moe_core.compose.rule_planner import RuleBasedPlanner
+from r2moe_core.compose.planning.llm_planner import LLMPlanner
+from r2moe_core.compose.planning.rule_planner import RuleBasedPlanner
 from r2moe_core.errors import InvalidInputError
 
 KNOWN = ["<dog1>", "<cat1>", "<toy1>", "sks"]

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional
 
-from ..errors import InvalidInputError
-from ..log import LOGGER
-from .layout import Layout, box_masks
+from ...errors import InvalidInputError
+from ...log import LOGGER
+from ..layout import Layout, box_masks
 
 PixelBox = tuple[float, float, float, float]
 Segment = Callable[[PixelBox], torch.Tensor]  # pixel box (x0, y0, x1, y1) -> mask [H, W]

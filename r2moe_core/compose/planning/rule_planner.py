@@ -22,9 +22,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..bank.trigger_tokens import trigger_pattern
-from ..errors import InvalidInputError
-from .layout import MAX_REGIONS, Box, Layout, Region, validate_layout
+from ...bank.trigger_tokens import trigger_pattern
+from ...errors import InvalidInputError
+from ..layout import MAX_REGIONS, Box, Layout, Region, validate_layout
 from .planner import Planner
 
 MARGIN = 0.04  # gap between boxes and around the canvas, as a fraction of the canvas

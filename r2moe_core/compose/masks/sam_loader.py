@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
-from ..log import LOGGER
+from ...errors import InvalidInputError
+from ...log import LOGGER
 from .mask_refinement import PixelBox, Segment
 
 SAM_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}

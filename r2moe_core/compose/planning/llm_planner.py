@@ -26,11 +26,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..bank.atomic_write import atomic_write_bytes
-from ..errors import InvalidInputError, PlannerCancelledError
-from ..log import LOGGER
-from .chat_http import HTTPExchangeError, HTTPReply, post_json
-from .layout import (
+from ...bank.atomic_write import atomic_write_bytes
+from ...errors import InvalidInputError, PlannerCancelledError
+from ...log import LOGGER
+from ..layout import (
     LAYOUT_VERSION,
     MAX_REGIONS,
     Layout,
@@ -39,6 +38,7 @@ from .layout import (
     layout_to_dict,
     validate_layout,
 )
+from .chat_http import HTTPExchangeError, HTTPReply, post_json
 from .planner import Planner
 
 PLANNER_SCHEMA_VERSION = 1  # bump when the request (system prompt, schema) changes: old cache entries then miss

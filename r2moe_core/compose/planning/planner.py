@@ -5,8 +5,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
-from ..errors import InvalidInputError
-from .layout import Layout, find_tokens
+from ...errors import InvalidInputError
+from ..layout import Layout, find_tokens
 
 
 class Planner(abc.ABC):

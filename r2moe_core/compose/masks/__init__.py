@@ -1,0 +1,1 @@
+"""Region masks beyond boxes: segment-anything loading and the refinement of box masks into object masks."""
