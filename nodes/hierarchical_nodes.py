@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import comfy.sample
 import comfy.samplers
@@ -31,6 +31,10 @@ from .host.regional_patch import apply_regions, prepare_regions
 from .sam_nodes import refine_inputs, refine_with_sam
 from .types import BANK_TIP, LAYOUT_TIP, SAM_TIP, Bank, Layout, Sam
 
+if TYPE_CHECKING:  # ComfyUI's own classes, for the annotations only
+    from comfy.model_patcher import ModelPatcher
+    from comfy.sd import VAE
+
 CATEGORY = "R2MoE/regional"
 X0_SAMPLER = "euler"  # one Euler step to σ = 0 returns the denoiser's x0 prediction exactly
 
@@ -45,7 +49,7 @@ def switch_step(steps: int, switch_at: float) -> int:
 class StagedProgress:
     """One progress bar (with latent previews) over both sampling stages, the x0 decode and SAM."""
 
-    def __init__(self, model: Any, total: int) -> None:
+    def __init__(self, model: ModelPatcher, total: int) -> None:
         self.total = total
         self.bar = comfy.utils.ProgressBar(total)
         self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
@@ -86,7 +90,7 @@ class StepSpan:
     full_denoise: bool = False
 
 
-def ksample(model: Any, latent: dict[str, Any], settings: SamplerSettings, span: StepSpan,
+def ksample(model: ModelPatcher, latent: dict[str, Any], settings: SamplerSettings, span: StepSpan,
             callback: Any) -> dict[str, Any]:
     """What KSampler/KSamplerAdvanced do (nodes.common_ksampler), with our own progress callback."""
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
@@ -106,7 +110,7 @@ def ksample(model: Any, latent: dict[str, Any], settings: SamplerSettings, span:
     return out
 
 
-def decode(vae: Any, samples: torch.Tensor) -> torch.Tensor:
+def decode(vae: VAE, samples: torch.Tensor) -> torch.Tensor:
     """As VAEDecode: [B, H, W, C] images."""
     images = vae.decode(samples)
     if images.ndim == 5:
@@ -230,7 +234,7 @@ class RegionalSettings:
 class HierarchicalStages:
     """The sampler's two forms: boxes all the way, or boxes until step T then SAM masks."""
 
-    model: Any
+    model: ModelPatcher
     bank: Any
     prompts: Any  # prepared region prompts (`regional_patch.prepare_regions`)
     regional: RegionalSettings
@@ -239,14 +243,14 @@ class HierarchicalStages:
         return apply_regions(self.model, self.bank, self.prompts, self.regional.strength,
                              self.regional.expert_strength, masks)
 
-    def boxes_only(self, vae: Any, latent: dict[str, Any], settings: SamplerSettings) -> tuple[Any, ...]:
+    def boxes_only(self, vae: VAE, latent: dict[str, Any], settings: SamplerSettings) -> tuple[Any, ...]:
         """Exactly R2MoERegionalApply + KSampler."""
         progress = StagedProgress(self.model, settings.steps)
         out = ksample(self.regional_model(), latent, settings, StepSpan(add_noise=True), progress.callback(0))
         image = decode(vae, out["samples"])
         return out, box_masks(self.prompts.layout, int(image.shape[1]), int(image.shape[2])), image
 
-    def boxes_then_sam(self, vae: Any, sam: Any, latent: dict[str, Any], settings: SamplerSettings, switch: int,
+    def boxes_then_sam(self, vae: VAE, sam: Any, latent: dict[str, Any], settings: SamplerSettings, switch: int,
                        refine: RefineOptions) -> tuple[Any, ...]:
         """Box masks for steps 0..T, the x0 estimate at T decoded and segmented by SAM, SAM masks from T on."""
         progress = StagedProgress(self.model, settings.steps + 2)

@@ -4,7 +4,7 @@ r2moe_core.moe.lora_import: reading the file and encoding the prompts is all it 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import comfy.utils
 import folder_paths
@@ -22,12 +22,15 @@ from .host.model_inspection import check_clip_serves
 from .host.training_host import class_word_embedding
 from .types import BANK_TIP, Bank, schema_extras
 
+if TYPE_CHECKING:  # ComfyUI's own classes, for the annotations only
+    from comfy.sd import CLIP
+
 CATEGORY = "R2MoE"
 OFFSET_SCALE = 1.0
 
 
 def import_token_embedding(
-    clip: Any, class_word: str, token: str, encoders: tuple[tuple[str, int], ...]
+    clip: CLIP, class_word: str, token: str, encoders: tuple[tuple[str, int], ...]
 ) -> torch.Tensor:
     """The trigger token's vector: the class word's embedding plus a fixed offset drawn from the token's name.
 

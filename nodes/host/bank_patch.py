@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import comfy.patcher_extension
 import torch
@@ -22,6 +22,10 @@ from ...r2moe_core.moe.delta_cache import BankRuntime
 from .attn2_slots import SharedOnClone, SlotPatch, install_attn2_patches
 from .clip_tokens import clip_with_concepts
 from .model_inspection import check_bank_serves
+
+if TYPE_CHECKING:  # ComfyUI's own classes, for the annotations only
+    from comfy.model_patcher import ModelPatcher
+    from comfy.sd import CLIP
 
 _ids = itertools.count()
 
@@ -80,7 +84,7 @@ class MoEAttentionPatch(SlotPatch):
         return self.attend(q, k, v, extra_options)
 
 
-def install_runtime(model: Any, runtime: Any, layers: Sequence[LayerSpec]) -> Any:
+def install_runtime(model: ModelPatcher, runtime: Any, layers: Sequence[LayerSpec]) -> Any:
     """Return a clone of `model` (a ModelPatcher) whose cross-attention layers take their K/V deltas from
     `runtime` (a BankRuntime for sampling, a TrainingRuntime while learning)."""
     patched = model.clone()
@@ -95,13 +99,15 @@ def install_runtime(model: Any, runtime: Any, layers: Sequence[LayerSpec]) -> An
     return install_attn2_patches(patched, layers, make_patch)
 
 
-def install_bank(model: Any, bank: ExpertBank, strength: float) -> tuple[Any, BankRuntime]:
+def install_bank(model: ModelPatcher, bank: ExpertBank, strength: float) -> tuple[Any, BankRuntime]:
     """Return a clone of `model` with the bank's MoE patch installed, and the runtime that serves it."""
     runtime = BankRuntime(bank, strength)
     return install_runtime(model, runtime, bank.layers), runtime
 
 
-def apply_bank(model: Any, clip: Any, bank: ExpertBank, strength: float, allow_other_weights: bool) -> tuple[Any, Any]:
+def apply_bank(
+    model: ModelPatcher, clip: CLIP, bank: ExpertBank, strength: float, allow_other_weights: bool
+) -> tuple[ModelPatcher, CLIP]:
     """Check that the bank serves this MODEL and CLIP, then return both patched: experts in the UNet, the
     concepts' trigger tokens in the text encoder."""
     check_bank_serves(bank, model, clip, allow_other_weights)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import comfy.model_management
 import comfy.sample
@@ -14,16 +14,20 @@ from ...r2moe_core.train.class_prior import PriorCache, PriorData, PriorKey, pri
 from .model_folders import class_prior_dir
 from .model_inspection import model_fingerprint
 
+if TYPE_CHECKING:  # ComfyUI's own classes, for the annotations only
+    from comfy.model_patcher import ModelPatcher
+    from comfy.sd import CLIP
+
 SAMPLER, SCHEDULER, STEPS, CFG = "euler", "normal", 25, 6.0
 
 
-def _patch_signature(patcher: Any) -> str:
+def _patch_signature(patcher: ModelPatcher) -> str:
     """LoRAs and other weight patches on a patcher, by key and strength (their contents are not hashed)."""
     patches = getattr(patcher, "patches", {}) or {}
     return repr(sorted((k, [round(float(p[0]), 6) for p in v]) for k, v in patches.items()))
 
 
-def prior_key(model: Any, clip: Any, class_word: str, resolution: int) -> PriorKey:
+def prior_key(model: ModelPatcher, clip: CLIP, class_word: str, resolution: int) -> PriorKey:
     """The cache key: the base model's K/V fingerprint, its weight patches and the CLIP's, class, size, sampler."""
     _, fingerprint = model_fingerprint(model)
     digest = hashlib.sha256()
@@ -33,13 +37,13 @@ def prior_key(model: Any, clip: Any, class_word: str, resolution: int) -> PriorK
     return PriorKey(digest.hexdigest(), class_word, resolution, f"{SAMPLER}/{SCHEDULER}/{STEPS} steps/cfg {CFG}")
 
 
-def _conditioning(clip: Any, text: str) -> list:
+def _conditioning(clip: CLIP, text: str) -> list:
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
 def class_prior(
-    model: Any,
-    clip: Any,
+    model: ModelPatcher,
+    clip: CLIP,
     class_word: str,
     resolution: int,
     count: int,

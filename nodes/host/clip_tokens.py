@@ -9,7 +9,7 @@ never touch the original.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from ...r2moe_core.bank.model_family import encoder_columns
 from ...r2moe_core.bank.trigger_tokens import RESERVED_PREFIX, embedding_name, lookup_embedding, substitute_triggers
 from ...r2moe_core.log import LOGGER
 from ...r2moe_core.moe.routing import gate_input
+
+if TYPE_CHECKING:  # ComfyUI's own classes, for the annotations only
+    from comfy.sd import CLIP
 
 
 def _inner_tokenizers(tokenizer: Any) -> list[tuple[str, Any]]:
@@ -98,7 +101,7 @@ class ConceptTokenizer:
         return getattr(patched, name)
 
 
-def clip_with_concepts(clip: Any, bank: ExpertBank, extra: dict[str, torch.Tensor] | None = None) -> Any:
+def clip_with_concepts(clip: CLIP, bank: ExpertBank, extra: dict[str, torch.Tensor] | None = None) -> Any:
     """A CLIP clone whose tokenizer knows the bank's trigger tokens, plus those of banks applied before it and any
     `extra` ones (a token being imported, not yet in the bank)."""
     patched = clip.clone()
@@ -111,12 +114,12 @@ def clip_with_concepts(clip: Any, bank: ExpertBank, extra: dict[str, torch.Tenso
     return patched
 
 
-def encode_prompt(clip: Any, text: str) -> torch.Tensor:
+def encode_prompt(clip: CLIP, text: str) -> torch.Tensor:
     """[1, tokens, dim] text context, exactly as CLIPTextEncode makes it (no hooks)."""
     return clip.encode_from_tokens(clip.tokenize(text))
 
 
-def prompt_gate_inputs(clip: Any, texts: list[str]) -> torch.Tensor:
+def prompt_gate_inputs(clip: CLIP, texts: list[str]) -> torch.Tensor:
     """[N, D] gate inputs (mean text embedding) of each prompt, on the CPU."""
     with torch.no_grad():
         return torch.cat([gate_input(encode_prompt(clip, text)) for text in texts]).cpu()

@@ -3,7 +3,7 @@ width; and the one check every node runs before it uses a bank with them (the de
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,14 +14,18 @@ from ...r2moe_core.bank.fingerprint import ModelFingerprint, compute_fingerprint
 from ...r2moe_core.errors import InvalidInputError
 from ...r2moe_core.log import LOGGER
 
+if TYPE_CHECKING:  # ComfyUI's own classes, for the annotations only
+    from comfy.model_patcher import ModelPatcher
+    from comfy.sd import CLIP
 
-def _unpatched_weight(model: Any, key: str, param: torch.Tensor) -> torch.Tensor:
+
+def _unpatched_weight(model: ModelPatcher, key: str, param: torch.Tensor) -> torch.Tensor:
     # A loaded ModelPatcher keeps LoRA-merged weights in place and the originals in `backup`.
     backup = getattr(model, "backup", {}).get(key)
     return getattr(backup, "weight", param) if backup is not None else param
 
 
-def cross_attention_layers(model: Any) -> tuple[list[LayerSpec], dict[str, torch.Tensor]]:
+def cross_attention_layers(model: ModelPatcher) -> tuple[list[LayerSpec], dict[str, torch.Tensor]]:
     """Every text cross-attention layer of the UNet and its base K/V weights (keys `<layer>.to_k|to_v`)."""
     unet = getattr(getattr(model, "model", None), "diffusion_model", None)
     if unet is None:
@@ -46,12 +50,12 @@ def cross_attention_layers(model: Any) -> tuple[list[LayerSpec], dict[str, torch
     return layers, weights
 
 
-def model_fingerprint(model: Any) -> tuple[list[LayerSpec], ModelFingerprint]:
+def model_fingerprint(model: ModelPatcher) -> tuple[list[LayerSpec], ModelFingerprint]:
     layers, weights = cross_attention_layers(model)
     return layers, compute_fingerprint(layers, weights)
 
 
-def token_encoders(clip: Any) -> list[tuple[str, int]]:
+def token_encoders(clip: CLIP) -> list[tuple[str, int]]:
     """(embedding key, width) of each text encoder behind this CLIP's tokenizer, in the tokenizer's order
     (SD1.x: clip_l 768; SD 2.x: clip_h 1024; SDXL: clip_l 768 and clip_g 1280)."""
     tokenizer = getattr(clip.tokenizer, "base", clip.tokenizer)
@@ -63,18 +67,19 @@ def token_encoders(clip: Any) -> list[tuple[str, int]]:
     return found
 
 
-def token_dim(clip: Any) -> int:
+def token_dim(clip: CLIP) -> int:
     """Width of a trigger-token vector for this CLIP: its encoders' embedding widths side by side."""
     return sum(width for _, width in token_encoders(clip)) or 768
 
 
-def check_clip_serves(bank: ExpertBank, clip: Any, new_concept: bool = False) -> None:
+def check_clip_serves(bank: ExpertBank, clip: CLIP, new_concept: bool = False) -> None:
     """Raise unless this CLIP's token embeddings are as wide as the bank's concept tokens."""
     check_token_width(bank, token_dim(clip), new_concept)
 
 
 def check_bank_serves(
-    bank: ExpertBank, model: Any, clip: Any | None = None, allow_other_weights: bool = False, new_concept: bool = False
+    bank: ExpertBank, model: ModelPatcher, clip: CLIP | None = None, allow_other_weights: bool = False,
+    new_concept: bool = False,
 ) -> None:
     """Raise unless the bank fits this MODEL (and CLIP); a tolerated weight mismatch is logged as a warning."""
     layers, fingerprint = model_fingerprint(model)

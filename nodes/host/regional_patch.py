@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import comfy.patcher_extension
 import torch
@@ -24,6 +24,10 @@ from ...r2moe_core.log import LOGGER
 from .attn2_slots import SharedOnClone, SlotPatch, install_attn2_patches, stock_attention
 from .clip_tokens import clip_with_concepts, encode_prompt
 from .model_inspection import check_bank_serves
+
+if TYPE_CHECKING:  # ComfyUI's own classes, for the annotations only
+    from comfy.model_patcher import ModelPatcher
+    from comfy.sd import CLIP
 
 _ids = itertools.count()
 
@@ -85,7 +89,7 @@ class RegionalAttentionPatch(SlotPatch):
         return torch.cat(parts)
 
 
-def install_regional(model: Any, runtime: RegionalRuntime, layers: list[LayerSpec]) -> Any:
+def install_regional(model: ModelPatcher, runtime: RegionalRuntime, layers: list[LayerSpec]) -> Any:
     """A clone of `model` (ModelPatcher) whose cross-attention layers blend the regions of `runtime`."""
     patched = model.clone()
     key = f"r2moe_regional_{next(_ids)}"
@@ -117,7 +121,9 @@ class RegionPrompts:
     regions: tuple[torch.Tensor, ...]
 
 
-def prepare_regions(model: Any, clip: Any, bank: ExpertBank, layout: Any, allow_other_weights: bool) -> RegionPrompts:
+def prepare_regions(
+    model: ModelPatcher, clip: CLIP, bank: ExpertBank, layout: Any, allow_other_weights: bool
+) -> RegionPrompts:
     """Check that bank, model, CLIP and layout fit together, then encode the layout's prompts."""
     check_bank_serves(bank, model, clip, allow_other_weights)
     checked = layout_for_bank(layout, bank)
@@ -132,7 +138,7 @@ def prepare_regions(model: Any, clip: Any, bank: ExpertBank, layout: Any, allow_
 
 
 def apply_regions(
-    model: Any,
+    model: ModelPatcher,
     bank: ExpertBank,
     prompts: RegionPrompts,
     strength: float,

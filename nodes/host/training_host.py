@@ -13,7 +13,7 @@ import contextlib
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import comfy.model_management
 import comfy.patcher_extension
@@ -29,6 +29,11 @@ from ...r2moe_core.train.step import TrainingData, append_dims
 from ...r2moe_core.train.trainer import ExpertTrainer, TextCondition, TrainingRuntime
 from .bank_patch import install_runtime
 from .clip_tokens import ConceptTokenizer
+
+if TYPE_CHECKING:  # ComfyUI's own classes, for the annotations only
+    from comfy.model_base import BaseModel
+    from comfy.model_patcher import ModelPatcher
+    from comfy.sd import CLIP
 
 
 def _clone_tensor(weight: torch.Tensor) -> torch.Tensor:
@@ -99,7 +104,7 @@ def _identity(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def static_patcher(patcher: Any) -> Any:
+def static_patcher(patcher: ModelPatcher) -> Any:
     """The patcher itself, or on hosts with dynamic VRAM (ComfyUI >= 0.38 on NVIDIA: `ModelPatcherDynamic`, which
     streams weights and wraps only modules over 16 KB) its non-dynamic delegate: training needs every weight
     resident and every comfy.ops layer wrappable. Feature-detected, so older hosts take the patcher as it is."""
@@ -115,7 +120,7 @@ def static_patcher(patcher: Any) -> Any:
         ) from err
 
 
-def trainable_view(patcher: Any) -> Any:
+def trainable_view(patcher: ModelPatcher) -> Any:
     """A clone of a ModelPatcher (its static delegate on dynamic-VRAM hosts) whose comfy.ops layers use
     non-inference copies of their weights."""
     view = static_patcher(patcher).clone()
@@ -128,7 +133,7 @@ def trainable_view(patcher: Any) -> Any:
     return view
 
 
-def _input_embeddings(clip: Any, key: str) -> torch.Tensor | None:
+def _input_embeddings(clip: CLIP, key: str) -> torch.Tensor | None:
     """The input token-embedding table of one of the CLIP's text encoders (clip_l, clip_g, clip_h)."""
     encoder = getattr(clip.cond_stage_model, key, None)
     transformer = getattr(encoder, "transformer", None)
@@ -136,7 +141,7 @@ def _input_embeddings(clip: Any, key: str) -> torch.Tensor | None:
     return table().weight if callable(table) else None
 
 
-def class_word_embedding(clip: Any, word: str, encoders: Sequence[tuple[str, int]]) -> torch.Tensor:
+def class_word_embedding(clip: CLIP, word: str, encoders: Sequence[tuple[str, int]]) -> torch.Tensor:
     """Initial token embedding [1, D]: per text encoder, the mean input embedding of the class word's sub-tokens,
     side by side in the bank's encoder order (SDXL: CLIP-L's then OpenCLIP-bigG's)."""
     tokenizers = {
@@ -160,7 +165,9 @@ def class_word_embedding(clip: Any, word: str, encoders: Sequence[tuple[str, int
     return torch.cat(parts, dim=1)
 
 
-def pooled_conditioning(base_model: Any, condition: TextCondition, latent_shape: Sequence[int]) -> torch.Tensor | None:
+def pooled_conditioning(
+    base_model: BaseModel, condition: TextCondition, latent_shape: Sequence[int]
+) -> torch.Tensor | None:
     """The UNet's extra vector input (SDXL: pooled text embedding + size/crop embeddings, `y`), made by the model's
     own `encode_adm` as sampling makes it for an uncropped image of the latent's size; None for UNets without."""
     if not getattr(base_model, "adm_channels", 0) or condition.pooled is None:
@@ -173,7 +180,7 @@ def pooled_conditioning(base_model: Any, condition: TextCondition, latent_shape:
 
 
 def noise_predictor(
-    patcher: Any,
+    patcher: ModelPatcher,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | TextCondition], torch.Tensor]:
     """ε̂(x_t, σ, condition) through a loaded ModelPatcher with its patches and wrappers, as sampling would run it.
 
@@ -215,7 +222,7 @@ class ComfyTrainingHost:
     """`TrainingHost` on a ComfyUI MODEL and CLIP: trainable views of both (the shared ones are never touched),
     the trigger token spliced into the tokenizer, noise predicted through the model's own apply_model."""
 
-    def __init__(self, model: Any, clip: Any, bank: ExpertBank) -> None:
+    def __init__(self, model: ModelPatcher, clip: CLIP, bank: ExpertBank) -> None:
         self.model, self.bank = model, bank
         self.text = clip.clone()
         self.text.patcher = trainable_view(clip.patcher)
@@ -258,7 +265,7 @@ class ComfyTrainingHost:
 
 
 def train_concept(
-    model: Any, clip: Any, bank: ExpertBank, data: TrainingData, request: ConceptRequest,
+    model: ModelPatcher, clip: CLIP, bank: ExpertBank, data: TrainingData, request: ConceptRequest,
     on_step: Callable[[int, float, list[float]], None] | None = None,
 ) -> TrainOutcome:
     """Learn one concept through the core run; the input bank, model and CLIP are left untouched whatever happens.
