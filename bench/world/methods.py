@@ -131,7 +131,7 @@ class BaselineTask(torch.nn.Module):
     def __init__(self, budget: Budget, token_init: torch.Tensor, trainable: list[tuple[list, float]],
                  delta: Delta, penalty: Callable[[], torch.Tensor] | None = None, penalty_lambda: float = 0.0) -> None:
         torch.nn.Module.__init__(self)
-        self.settings = SimpleNamespace(batch_size=budget.batch_size)
+        self.settings = SimpleNamespace(batch_size=budget.batch_size, steps=budget.steps, seed=0)
         self.token = torch.nn.Parameter(token_init.detach().float().clone())
         self.groups = [{"params": params, "lr": lr} for params, lr in trainable]
         self.groups.append({"params": [self.token], "lr": budget.lr_token})
@@ -143,6 +143,8 @@ class BaselineTask(torch.nn.Module):
 
     def delta(self, name: str, context: torch.Tensor) -> torch.Tensor | None:
         return self.delta_fn(name, context)
+
+    named_delta = delta  # the core loop's name for it
 
     def optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.groups, weight_decay=0.0)
@@ -166,7 +168,13 @@ class R2MoETask:
         return self.trainer.distill_lambda
 
     def delta(self, name: str, context: torch.Tensor) -> torch.Tensor:
-        return self.trainer.delta(self.trainer.index[name], context)
+        return self.trainer.named_delta(name, context)
+
+    named_delta = delta  # the core loop's name for it
+
+    def to(self, device: torch.device | str) -> R2MoETask:
+        self.trainer.to(device)
+        return self
 
     def optimizer(self) -> torch.optim.Optimizer:
         return self.trainer.optimizer()

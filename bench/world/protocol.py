@@ -21,8 +21,8 @@ import torch
 
 from r2moe_core.moe.routing import gate_input
 from r2moe_core.train.class_prior import PriorData, prior_prompt
-from r2moe_core.train.step import TrainingData, training_step
-from r2moe_core.train.trainer import ExpertTrainer
+from r2moe_core.train.concept_run import fit
+from r2moe_core.train.step import TrainingData
 
 from .concepts import ConceptSpec, concept_images
 from .methods import Budget, Method, TaskStart, make_method
@@ -152,9 +152,9 @@ class WorldHost:
     def encoder(self, token: str, vector: torch.Tensor) -> Callable[[Sequence[str]], torch.Tensor]:
         return lambda texts: self.world.text(list(texts), self.tokens | {token: vector})
 
-    def noise_predictor(self, trainer: ExpertTrainer) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
-                                                                  torch.Tensor]:
-        return noise_predictor(self.world.unet, lambda name, ctx: trainer.delta(trainer.index[name], ctx))
+    def noise_predictor(self, delta: Callable[[str, torch.Tensor], torch.Tensor | None]
+                        ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        return noise_predictor(self.world.unet, delta)
 
     def check_interrupted(self) -> None:
         """A benchmark run is not cancelled from outside."""
@@ -162,8 +162,8 @@ class WorldHost:
 
 def train_task(world: World, method: Method, concept: ConceptData, steps: int, seed: int,
                on_step: StepHook | None = None) -> tuple[float, list[float]]:
-    """One task through `r2moe_core.training_step` (R2MoE set up and exported by `r2moe_core.train.concept_run`,
-    as the node does); returns (seconds, losses).
+    """One task through the core's loop (`r2moe_core.train.concept_run.fit`; R2MoE also set up and exported by
+    `concept_run`, as the node does); returns (seconds, losses).
 
     `on_step(step, delta, encode)` runs before the first step and after each one (the budget check reads a
     held-out loss there); it must not change the training state.
@@ -174,20 +174,18 @@ def train_task(world: World, method: Method, concept: ConceptData, steps: int, s
     started = time.perf_counter()
     start = TaskStart(WorldHost(world, dict(method.tokens)), list(concept.captions))
     task = method.begin(concept.token, concept.class_word, token_init, start)
-    optimizer = task.optimizer()
     latents = world.encode_images(concept.images)
-    gen = torch.Generator().manual_seed(seed)
-    predict = noise_predictor(world.unet, task.delta)
     encode = start.host.encoder(concept.token, task.token)
     prior = class_prior(world, concept.class_word, method.prior_images, method.budget.prior_weight)
     data = TrainingData(latents, concept.captions, prior=prior)
-    losses = []
-    for step in range(steps):
-        if on_step is not None:
-            on_step(step, task.delta, encode)
-        losses.append(training_step(task, optimizer, predict, encode, data, SIGMAS, gen).mse)
+    hook = None
     if on_step is not None:
-        on_step(steps, task.delta, encode)
+        on_step(0, task.delta, encode)
+
+        def hook(step: int, loss: float, losses: list[float]) -> None:
+            on_step(step, task.delta, encode)
+
+    losses = fit(task, start.host, encode, data, hook, steps=steps, seed=seed)
     method.end(task, concept.token, concept.class_word, start)
     return time.perf_counter() - started, losses
 

@@ -26,7 +26,7 @@ from ...r2moe_core.moe.pruning import PruneReport
 from ...r2moe_core.train.concept_run import ConceptIdentity, run_concept
 from ...r2moe_core.train.request import ConceptRequest
 from ...r2moe_core.train.step import TrainingData, append_dims
-from ...r2moe_core.train.trainer import ExpertTrainer, TextCondition, TrainingRuntime
+from ...r2moe_core.train.trainer import NamedDelta, TextCondition, TrainingRuntime
 from .bank_patch import install_runtime
 from .clip_tokens import ConceptTokenizer
 
@@ -255,8 +255,8 @@ class ComfyTrainingHost:
 
         return encode
 
-    def noise_predictor(self, trainer: ExpertTrainer) -> Callable[..., torch.Tensor]:
-        self.unet = install_runtime(trainable_view(self.model), TrainingRuntime(trainer), self.bank.layers)
+    def noise_predictor(self, delta: NamedDelta) -> Callable[..., torch.Tensor]:
+        self.unet = install_runtime(trainable_view(self.model), TrainingRuntime(delta), self.bank.layers)
         self.device = self.unet.load_device
         return noise_predictor(self.unet)
 

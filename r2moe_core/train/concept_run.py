@@ -20,8 +20,8 @@ from ..bank.expert_bank import ConceptIdentity, ExpertBank
 from ..moe.pruning import PruneReport, prune_task
 from ..moe.routing import gate_input
 from ..moe.routing_update import plain_prompts
-from .step import Encode, PredictNoise, TrainingData, training_step
-from .trainer import ExpertTrainer, TrainSettings, context_of
+from .step import Encode, PredictNoise, Trainable, TrainingData, training_step
+from .trainer import ExpertTrainer, NamedDelta, TrainSettings, context_of
 
 StepHook = Callable[[int, float, list[float]], None]  # (step, loss, the step losses so far)
 
@@ -36,8 +36,9 @@ class TrainingHost(Protocol):
         """Prompts -> text condition, with `token` read as `vector` (differentiable in it) and the bank's
         concepts' tokens as the bank stores them."""
 
-    def noise_predictor(self, trainer: ExpertTrainer) -> PredictNoise:
-        """ε̂(x_t, σ, condition) through the frozen model with the trainer's expert deltas on its K/V."""
+    def noise_predictor(self, delta: NamedDelta) -> PredictNoise:
+        """ε̂(x_t, σ, condition) through the frozen model with `delta(projection name, context)` added to the K/V
+        of its text cross-attention layers."""
 
     def check_interrupted(self) -> None:
         """Raise if the user cancelled the run."""
@@ -90,17 +91,19 @@ def finish_task(
 
 
 def fit(
-    trainer: ExpertTrainer, host: TrainingHost, encode: Encode, data: TrainingData, on_step: StepHook | None = None,
+    trainer: Trainable, host: TrainingHost, encode: Encode, data: TrainingData, on_step: StepHook | None = None,
+    steps: int | None = None, seed: int | None = None,
 ) -> list[float]:
-    """The optimisation loop: `settings.steps` steps from the settings' seed; returns each step's ε-MSE."""
-    settings = trainer.settings
-    predict_noise = host.noise_predictor(trainer)
+    """The optimisation loop over any trainable (R2MoE's trainer, a benchmark baseline): `steps` steps (default
+    the settings') drawing batches and noise from `seed` (default the settings'); returns each step's ε-MSE."""
+    steps = trainer.settings.steps if steps is None else steps
+    predict_noise = host.noise_predictor(trainer.named_delta)
     trainer.to(host.device)
     optimizer = trainer.optimizer()
-    generator = torch.Generator().manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(trainer.settings.seed if seed is None else seed)
     data = data.to(host.device)
     losses: list[float] = []
-    for step in range(settings.steps):
+    for step in range(steps):
         host.check_interrupted()
         result = training_step(trainer, optimizer, predict_noise, encode, data, host.sigmas, generator)
         losses.append(result.mse)

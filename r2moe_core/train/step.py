@@ -20,6 +20,8 @@ PredictNoise = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | TextConditi
 
 class BatchSettings(Protocol):
     batch_size: int
+    steps: int
+    seed: int
 
 
 class Trainable(Protocol):
@@ -29,8 +31,17 @@ class Trainable(Protocol):
     distill_lambda: float
     prior_rows: int  # trailing batch rows that are class-prior images, set by `training_step` around each step
 
+    def named_delta(self, name: str, context: torch.Tensor) -> torch.Tensor | None:
+        """ΔK or ΔV of the projection `name` for a context [B, N, D], differentiable in the trainable state."""
+
     def observe_gate_inputs(self, m: torch.Tensor) -> None:
         """See the batch's gate inputs [B, D] (R2MoE follows its concept's prompt; others ignore them)."""
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over the trainable state."""
+
+    def to(self, device: torch.device | str) -> Trainable:
+        """Move the trainable state to the training device."""
 
     def distill_loss(self) -> torch.Tensor:
         """The regulariser added with weight `distill_lambda`."""

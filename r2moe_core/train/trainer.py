@@ -24,6 +24,7 @@ kept after pruning depends on what training finds, not on which old experts happ
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -230,6 +231,10 @@ class ExpertTrainer(torch.nn.Module):
         # ablation: the new expert must win its place among the top-k like any other
         return inference_coefficients(m, router, alive, self.top_k, aux_in_softmax=True)
 
+    def named_delta(self, name: str, context: torch.Tensor) -> torch.Tensor:
+        """`delta` by projection name, as hosts call it."""
+        return self.delta(self.index[name], context)
+
     def delta(self, i: int, context: torch.Tensor) -> torch.Tensor:
         """ΔK or ΔV of projection i for a context [B, N, D], differentiable in the trainable state.
 
@@ -304,19 +309,22 @@ class _TrainEntry:
     context: torch.Tensor
 
 
+NamedDelta = Callable[[str, torch.Tensor], "torch.Tensor | None"]  # (projection name, context) -> ΔK/ΔV or None
+
+
 class TrainingRuntime:
-    """The runtime interface the host patch expects (entry_for / delta), backed by a trainer: no caching,
-    gradients flow into the trainable state."""
+    """The runtime interface the host patch expects (entry_for / delta), backed by a trainable's delta by
+    projection name: no caching, gradients flow into the trainable state."""
 
     has_experts = True
 
-    def __init__(self, trainer: ExpertTrainer) -> None:
-        self.trainer = trainer
+    def __init__(self, delta: NamedDelta) -> None:
+        self.named_delta = delta
 
     def entry_for(
         self, context: torch.Tensor, cond_or_uncond: list[int] | None, cond_ids: list[object] | None = None
     ) -> _TrainEntry:
         return _TrainEntry(context)
 
-    def delta(self, entry: _TrainEntry, name: str) -> torch.Tensor:
-        return self.trainer.delta(self.trainer.index[name], entry.context)
+    def delta(self, entry: _TrainEntry, name: str) -> torch.Tensor | None:
+        return self.named_delta(name, entry.context)

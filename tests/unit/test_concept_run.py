@@ -33,12 +33,12 @@ class ToyHost:
     def encoder(self, token, vector):
         return lambda texts: self.world.encoder(list(texts), {token: vector})
 
-    def noise_predictor(self, trainer):
-        def delta(proj, ctx):
-            d = trainer.delta(trainer.index[proj], ctx)
+    def noise_predictor(self, delta):
+        def added(proj, ctx):
+            d = delta(proj, ctx)
             return 0 if d is None else d
 
-        return lambda x, sigma, context: self.world.denoiser(x, sigma, context, delta)
+        return lambda x, sigma, context: self.world.denoiser(x, sigma, context, added)
 
     def check_interrupted(self):
         self.checks += 1
