@@ -18,6 +18,9 @@ STALE_AFTER_S = 3600.0  # a temporary file this old is a leftover whatever wrote
 DEAD_WRITER_GRACE_S = 60.0  # a younger one is removed only when its writer is gone from this machine
 LOCK_WAIT_S = 30.0  # how long a save waits for another process's save of the same file (that takes under 1 s)
 LOCK_STALE_S = 120.0  # a lock this old was left by a killed save, whichever machine took it
+# A save names itself in its lock right after creating it; an empty lock this old lost its writer in between
+# (killed after the create, before the write), on whichever machine.
+EMPTY_LOCK_STALE_S = 5.0
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -117,7 +120,7 @@ def _lock_is_stale(lock: Path) -> bool:
         holder = lock.read_text().split()
     except (FileNotFoundError, UnicodeDecodeError):
         return False  # released meanwhile (or being written): look again
-    if age > LOCK_STALE_S:
+    if age > LOCK_STALE_S or (not holder and age > EMPTY_LOCK_STALE_S):
         return True
     if len(holder) == 2 and holder[0] == socket.gethostname() and holder[1].isdigit():
         return age > 1.0 and not _process_alive(int(holder[1]))

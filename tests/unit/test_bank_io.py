@@ -118,3 +118,20 @@ def test_a_save_sweeps_what_killed_saves_left_but_never_a_live_writers_file(empt
     core.save_bank(empty_bank, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["bank.safetensors", fresh.name, f".bank.safetensors.{live_pid}.tmp", f".other.safetensors.{dead_pid}.tmp"])
+
+
+def test_a_lock_left_empty_by_a_writer_killed_as_it_took_it_does_not_block_the_next_save(empty_bank, tmp_path,
+                                                                                          monkeypatch):
+    import time
+
+    path = tmp_path / "bank.safetensors"
+    core.save_bank(empty_bank, path)
+    lock = tmp_path / ".bank.safetensors.lock"
+    lock.write_bytes(b"")  # the writer was killed between creating its lock and naming itself in it
+    monkeypatch.setattr(atomic, "LOCK_WAIT_S", 0.3)
+    with pytest.raises(core.R2MoEError, match="Another process has been saving"):
+        core.save_bank(empty_bank, path)  # a fresh empty lock may be a live writer's, still naming itself
+    aged = time.time() - 2 * atomic.EMPTY_LOCK_STALE_S
+    os.utime(lock, (aged, aged))
+    core.save_bank(empty_bank, path)
+    assert not lock.exists() and (tmp_path / "bank.safetensors.bak").is_file()
