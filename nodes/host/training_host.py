@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import comfy.model_management
@@ -22,8 +21,7 @@ import torch
 from ...r2moe_core.bank.expert_bank import ExpertBank
 from ...r2moe_core.errors import InvalidInputError
 from ...r2moe_core.log import LOGGER
-from ...r2moe_core.moe.pruning import PruneReport
-from ...r2moe_core.train.concept_run import ConceptIdentity, run_concept
+from ...r2moe_core.train.concept_run import ConceptIdentity, RunResult, run_concept
 from ...r2moe_core.train.request import ConceptRequest
 from ...r2moe_core.train.step import TrainingData, append_dims
 from ...r2moe_core.train.trainer import NamedDelta, TextCondition, TrainingRuntime
@@ -209,15 +207,6 @@ def noise_predictor(
     return predict_noise
 
 
-@dataclass
-class TrainOutcome:
-    bank: ExpertBank
-    losses: list[float]
-    prune: PruneReport
-    seconds: float
-    added_bytes: int
-
-
 class ComfyTrainingHost:
     """`TrainingHost` on a ComfyUI MODEL and CLIP: trainable views of both (the shared ones are never touched),
     the trigger token spliced into the tokenizer, noise predicted through the model's own apply_model."""
@@ -232,7 +221,6 @@ class ComfyTrainingHost:
         self.base_tokenizer = getattr(clip.tokenizer, "base", clip.tokenizer)
         self.device = model.load_device
         self.sigmas = model.model.model_sampling.sigmas.detach().float().cpu().clone()
-        self.unet: Any = None
 
     def encoder(self, token: str, vector: torch.Tensor) -> Callable[[Sequence[str]], TextCondition]:
         text, device = self.text, self.device
@@ -256,9 +244,9 @@ class ComfyTrainingHost:
         return encode
 
     def noise_predictor(self, delta: NamedDelta) -> Callable[..., torch.Tensor]:
-        self.unet = install_runtime(trainable_view(self.model), TrainingRuntime(delta), self.bank.layers)
-        self.device = self.unet.load_device
-        return noise_predictor(self.unet)
+        unet = install_runtime(trainable_view(self.model), TrainingRuntime(delta), self.bank.layers)
+        self.device = unet.load_device
+        return noise_predictor(unet)
 
     def check_interrupted(self) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -267,7 +255,7 @@ class ComfyTrainingHost:
 def train_concept(
     model: ModelPatcher, clip: CLIP, bank: ExpertBank, data: TrainingData, request: ConceptRequest,
     on_step: Callable[[int, float, list[float]], None] | None = None,
-) -> TrainOutcome:
+) -> RunResult:
     """Learn one concept through the core run; the input bank, model and CLIP are left untouched whatever happens.
     Parameters and the tensors autograd saves are made outside the executor's inference mode, and the UNet's
     blocks recompute their activations in the backward pass when the request asks for it."""
@@ -280,4 +268,4 @@ def train_concept(
                              on_step)
     LOGGER.info("R2MoE: learned '%s' (%s) in %.1f s; %s", request.name, request.token, result.seconds,
                 result.prune.summary())
-    return TrainOutcome(result.bank, result.losses, result.prune, result.seconds, result.added_bytes(bank))
+    return result

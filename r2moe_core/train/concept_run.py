@@ -46,15 +46,14 @@ class TrainingHost(Protocol):
 
 @dataclass
 class RunResult:
-    """The next bank (pruned), the loss of every step, the pruning report and the run's wall time."""
+    """The next bank (pruned), the loss of every step, the pruning report, the run's wall time and how many bytes of
+    expert weights the bank grew by."""
 
     bank: ExpertBank
     losses: list[float]
     prune: PruneReport
     seconds: float
-
-    def added_bytes(self, before: ExpertBank) -> int:
-        return self.bank.expert_bytes() - before.expert_bytes()
+    added_bytes: int
 
 
 def prompt_gate_inputs(encode: Encode, prompts: Sequence[str]) -> torch.Tensor:
@@ -125,7 +124,8 @@ def run_concept(
     encode = host.encoder(concept.token, trainer.token)
     losses = fit(trainer, host, encode, data, on_step)
     pruned, report = finish_task(trainer, encode, concept, data.prompts, prune_threshold)
-    return RunResult(pruned, losses, report, time.perf_counter() - started)
+    return RunResult(pruned, losses, report, time.perf_counter() - started,
+                     pruned.expert_bytes() - bank.expert_bytes())
 
 
 __all__ = ["ConceptIdentity", "RunResult", "StepHook", "TrainingHost", "finish_task", "fit",

@@ -170,15 +170,15 @@ class ExpertTrainer(torch.nn.Module):
         self.refresh_directions_()
         self.prior_rows = 0  # trailing batch rows that are class-prior images (`training_step` sets it)
         gen = torch.Generator().manual_seed(settings.seed)
+        rank = bank.config.rank
         frozen, downs, ups, scores = [], [], [], []
         for layer in bank.layers:
             for name in layer.projection_names():
-                state = FrozenProjection(bank.projections[name], self.task, layer.out_dim, bank.config.rank)
+                state = FrozenProjection(bank.projections[name], self.task, layer.out_dim, rank)
                 frozen.append(state)
                 # nn.Linear's default init for `down` (Kaiming-uniform, a=sqrt(5)), zeros for `up`: the new
                 # expert starts as an exact no-op, as in the reference.
                 bound = 1.0 / math.sqrt(layer.in_dim)
-                rank = bank.config.rank
                 downs.append(torch.nn.Parameter((torch.rand(layer.in_dim, rank, generator=gen) * 2 - 1) * bound))
                 ups.append(torch.nn.Parameter(torch.zeros(rank, layer.out_dim)))
                 start = torch.zeros(self.task)
