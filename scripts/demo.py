@@ -60,6 +60,9 @@ PLACES = {"world": ("on the left, grass background", "on the right, snow backgro
 # texture 0.86, background and position 0.99-1.00).
 EVALUATOR_IMAGES, EVALUATOR_EPOCHS, EVALUATOR_SIZE = 2000, 4, 64
 HELDOUT_SEED = 1  # the world concepts' training photos are drawn with seed 0
+# A third, independent set of true renders: scored against the held-out ones like a generated column, it is what a
+# model that draws the concept perfectly would score, the ceiling of the metric on that concept.
+RENDERS_SEED = 2
 
 DESCRIBE = {"world": "built-in world model, SD1.x layout pretrained on a procedural world of shapes",
             "tiny": "built-in tiny SD1.5-layout model, random weights", "user": "yours"}
@@ -116,23 +119,25 @@ def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
 def world_concept_sets(root: Path) -> list[tuple[str, Path, str]]:
     """The first two concepts of the world's default set, as photo folders with caption.txt; beside each, in
     `root/heldout/<name>`, 8 renders of the concept that are not among its photos (other backgrounds, places and
-    sizes), which image alignment is measured against."""
+    sizes), which image alignment is measured against, and in `root/renders/<name>` 8 more, scored as the
+    metric's ceiling."""
     _repo_code_on_path()
     from PIL import Image
     from world.concepts import concept_images, load_concepts
 
     out = []
     for spec in load_concepts(REPO / "bench" / "world" / "concepts_10.json")[:2]:
-        folder, heldout = root / spec.name, root / "heldout" / spec.name
+        folder = root / spec.name
         folder.mkdir(parents=True, exist_ok=True)
-        heldout.mkdir(parents=True, exist_ok=True)
         captions = []
         for i, (pixels, caption) in enumerate(concept_images(spec, 5)):
             Image.fromarray(pixels).save(folder / f"{i:02d}.png")
             captions.append(caption.replace(spec.token, "<new1>"))
         (folder / "caption.txt").write_text("\n".join(captions) + "\n")
-        for i, (pixels, _) in enumerate(concept_images(spec, 8, seed=HELDOUT_SEED)):
-            Image.fromarray(pixels).save(heldout / f"{i:02d}.png")
+        for kind, seed in (("heldout", HELDOUT_SEED), ("renders", RENDERS_SEED)):
+            (root / kind / spec.name).mkdir(parents=True, exist_ok=True)
+            for i, (pixels, _) in enumerate(concept_images(spec, 8, seed=seed)):
+                Image.fromarray(pixels).save(root / kind / spec.name / f"{i:02d}.png")
         out.append((spec.name, folder, spec.class_word))
     return out
 
@@ -152,9 +157,9 @@ def world_train_inputs() -> dict[str, float | int]:
             "lr_router": budget.lr_router, "lr_token": budget.lr_token, "augment_views": 0, "preview_every": 25}
 
 
-def heldout_references(concept: DemoConcept) -> list[Path]:
-    """The held-out renders `world_concept_sets` wrote for a world concept."""
-    return sorted((concept.folder.parent / "heldout" / concept.folder.name).glob("*.png"))
+def heldout_references(concept: DemoConcept, kind: str = "heldout") -> list[Path]:
+    """The held-out renders `world_concept_sets` wrote for a world concept (`kind` "renders": the ceiling's)."""
+    return sorted((concept.folder.parent / kind / concept.folder.name).glob("*.png"))
 
 
 def concept_folders(images: str) -> list[Path]:
@@ -359,8 +364,9 @@ def main() -> None:
     references = [photos(c.folder) for c in concepts]
     columns = [{"base": saved[n.base], "r2moe": saved[n.after]} | ({"token_only": saved[n.token_only]}
                                                                    if n.token_only else {}) for n in nodes]
-    alignment = (world_alignment([(heldout_references(c), cols) for c, cols in zip(concepts, columns, strict=True)],
-                                 opts.output / ".cache") if kind == "world" else [None] * len(concepts))
+    alignment = (world_alignment([(heldout_references(c), cols | {"renders": heldout_references(c, "renders")})
+                                  for c, cols in zip(concepts, columns, strict=True)], opts.output / ".cache")
+                 if kind == "world" else [None] * len(concepts))
     picture = before_after_picture(
         [ConceptRow(f"{c.token} {c.class_word}: {c.prompt}", refs[0], {k: v[0] for k, v in cols.items()}, a)
          for c, cols, refs, a in zip(concepts, columns, references, alignment, strict=True)],
@@ -386,8 +392,11 @@ def main() -> None:
         "of renders of the concept that were not among its training photos (other backgrounds, places and sizes), "
         "as the lifelong benchmark measures it. Same prompt and seed in every column: the base model (it does not "
         "know the trigger token), the trigger token learned alone (textual inversion, same steps), and R2MoE "
-        "(expert, gate and token).\n\n"
-        "| concept | prompt | base model | token alone | R2MoE | R2MoE best |\n|---|---|---|---|---|---|\n"
+        "(expert, gate and token). The last column scores 8 more true renders of the concept the same way: what a "
+        "model that draws the concept perfectly would reach. Where the token alone already reaches it, the metric "
+        "cannot show what the experts add.\n\n"
+        "| concept | prompt | base model | token alone | R2MoE | R2MoE best | true renders |\n"
+        "|---|---|---|---|---|---|---|\n"
         + scores
         + "\n## Two concepts in one image\n\n"
         f"- workflow: {REGIONAL_WORKFLOW.relative_to(REPO)}, {regional_s:.1f} s\n"
@@ -410,17 +419,26 @@ def main() -> None:
 def alignment_row(concept: DemoConcept, alignment: dict[str, float] | None) -> str:
     """One Markdown table row: the concept, its prompt, each column's image alignment, and whether R2MoE is above
     every other column."""
-    cells = [f"{alignment[k]:.1f}" if alignment and k in alignment else "–" for k in ("base", "token_only", "r2moe")]
+    def cell(key: str) -> str:
+        return f"{alignment[key]:.1f}" if alignment and key in alignment else "–"
+
     best = "–" if not alignment else "yes" if alignment["r2moe"] > max(
-        v for k, v in alignment.items() if k != "r2moe") else "no"
-    return f"| {concept.token} {concept.class_word} | `{concept.prompt}` | {' | '.join(cells)} | {best} |\n"
+        v for k, v in alignment.items() if k in ("base", "token_only")) else "no"
+    return (f"| {concept.token} {concept.class_word} | `{concept.prompt}` | {cell('base')} | {cell('token_only')} | "
+            f"{cell('r2moe')} | {best} | {cell('renders')} |\n")
 
 
 def write_json_report(path: Path, concepts: list[DemoConcept], alignment: list[dict[str, float] | None]) -> None:
-    """`{"concepts": {name: {"base": x, "token_only": y, "r2moe": z}}}`: held-out image alignment per concept
-    (empty per concept where it is not measured: the tiny model and your checkpoint have no evaluator)."""
+    """`{"concepts": {name: {"base": x, "token_only": y, "r2moe": z, "renders": c}}}`: held-out image alignment per
+    concept, `renders` that of true renders (the metric's ceiling); empty per concept where it is not measured
+    (the tiny model and your checkpoint have no evaluator)."""
+    _repo_code_on_path()
+    from provenance import provenance
+
     data = {"concepts": {c.name: a or {} for c, a in zip(concepts, alignment, strict=True)},
-            "measured_against": "renders of each concept that were not among its training photos"}
+            "measured_against": "renders of each concept that were not among its training photos",
+            "provenance": provenance(Path(__file__), ("core", "world", "nodes"),
+                                     also=("../scripts/demo_graph.py", "../scripts/demo_concepts.py"))}
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 

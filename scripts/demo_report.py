@@ -19,7 +19,7 @@ class ConceptRow:
     title: str  # "<token> class: prompt"
     reference: Path
     images: dict[str, Path]  # per column of COLUMNS that was drawn: the image
-    alignment: dict[str, float] | None = None  # per column: image alignment (x100) to held-out references
+    alignment: dict[str, float] | None = None  # per column, and "renders" (true renders): image alignment x100
 
 
 def _cell(path: Path) -> Image.Image:
@@ -33,7 +33,8 @@ def _cell(path: Path) -> Image.Image:
 
 def before_after_picture(rows: list[ConceptRow], composite: tuple[Path, Path, str] | None, path: Path) -> Path:
     """Write the picture (rows of reference | base model | token alone | R2MoE, each with its image alignment
-    under it; then image | layout) to `path`. Columns no row drew are left out."""
+    under it, under the reference what true renders of the concept score; then image | layout) to `path`.
+    Columns no row drew are left out."""
     columns = [c for c in COLUMNS if any(c in row.images for row in rows)]
     width = (1 + max(len(columns), 2)) * CELL
     height = LABEL + sum(3 * LABEL + CELL for _ in rows) + (2 * LABEL + CELL if composite else 0)
@@ -45,6 +46,8 @@ def before_after_picture(rows: list[ConceptRow], composite: tuple[Path, Path, st
     for row in rows:
         draw.text((4, y + 4), row.title, fill="black")
         canvas.paste(_cell(row.reference), (0, y + LABEL))
+        if row.alignment is not None and "renders" in row.alignment:
+            draw.text((4, y + LABEL + CELL + 4), f"true renders score {row.alignment['renders']:.1f}", fill="black")
         for j, column in enumerate(columns, start=1):
             if column in row.images:
                 canvas.paste(_cell(row.images[column]), (j * CELL, y + LABEL))

@@ -88,14 +88,22 @@ def test_demo_training_graph_learns_every_concept_and_samples_bank_and_base_side
         assert not np.array_equal(after, base), "the bank changes what the same prompt and seed draw"
     rows = [ConceptRow(c.prompt, photos(c.folder)[0], {"base": image(n.base), "token_only": image(n.token_only),
                                                        "r2moe": image(n.after)},
-                       {"base": 10.0, "token_only": 15.0, "r2moe": 20.0})
+                       {"base": 10.0, "token_only": 15.0, "r2moe": 20.0, "renders": 30.0})
             for c, n in zip(concepts, nodes, strict=True)]
     picture = before_after_picture(rows, (image(nodes[0].after), image(nodes[1].after), "two"), tmp_path / "p.png")
     with Image.open(picture) as shown:
         assert shown.width == 4 * 192 and shown.height > 4 * 192
     from demo import write_json_report
 
-    scores = [{"base": 1.0, "token_only": 2.0, "r2moe": 3.0}, None, {"base": 0.5, "token_only": 0.5, "r2moe": 0.5}]
+    scores = [{"base": 1.0, "token_only": 2.0, "r2moe": 3.0, "renders": 4.0}, None,
+              {"base": 0.5, "token_only": 0.5, "r2moe": 0.5}]
     write_json_report(tmp_path / "report.json", concepts, scores)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["concepts"] == {c.name: s or {} for c, s in zip(concepts, scores, strict=True)}
+    assert report["provenance"]["script"] == "scripts/demo.py" and set(report["provenance"]["code"]) == {
+        "core", "world", "nodes", "script"}
+    from demo import alignment_row
+
+    # R2MoE is judged against the base model and the token alone; the true renders are the ceiling, not a rival.
+    assert alignment_row(concepts[0], scores[0]).endswith("| 1.0 | 2.0 | 3.0 | yes | 4.0 |\n")
+    assert alignment_row(concepts[2], scores[2]).endswith("| no | – |\n")
