@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from provenance import provenance
 from world.checkpoint import SHIPPED, load_world
 from world.concepts import concept_images, load_concepts
 from world.methods import Budget, make_method
@@ -140,6 +141,7 @@ def main() -> None:
                                     "seconds": round(time.perf_counter() - started, 1)}
         LOG.info("%s: %s (%.0f s)", name, results["methods"][name]["verdict"], time.perf_counter() - started)
     args.out.mkdir(parents=True, exist_ok=True)
+    results["provenance"] = provenance(Path(__file__))
     (args.out / "budget.json").write_text(json.dumps(results, indent=1) + "\n")
     if all(r["verdict"] for r in results["methods"].values()):
         (args.out / "budget.md").write_text(markdown(results))

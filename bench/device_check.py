@@ -46,6 +46,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
+from provenance import HOST_PARTS, provenance  # noqa: E402
+
 LOG = logging.getLogger("r2moe.bench")
 GIB = 1024**3
 BUDGETS_GB = (12, 24)
@@ -70,7 +72,8 @@ class Clock:
 
 
 def write(out: Path, name: str, data: dict) -> None:
-    (out / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
+    record = provenance(Path(__file__), HOST_PARTS, also=("sampling.py", "training.py", "world_sweep.py"))
+    (out / f"{name}.json").write_text(json.dumps({"provenance": record, **data}, indent=2, default=str))
     LOG.info("written %s", out / f"{name}.json")
 
 

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
+from provenance import provenance
 from world.checkpoint import SHIPPED, load_world
 from world.concepts import load_concepts
 from world.evaluators import ATTRIBUTES, WorldEvaluator, labels, to_tensor, train_evaluator, two_object_scores
@@ -128,6 +129,7 @@ def main() -> None:
     clean = two_object_scores(evaluator, [render(p, SIZE) for p in pairs], pairs)
     judge = judge_accuracy(evaluator, opts.concepts)
     results = {
+        "provenance": provenance(Path(__file__)),
         "accuracy": accuracy,
         "evaluator_accuracy": {k: round(v, 3) for k, v in (report.accuracy | clean).items()},
         "judge_accuracy": judge["balanced"],

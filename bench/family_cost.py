@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from comfy_inprocess import boot, call_node, family_checkpoint  # noqa: E402
+from provenance import HOST_PARTS, provenance  # noqa: E402
 
 from r2moe_testkit.denoising import denoise_error  # noqa: E402
 
@@ -136,8 +137,9 @@ def main() -> None:
     host = boot(Path(tempfile.mkdtemp(prefix="r2moe_bench_")))
     results = [measure(host, f, opts.steps, opts.resolution, opts.lr) for f in opts.families.split(",")]
     opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps({"steps": opts.steps, "resolution": opts.resolution, "learning_rate": opts.lr,
-                                    "results": results}, indent=2))
+    report = {"provenance": provenance(Path(__file__), HOST_PARTS), "steps": opts.steps,
+              "resolution": opts.resolution, "learning_rate": opts.lr, "results": results}
+    opts.out.write_text(json.dumps(report, indent=2))
     LOG.info("written %s", opts.out)
 
 

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
+from provenance import provenance
 from world.checkpoint import SHIPPED, load_world
 from world.concepts import load_concepts
 from world.evaluators import to_tensor, train_evaluator
@@ -123,6 +124,7 @@ def main() -> None:
                             "quick": opts.quick}
     results["evaluator_accuracy"] = {k: round(v, 3) for k, v in report.accuracy.items()}
     results["seconds"] = round(time.perf_counter() - started, 1)
+    results["provenance"] = provenance(Path(__file__))
     name = "multiconcept_quick" if opts.quick else "multiconcept"
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")

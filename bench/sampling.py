@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from comfy_inprocess import boot, call_node, family_checkpoint  # noqa: E402
 from comfy_server import has_gpu  # noqa: E402
+from provenance import HOST_PARTS, provenance  # noqa: E402
 
 from r2moe_testkit.banks import add_random_concept  # noqa: E402
 
@@ -258,7 +259,8 @@ def main() -> None:
                                   "goal": r["goal_ratio"][label], "met": r["goal_met"][label]}
         for r in results for label in r["ratio_vs_stock"]
     }
-    out = {"device": device, "results": results, "summary": summary}
+    out = {"provenance": provenance(Path(__file__), HOST_PARTS), "device": device, "results": results,
+           "summary": summary}
     if sdxl is not None:
         out["sdxl"] = {label: {"ratio": sdxl["paired_ratio"][label], "spread": sdxl["paired_spread"][label],
                                "goal": sdxl["goal_ratio"][label], "met": sdxl["goal_met"][label]}

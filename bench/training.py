@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from comfy_inprocess import boot, call_node, family_checkpoint  # noqa: E402
 from comfy_server import has_gpu  # noqa: E402
+from provenance import HOST_PARTS, provenance  # noqa: E402
 from sampling import full_size_model  # noqa: E402
 
 LOG = logging.getLogger("r2moe.bench")
@@ -168,6 +169,7 @@ def main() -> None:
         results[:0] = [dict(r, device=r.get("device", earlier.get("device"))) for r in earlier.get("results", [])
                        if r["model"] not in ran]
         out = {**earlier, **out, "results": results}
+    out["provenance"] = provenance(Path(__file__), HOST_PARTS, also=("sampling.py",))
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(out, indent=2))
     LOG.info("written %s", opts.out)

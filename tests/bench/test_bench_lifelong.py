@@ -37,6 +37,16 @@ def test_quick_mode_writes_every_method_in_the_shared_shape(quick_results) -> No
     assert all(0.0 < v <= 1.0 for v in results["evaluator_accuracy"].values())
 
 
+def test_the_result_names_the_code_that_made_it_and_is_current_until_that_code_changes(quick_results) -> None:
+    from provenance import staleness
+
+    record = quick_results[0]["provenance"]
+    assert record["script"] == "bench/lifelong.py" and set(record["code"]) == {"core", "world", "script"}
+    assert record["libraries"]["torch"] == torch.__version__ and record["threads"] >= 1
+    assert staleness(record) == []
+    assert staleness(record | {"code": record["code"] | {"core": "0" * 16}}) == ["core"]
+
+
 def test_quick_mode_measures_what_the_methods_are(quick_results) -> None:
     methods = quick_results[0]["methods"]
     # one LoRA per concept never touches an earlier concept: with fixed sampling seeds it cannot forget (only float

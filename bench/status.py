@@ -1,0 +1,66 @@
+"""`make bench-status`: which results in bench/results are older than the code they measure.
+
+Each result JSON names the script that wrote it and a digest per part of the code (see `provenance.py`); a result
+is current when every part still has that digest. Results written before provenance was recorded are listed as
+unknown: re-run their script to date them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from provenance import BENCH, REPO, staleness
+
+LOG = logging.getLogger("r2moe.bench")
+CODE_FOLDERS = ("r2moe_core", "nodes", "bench/world", ":(glob)bench/*.py")
+
+
+def git_age(path: Path) -> str:
+    """When git last saw the file change, and how many commits changed the measured code since."""
+    def git(*args: str) -> str:
+        run = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO)
+        return run.stdout.strip() if run.returncode == 0 else ""
+
+    last = git("log", "-1", "--format=%h %cs", "--", str(path))
+    if not last:
+        return "not committed"
+    code = git("rev-list", "--count", f"{last.split()[0]}..HEAD", "--", *CODE_FOLDERS)
+    return f"committed {last}, {code or '?'} commits to the code since"
+
+
+def result_status(path: Path) -> tuple[str, str]:
+    """(state, detail): state is current, stale or unknown."""
+    try:
+        record = json.loads(path.read_text()).get("provenance")
+    except (json.JSONDecodeError, AttributeError):
+        return "unknown", "not a JSON object"
+    if not isinstance(record, dict):
+        return "unknown", f"no provenance (written before results recorded it; {git_age(path)}): re-run its script"
+    changed = staleness(record)
+    since = f"since {record['commit']} ({record['written']})"
+    if changed:
+        return "stale", f"{', '.join(changed)} changed {since}: re-run {record['script']}"
+    return "current", f"{record['script']} at {record['commit']} ({record['written']})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=BENCH / "results")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when any result is stale or unknown")
+    opts = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rows = [(p, *result_status(p)) for p in sorted(opts.results.rglob("*.json")) if ".cache" not in p.parts]
+    for path, state, detail in rows:
+        LOG.info("%-8s %-45s %s", state, path.relative_to(REPO), detail)
+    counts = {s: sum(r[1] == s for r in rows) for s in ("current", "stale", "unknown")}
+    LOG.info("%d current, %d stale, %d unknown", counts["current"], counts["stale"], counts["unknown"])
+    return 1 if opts.strict and (counts["stale"] or counts["unknown"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
