@@ -36,7 +36,7 @@ from world.checkpoint import SHIPPED, load_world
 from world.concepts import load_concepts
 from world.methods import METHODS, SIMPLIFICATIONS, Budget
 from world.plots import grid_image, heatmap, line_plot
-from world.protocol import ConceptData, EvalSettings, MethodRun, World, run_method
+from world.protocol import ConceptData, EvalSettings, MethodRun, References, World, run_method
 from world.vocab import SIZE
 
 from r2moe_core.train.concept_photos import load_concept_folder, make_captions, square_resize
@@ -44,8 +44,11 @@ from r2moe_core.train.concept_photos import load_concept_folder, make_captions, 
 LOG = logging.getLogger("r2moe.bench.lifelong")
 HERE = Path(__file__).resolve().parent
 DEFAULT_PHOTOS = HERE.parents[1] / "shared" / "data" / "concepts"
-METRICS = ("image_alignment", "text_alignment", "forgetting", "params_added", "bytes_added", "train_s_per_task",
-           "sample_s_per_image", "class_drift", "expert_kept_share")
+METRICS = ("image_alignment", "image_alignment_heldout", "image_alignment_train", "text_alignment", "forgetting",
+           "params_added", "bytes_added", "train_s_per_task", "sample_s_per_image", "class_drift",
+           "class_drift_unseen", "class_drift_other", "expert_kept_share")
+SPREAD = ("image_alignment", "image_alignment_heldout", "image_alignment_train", "text_alignment", "forgetting",
+          "class_drift", "class_drift_unseen", "class_drift_other", "expert_kept_share")  # with std and per seed
 
 
 def world_concepts(path: Path, images: int, limit: int | None) -> list[ConceptData]:
@@ -53,14 +56,18 @@ def world_concepts(path: Path, images: int, limit: int | None) -> list[ConceptDa
 
 
 def photo_concepts(folder: Path, limit: int | None) -> list[ConceptData]:
-    """Every sub-folder with images is a concept `<photoN>` of class = folder name, resized to the world's size."""
+    """Every sub-folder with images is a concept `<photoN>` of class = folder name, resized to the world's size.
+    Its last photo (by name) is held out: never trained on, it is what image alignment is measured against."""
     out = []
     for i, sub in enumerate(sorted(p for p in folder.iterdir() if p.is_dir())[:limit]):
         images, given = load_concept_folder(sub)
+        if len(images) < 3:
+            raise SystemExit(f"{sub} has {len(images)} photos; the photo track needs at least 3 per concept "
+                             "(one is held out)")
         token, word = f"<photo{i + 1}>", sub.name.rstrip("0123456789").replace("_", " ").split()[-1]
         pixels = [(square_resize(im, SIZE).numpy() * 255).round().astype(np.uint8) for im in images]
         captions = make_captions(len(images), token, word, "photo of a {token} {class}", given)
-        out.append(ConceptData(token, word, pixels, captions))
+        out.append(ConceptData(token, word, pixels[:-1], captions[:-1], pixels[-1:]))
     return out
 
 
@@ -73,13 +80,13 @@ def aggregate(runs: list[MethodRun]) -> dict[str, float | list[float]]:
             continue
         values = [s[metric] for s in per_seed]
         out[metric] = float(np.mean(values)) if metric not in ("params_added", "bytes_added") else int(values[0])
-        if metric in ("class_drift", "expert_kept_share"):
+        if metric in ("class_drift", "class_drift_unseen", "class_drift_other", "expert_kept_share"):
             out[metric] = round(out[metric], 4)
-        if len(values) > 1 and metric in ("image_alignment", "text_alignment", "forgetting", "class_drift",
-                                          "expert_kept_share"):
+        if len(values) > 1 and metric in SPREAD:
             out[f"{metric}_std"] = round(float(np.std(values, ddof=1)), 2)
             out[f"{metric}_seeds"] = values
-    for metric in ("image_alignment", "text_alignment", "forgetting", "train_s_per_task"):
+    for metric in ("image_alignment", "image_alignment_heldout", "image_alignment_train", "text_alignment",
+                   "forgetting", "train_s_per_task"):
         out[metric] = round(float(out[metric]), 2)
     out["params_per_task"] = runs[0].params
     if runs[0].gate_matrix is not None:
@@ -149,6 +156,8 @@ def _job_key(args: tuple, checkpoint: Path) -> str:
         digest.update(c.token.encode() + c.class_word.encode() + "|".join(c.captions).encode())
         for image in c.images:
             digest.update(image.tobytes())
+        for image in c.heldout:
+            digest.update(b"heldout" + image.tobytes())
     digest.update(repr((name, seed, kind, budget, settings, _WORKER["evaluator_digest"])).encode())
     return f"{kind}_{name}_{seed}_{digest.hexdigest()[:16]}"
 
@@ -167,7 +176,7 @@ def _job(args: tuple) -> MethodRun | dict[str, list[np.ndarray]]:
 def _run_job(args: tuple) -> MethodRun | dict[str, list[np.ndarray]]:
     name, seed, kind, concepts, budget, settings = args
     features = _features(kind)
-    references = {c.token: features(c.images) for c in concepts}
+    references = References.of(concepts, features)
     world = _WORKER["world"]
     if name == "base":
         return run_base(world, concepts, settings, seed)
@@ -188,12 +197,16 @@ def run_track(label: str, concepts: list[ConceptData], methods: list[str], seeds
     done = pool.map(_job, [(j, cache) for j in jobs], chunksize=1)
     outputs = dict(zip([(j[0], j[1]) for j in jobs], done, strict=True))
     features = _features(label)
-    references = {c.token: features(c.images) for c in concepts}
-    result: dict = {"methods": {}, "concepts": [c.token for c in concepts], "seeds": all_seeds}
-    base_ia = [float(np.mean(list(image_alignments(features, outputs[("base", s)], references).values())))
-               for s in all_seeds]
-    result["base_model"] = {"image_alignment": round(float(np.mean(base_ia)), 2),
-                            "image_alignment_seeds": {s: round(v, 2) for s, v in zip(all_seeds, base_ia, strict=True)}}
+    references = References.of(concepts, features)
+    result: dict = {"methods": {}, "concepts": [c.token for c in concepts], "seeds": all_seeds,
+                    "references": {"train_images": [len(c.images) for c in concepts],
+                                   "heldout_images": [len(c.heldout) for c in concepts]}}
+    base = {kind: [float(np.mean(list(image_alignments(features, outputs[("base", s)], refs).values())))
+                   for s in all_seeds] for kind, refs in (("heldout", references.heldout), ("train", references.train))}
+    result["base_model"] = {"image_alignment": round(float(np.mean(base["heldout"])), 2),
+                            "image_alignment_train": round(float(np.mean(base["train"])), 2),
+                            "image_alignment_seeds": {s: round(v, 2) for s, v in zip(all_seeds, base["heldout"],
+                                                                                      strict=True)}}
     last_images: dict[str, dict[str, list[np.ndarray]]] = {}
     for name in methods:
         runs = [outputs[(name, seed)] for seed in seeds_of[name]]
@@ -238,20 +251,26 @@ def markdown(results: dict) -> str:
         if len(seeds) > 1:
             lines += ["Rows marked (N seeds) are the mean ± sample std over those seeds; other rows ran on seed "
                       f"{seeds[0]} only.", ""]
-        lines += ["| method | IA ↑ | TA ↑ | forgetting ↓ | class drift ↓ | experts kept | params added | bytes added | "
-                  "train s/task | sample s/img |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| method | IA held-out ↑ | IA train photos | TA ↑ | forgetting ↓ | class drift ↓ | drift, unseen "
+                  "prompts ↓ | drift, other classes ↓ | experts kept | params added | bytes added | train s/task | "
+                  "sample s/img |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, m in data["methods"].items():
             ta = _cell(m, "text_alignment") if m.get("text_alignment_parts") else "–"
             runs_on = m.get("seeds", seeds)
             label = f"{name} ({len(runs_on)} seeds)" if len(seeds) > 1 and len(runs_on) > 1 else name
             kept = f"{m['expert_kept_share']:.0%}" if "expert_kept_share" in m else "–"
-            drift = _cell(m, "class_drift") if "class_drift" in m else "–"
-            lines.append(f"| {label} | {_cell(m, 'image_alignment')} | {ta} | {_cell(m, 'forgetting')} | {drift} | "
+            drifts = " | ".join(_cell(m, k) for k in ("class_drift", "class_drift_unseen", "class_drift_other"))
+            lines.append(f"| {label} | {_cell(m, 'image_alignment')} | {_cell(m, 'image_alignment_train')} | {ta} | "
+                         f"{_cell(m, 'forgetting')} | {drifts} | "
                          f"{kept} | {m['params_added']:,} | {m['bytes_added'] / 1024:.0f} KB | "
                          f"{m['train_s_per_task']:.1f} | "
                          f"{m['sample_s_per_image']:.3f} |")
-        lines += ["", f"Base model (class word, nothing learned): IA {data['base_model']['image_alignment']:.1f}.", "",
+        base = data["base_model"]
+        lines += ["", f"Base model (class word, nothing learned): IA held-out {base['image_alignment']:.1f}, against "
+                  f"the training photos {base['image_alignment_train']:.1f}. References per concept: "
+                  f"{data['references']['train_images'][0]} training photos, "
+                  f"{data['references']['heldout_images'][0]} held out.", "",
                   "Training loss by quarter of each task's steps (mean over tasks and seeds): "
                   + "; ".join(f"{name} " + " / ".join(f"{v:.3f}" for v in m["loss_by_quarter"])
                               for name, m in data["methods"].items() if m.get("loss_by_quarter")) + ".", ""]
@@ -263,6 +282,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
     parser.add_argument("--concepts", type=Path, default=HERE / "world" / "concepts_10.json")
+    parser.add_argument("--heldout-concepts", type=Path, default=HERE / "world" / "concepts_heldout_8.json",
+                        help="a concept set no default was chosen on, run as a track of its own ('' skips it; "
+                             "--quick skips it)")
     parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS,
                         help="folder of photo concept folders (the real-photo track runs when it exists)")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -293,6 +315,9 @@ def main() -> None:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    heldout = opts.heldout_concepts if str(opts.heldout_concepts) not in ("", ".") and not opts.quick else None
+    if heldout is not None and not heldout.is_file():
+        parser.error(f"--heldout-concepts {heldout} does not exist; give a concept JSON file or '' to skip the track")
     eval_images, eval_epochs = 4000, 6
     if opts.quick:
         budget, seeds, opts.limit = replace(budget, steps=10), seeds[:1], 3
@@ -309,7 +334,8 @@ def main() -> None:
         "provenance": provenance(Path(__file__)),
         "settings": {"seeds": seeds, "photo_seeds": photo_seeds, "spread_seeds": {m: spread_seeds for m in extra},
                      "budget": budget.__dict__, "eval": settings.__dict__, "checkpoint": opts.checkpoint.name,
-                     "concepts": opts.concepts.name},
+                     "concepts": opts.concepts.name,
+                     "heldout_concepts": heldout.name if heldout else None},
         "evaluator_accuracy": {k: round(v, 3) for k, v in report.accuracy.items()},
         "simplifications": {m: SIMPLIFICATIONS[m] for m in methods},
         "tracks": {},
@@ -322,6 +348,10 @@ def main() -> None:
         concepts = world_concepts(opts.concepts, opts.images, opts.limit)
         results["tracks"]["world"] = run_track("world", concepts, methods, seeds, budget, settings, pool, opts.out,
                                                cache, extra)
+        if heldout:
+            held = world_concepts(heldout, opts.images, None)
+            results["tracks"]["heldout"] = run_track("heldout", held, methods, seeds, budget, settings, pool,
+                                                     opts.out, cache, extra)
         if opts.photos.is_dir():
             photos = photo_concepts(opts.photos, opts.limit)
             results["tracks"]["photo"] = run_track("photo", photos, methods, photo_seeds, budget, settings, pool,

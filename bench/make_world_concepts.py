@@ -1,4 +1,5 @@
-"""Regenerate the shipped concept sets bench/world/concepts_10.json and concepts_30.json (deterministic)."""
+"""Regenerate the shipped concept sets bench/world/concepts_10.json, concepts_30.json and the held-out set
+concepts_heldout_8.json (deterministic)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core, which the world package imports
 
 from world.concepts import write_default_sets
 

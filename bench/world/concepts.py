@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -149,13 +149,36 @@ def class_scene(rng: random.Random) -> Scene:
                  size=rng.uniform(0.34, 0.44), words={"class": spec.class_word})
 
 
+def lookalike(spec: ConceptSpec, name: str, rng: random.Random, change: str) -> ConceptSpec:
+    """A concept that differs from `spec` in one respect only (`colour`, `marking` or `shape`): the pairs a
+    personal-concept model must keep apart (two mugs of one design in other colours, two similar dogs)."""
+    if change == "colour":
+        return replace(spec, name=name, colour=tuple(rng.randint(30, 230) for _ in range(3)))  # type: ignore[arg-type]
+    if change == "marking":
+        return replace(spec, name=name, marking=rng.choice([m for m in MARKINGS if m != spec.marking]))
+    return replace(spec, name=name, polygon=random_concept(name, rng).polygon)
+
+
+def heldout_set(count: int = 8) -> list[ConceptSpec]:
+    """The held-out concept set: half new concepts, half lookalikes of them (another colour, marking or shape).
+    No default of the pack or the benchmark was chosen on it; results on it are reported, never tuned on."""
+    rng = random.Random(f"r2moe-world-heldout-{count}")
+    originals = [random_concept(f"held{2 * i + 1}", rng) for i in range(count // 2)]
+    changes = ("colour", "marking", "shape")
+    return [spec for i, original in enumerate(originals)
+            for spec in (original, lookalike(original, f"held{2 * i + 2}", rng, changes[i % len(changes)]))]
+
+
 def write_default_sets(folder: Path) -> list[Path]:
-    """The shipped sets: 10 concepts (default) and 30 (long sequence), deterministic."""
-    paths = []
+    """The shipped sets: 10 concepts (default), 30 (long sequence) and the 8-concept held-out set, deterministic."""
+    sets = {}
     for count in (10, 30):
         rng = random.Random(f"r2moe-world-concepts-{count}")
-        specs = [random_concept(f"new{i + 1}", rng) for i in range(count)]
-        path = folder / f"concepts_{count}.json"
+        sets[f"concepts_{count}.json"] = [random_concept(f"new{i + 1}", rng) for i in range(count)]
+    sets["concepts_heldout_8.json"] = heldout_set(8)
+    paths = []
+    for name, specs in sets.items():
+        path = folder / name
         path.write_text(json.dumps({"version": 1, "concepts": [s.to_dict() for s in specs]}, indent=1) + "\n")
         paths.append(path)
     return paths

@@ -2,10 +2,15 @@
 after every task, draw every concept learned so far with fixed seeds and prompts and score it.
 
 Image alignment (IA) is the mean cosine between a concept's generated and reference images under a feature
-extractor, in points (x100). Forgetting is, per concept, its IA right after its own task minus its IA after the
-last task, averaged over every concept but the last. Text alignment (TA) asks the world evaluator whether the
-in-context images show the asked background and position, and whether the concept itself is recognised (its
-references are the nearest of all learned concepts').
+extractor, in points (x100), against references the method never trained on (world concepts rendered anew at
+other places, sizes and backgrounds; a held-out photo of each photo concept); IA against the training photos is
+kept beside it, so memorisation shows as the gap. Forgetting is, per concept, its IA right after its own task
+minus its IA after the last task, averaged over every concept but the last. Text alignment (TA) asks the world
+evaluator whether the in-context images show the asked background and position, and whether the concept itself
+is recognised (its references are the nearest of all learned concepts'). Class drift compares the images of
+class prompts after the last task with the base model's; `class_drift` uses the gate's own protected prompts
+(`photo of a {class}`), `class_drift_unseen` other wordings, places, backgrounds and counts of the learned
+classes, `class_drift_other` classes no concept belongs to.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from r2moe_core.train.class_prior import PriorData, prior_prompt
 from r2moe_core.train.concept_run import fit
 from r2moe_core.train.step import TrainingData
 
-from .concepts import ConceptSpec, concept_images
+from .concepts import CLASS_WORDS, ConceptSpec, concept_images
 from .methods import Budget, Method, TaskStart, make_method
 from .sampler import LATENT_SCALE, ddpm_sigmas, sample
+from .scenes import place
 from .text import TextEncoder
 from .unet import UNet
 from .vae import WorldVAE
@@ -36,22 +42,40 @@ LOG = logging.getLogger("r2moe.bench.lifelong")
 SIGMAS = ddpm_sigmas()
 
 Features = Callable[[list[np.ndarray]], torch.Tensor]  # images -> unit-norm features [N, F]
+HELDOUT_SEED = 1  # world concepts' training photos are drawn with seed 0, their held-out references with this
+HELDOUT_IMAGES = 6
 
 
 @dataclass(frozen=True)
 class ConceptData:
-    """One task: a trigger token, its class word, reference images (uint8 HxWx3) and their captions."""
+    """One task: a trigger token, its class word, training images (uint8 HxWx3) and their captions, and images of
+    the concept that are never trained on (`heldout`, the IA references)."""
 
     token: str
     class_word: str
     images: list[np.ndarray]
     captions: list[str]
+    heldout: list[np.ndarray] = field(default_factory=list)
 
     @classmethod
-    def from_spec(cls, spec: ConceptSpec, count: int) -> ConceptData:
-        """A generator-defined world concept with `count` reference scenes."""
+    def from_spec(cls, spec: ConceptSpec, count: int, heldout: int = HELDOUT_IMAGES) -> ConceptData:
+        """A generator-defined world concept with `count` training scenes and `heldout` new ones."""
         pairs = concept_images(spec, count)
-        return cls(spec.token, spec.class_word, [p[0] for p in pairs], [p[1] for p in pairs])
+        others = [p[0] for p in concept_images(spec, heldout, seed=HELDOUT_SEED)] if heldout else []
+        return cls(spec.token, spec.class_word, [p[0] for p in pairs], [p[1] for p in pairs], others)
+
+
+@dataclass(frozen=True)
+class References:
+    """Per concept token, unit-norm features of its held-out images (IA) and of its training photos."""
+
+    heldout: dict[str, torch.Tensor]
+    train: dict[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, concepts: Sequence[ConceptData], features: Features) -> References:
+        train = {c.token: features(c.images) for c in concepts}
+        return cls({c.token: features(c.heldout) if c.heldout else train[c.token] for c in concepts}, train)
 
 
 @dataclass(frozen=True)
@@ -101,6 +125,9 @@ class MethodRun:
     final_images: dict[str, list[np.ndarray]] = field(default_factory=dict)
     losses: list[list[float]] = field(default_factory=list)
     class_drift: float = 0.0
+    class_drift_unseen: float = 0.0
+    class_drift_other: float = 0.0
+    ia_train: dict[str, float] = field(default_factory=dict)  # after the last task: concept -> IA vs its photos
     kept_share: float | None = None  # R2MoE variants: expert parameters kept after pruning (0-1)
     gate_matrix: list[list[float]] | None = None  # R2MoE: concept prompt (rows) x expert (aux, 1..T), mean weight
 
@@ -117,6 +144,8 @@ class MethodRun:
     def summary(self) -> dict[str, float]:
         return {
             "image_alignment": round(self.image_alignment, 2),
+            "image_alignment_heldout": round(self.image_alignment, 2),
+            "image_alignment_train": round(float(np.mean(list(self.ia_train.values()))), 2),
             "text_alignment": round(self.text_alignment, 2),
             "forgetting": round(self.forgetting, 2),
             "params_added": self.params[-1],
@@ -124,6 +153,8 @@ class MethodRun:
             "train_s_per_task": round(float(np.mean(self.train_s)), 2),
             "sample_s_per_image": round(self.sample_s_per_image, 4),
             "class_drift": round(self.class_drift, 2),
+            "class_drift_unseen": round(self.class_drift_unseen, 2),
+            "class_drift_other": round(self.class_drift_other, 2),
         } | ({} if self.kept_share is None else {"expert_kept_share": round(self.kept_share, 4)})
 
 
@@ -279,14 +310,40 @@ def text_alignment(world: World, method: Method, concepts: list[ConceptData], ev
     return {k: v * 100 for k, v in parts.items()}
 
 
-def class_drift(world: World, method: Method, concepts: list[ConceptData], features: Features,
-                settings: EvalSettings, seed: int) -> float:
-    """How far `photo of a {class}` (no trigger) moved from the base model's images, same prompts and seeds:
+def class_drift(world: World, method: Method, prompts: list[str], features: Features, settings: EvalSettings,
+                seed: int) -> float:
+    """How far `prompts` (no trigger) moved from the base model's images, same prompts and seeds:
     100·mean(1 - cos) of the feature vectors."""
-    prompts = [f"photo of a {w}" for w in dict.fromkeys(c.class_word for c in concepts)
-               for _ in range(settings.images_per_concept)]
     after, before = generate(world, method, prompts, seed, settings), generate(world, None, prompts, seed, settings)
     return float((1 - (features(after) * features(before)).sum(-1)).mean()) * 100
+
+
+def protected_class_prompts(concepts: list[ConceptData], settings: EvalSettings) -> list[str]:
+    """`photo of a {class}` per learned class: the prompts the gate is fitted to keep off each new expert."""
+    return [prior_prompt(w) for w in dict.fromkeys(c.class_word for c in concepts)
+            for _ in range(settings.images_per_concept)]
+
+
+def unseen_class_prompts(concepts: list[ConceptData], seed: int) -> list[str]:
+    """Per learned class, one place-and-background wording and one with two of them: class prompts outside the
+    gate's protected list."""
+    rng = random.Random(f"unseen:{seed}")
+    out = []
+    for word in dict.fromkeys(c.class_word for c in concepts):
+        (b1, b2), (p1, p2) = rng.sample(list(BACKGROUNDS), 2), rng.sample(list(POSITIONS), 2)
+        plural = word + ("es" if word.endswith(("s", "sh", "ch", "x")) else "s")
+        out += [f"photo of a {word} {place(p1)}, {b1} background",
+                f"photo of two {plural} {place(p2)}, {b2} background"]
+    return out
+
+
+def other_class_prompts(concepts: list[ConceptData], seed: int, count: int = 3) -> list[str]:
+    """Prompts of `count` classes no learned concept belongs to, at a place on a background."""
+    learned = {c.class_word for c in concepts}
+    rng = random.Random(f"other:{seed}")
+    words = rng.sample([w for w in CLASS_WORDS if w not in learned], min(count, len(CLASS_WORDS) - len(learned)))
+    return [f"photo of a {w} {place(rng.choice(list(POSITIONS)))}, {rng.choice(list(BACKGROUNDS))} background"
+            for w in words]
 
 
 def gate_matrix(world: World, method: Method, concepts: list[ConceptData]) -> list[list[float]]:
@@ -306,7 +363,7 @@ def gate_matrix(world: World, method: Method, concepts: list[ConceptData]) -> li
 
 
 def run_method(name: str, world: World, concepts: list[ConceptData], budget: Budget, features: Features,
-               references: dict[str, torch.Tensor], settings: EvalSettings, seed: int,
+               references: References, settings: EvalSettings, seed: int,
                evaluator: torch.nn.Module | None = None) -> MethodRun:
     """The whole sequence for one method: train task t, then score concepts 1..t."""
     order = list(concepts)
@@ -320,18 +377,21 @@ def run_method(name: str, world: World, concepts: list[ConceptData], budget: Bud
         run.losses.append(losses)
         run.params.append(method.params_added())
         run.bytes.append(method.bytes_added())
-        ia, generated, per_image = evaluate_concepts(world, method, order[: t + 1], features, references, settings,
-                                                     seed)
+        ia, generated, per_image = evaluate_concepts(world, method, order[: t + 1], features, references.heldout,
+                                                     settings, seed)
         run.ia.append(ia)
         LOG.info("%s seed %d task %d/%d (%s): %.0f s, loss %.3f, IA %s", name, seed, t + 1, len(order),
                  concept.token, seconds, float(np.mean(losses[-20:])), " ".join(f"{v:.1f}" for v in ia.values()))
     run.sample_s_per_image = per_image
     run.final_images = generated
-    run.class_drift = class_drift(world, method, order, features, settings, seed)
+    run.ia_train = image_alignments(features, generated, references.train)
+    run.class_drift = class_drift(world, method, protected_class_prompts(order, settings), features, settings, seed)
+    run.class_drift_unseen = class_drift(world, method, unseen_class_prompts(order, seed), features, settings, seed)
+    run.class_drift_other = class_drift(world, method, other_class_prompts(order, seed), features, settings, seed)
     if hasattr(method, "kept_share"):
         run.kept_share = method.kept_share()
         run.gate_matrix = gate_matrix(world, method, order)
     if evaluator is not None:
-        run.ta_parts = text_alignment(world, method, order, evaluator, features, references, settings, seed)
+        run.ta_parts = text_alignment(world, method, order, evaluator, features, references.heldout, settings, seed)
         run.text_alignment = float(np.mean(list(run.ta_parts.values())))
     return run

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from world.checkpoint import SHIPPED, load_world
+from world.concepts import load_concepts
 from world.methods import METHODS, Budget, make_method, world_layers
 from world.protocol import ConceptData, World, train_task
 
 REPO = Path(__file__).resolve().parents[2]
-KEYS = ("image_alignment", "text_alignment", "forgetting", "params_added", "bytes_added", "train_s_per_task")
+KEYS = ("image_alignment", "image_alignment_heldout", "image_alignment_train", "text_alignment", "forgetting",
+        "params_added", "bytes_added", "train_s_per_task", "class_drift", "class_drift_unseen", "class_drift_other")
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,31 @@ def test_the_result_names_the_code_that_made_it_and_is_current_until_that_code_c
     assert staleness(record | {"code": record["code"] | {"core": "0" * 16}}) == ["core"]
 
 
+def test_image_alignment_is_measured_against_images_the_method_never_trained_on(quick_results) -> None:
+    results = quick_results[0]
+    for track in results["tracks"].values():
+        assert all(n >= 1 for n in track["references"]["heldout_images"])
+        for numbers in track["methods"].values():
+            assert numbers["image_alignment"] == numbers["image_alignment_heldout"]
+    world = ConceptData.from_spec(load_concepts(REPO / "bench" / "world" / "concepts_10.json")[0], 3)
+    assert not any((h == t).all() for h in world.heldout for t in world.images), "held-out renders are new scenes"
+
+
+def test_drift_prompts_reach_beyond_the_gates_protected_list() -> None:
+    from world.concepts import CLASS_WORDS
+    from world.protocol import EvalSettings, other_class_prompts, protected_class_prompts, unseen_class_prompts
+
+    specs = load_concepts(REPO / "bench" / "world" / "concepts_10.json")[:3]
+    concepts = [ConceptData.from_spec(s, 1, heldout=0) for s in specs]
+    protected = set(protected_class_prompts(concepts, EvalSettings()))
+    unseen = unseen_class_prompts(concepts, seed=0)
+    assert unseen and not protected & set(unseen)
+    assert any(p.startswith("photo of two ") for p in unseen)
+    learned = {c.class_word for c in concepts}
+    others = other_class_prompts(concepts, seed=0)
+    assert others and all(p.split()[3] in set(CLASS_WORDS) - learned for p in others)
+
+
 def test_quick_mode_measures_what_the_methods_are(quick_results) -> None:
     methods = quick_results[0]["methods"]
     # one LoRA per concept never touches an earlier concept: with fixed sampling seeds it cannot forget (only float
@@ -63,8 +90,6 @@ def test_quick_mode_measures_what_the_methods_are(quick_results) -> None:
 def test_every_method_learns_through_the_same_loop_and_keeps_the_base_frozen() -> None:
     world = World(*load_world(SHIPPED))
     before = {k: v.clone() for k, v in world.unet.state_dict().items()}
-    from world.concepts import load_concepts
-
     spec = load_concepts(REPO / "bench" / "world" / "concepts_10.json")[0]
     concept = ConceptData.from_spec(spec, 3)
     for name in METHODS:
