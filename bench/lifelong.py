@@ -180,7 +180,7 @@ def _run_job(args: tuple) -> MethodRun | dict[str, list[np.ndarray]]:
     world = _WORKER["world"]
     if name == "base":
         return run_base(world, concepts, settings, seed)
-    evaluator = _WORKER["evaluator"] if kind == "world" else None
+    evaluator = _WORKER["evaluator"] if kind != "photo" else None  # TA needs the world evaluator
     return run_method(name, world, concepts, budget, features, references, settings, seed, evaluator)
 
 
