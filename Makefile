@@ -12,7 +12,7 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 NEW_FRONTEND := 1.58.1
 NEW_FRONTEND_ROOT := .host/frontend-$(NEW_FRONTEND)/static
 
-.PHONY: env browser-env device-pack device-check test test-unit test-host test-bench test-e2e test-faults test-browser lint templates demo serve bench bench-lifelong bench-lifelong-quick bench-status clean
+.PHONY: env browser-env device-pack device-check test test-unit test-host test-bench test-e2e test-faults test-browser lint templates demo serve bench bench-lifelong bench-lifelong-quick bench-status bench-hlag clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,10 @@ bench-lifelong: env
 
 bench-lifelong-quick: env
 	$(PY) bench/lifelong.py --quick --out output/lifelong_quick
+
+# HLAG settings one change at a time on the multi-concept track (bench/results/hlag_sweep.{json,md}).
+bench-hlag: env
+	$(PY) bench/hlag_sweep.py
 
 # Which results in bench/results are older than the code they measure (each JSON records its code's digests).
 bench-status: env

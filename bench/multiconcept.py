@@ -11,7 +11,6 @@ quick mode writes multiconcept_quick.* so it never overwrites a full run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -27,12 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
 from provenance import provenance
-from world.checkpoint import SHIPPED, load_world
+from world.checkpoint import load_world
+from world.cli import world_parser
 from world.concepts import load_concepts
 from world.evaluators import to_tensor, train_evaluator
 from world.methods import Budget
 from world.multiconcept import MultiSettings, run_multiconcept
 from world.protocol import ConceptData, World
+
+from r2moe_core.compose.regional_attention import BlendSettings
 
 LOG = logging.getLogger("r2moe.bench.multiconcept")
 HERE = Path(__file__).resolve().parent
@@ -57,12 +59,16 @@ def markdown(results: dict) -> str:
     exact, swapped = acc["drawn_compositions"]["exact"], acc["drawn_compositions"]["swapped"]
     lines = [f"### Multi-concept track ({len(s['concepts'])} concepts, {s['images']} seeds per prompt, "
              f"{s['steps']} steps, η = {s['strength']})", "",
-             "| variant | omission ↓ | leakage ↓ | omission 2 / 3 concepts | leakage 2 / 3 concepts | images |",
-             "|---|---|---|---|---|---|"]
+             "| variant | omission ↓ | leakage ↓ | omission 2 / 3 concepts | leakage 2 / 3 concepts | IA in its region "
+             "(x alone) | images |",
+             "|---|---|---|---|---|---|---|"]
     for name, m in results["variants"].items():
         lines.append(f"| {name} | {m['omission']:.2f} | {m['leakage']:.2f} | {m['pairs']['omission']:.2f} / "
                      f"{m['triples']['omission']:.2f} | {m['pairs']['leakage']:.2f} / {m['triples']['leakage']:.2f} | "
-                     f"{m['images']} |")
+                     f"{m['image_alignment']:.1f} ({m['image_alignment_vs_alone']:.2f}x) | {m['images']} |")
+    lines += ["", f"What the nodes do by default: `{results['default']}`. Each concept drawn alone at its place (its "
+              f"region prompt, the bank): IA in its box {results['alone_image_alignment']:.1f}. Judge: balanced "
+              f"accuracy {results['judge_accuracy']:.2f}."]
     lines += ["", f"Recogniser held-out accuracy (balanced over concepts and 'none'): {acc['balanced']:.2f}; per class "
               + ", ".join(f"{k} {v:.2f}" for k, v in acc["per_class"].items())
               + f"; concept vs concept {acc['concept_vs_concept']:.2f}. On drawn compositions (each concept in its "
@@ -80,9 +86,7 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
-    parser.add_argument("--concepts", type=Path, default=HERE / "world" / "concepts_10.json")
+    parser = world_parser(__doc__)
     parser.add_argument("--count", type=int, default=4, help="learn the first N concepts of the file (2 or more)")
     parser.add_argument("--steps", type=int, default=Budget.steps, help="training steps per concept")
     parser.add_argument("--references", type=int, default=5, help="reference images per concept (3-7)")
@@ -91,6 +95,12 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=MultiSettings.strength, help="regional strength η")
     parser.add_argument("--sam-at", type=float, default=MultiSettings.sam_at,
                         help="fraction of the steps after which boxes_sam switches to refined masks")
+    parser.add_argument("--strength-after-switch", type=float, default=None,
+                        help="η with the refined masks (default: --strength)")
+    parser.add_argument("--min-tokens", type=int, default=MultiSettings.min_tokens,
+                        help="blend only in layers with at least this many image tokens")
+    parser.add_argument("--mask-grow", type=float, default=MultiSettings.mask_grow)
+    parser.add_argument("--mask-feather", type=float, default=MultiSettings.mask_feather)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -100,7 +110,8 @@ def main() -> None:
         torch.set_num_threads(opts.threads)
     budget = replace(Budget(), steps=opts.steps)
     settings = MultiSettings(images=opts.images, steps=opts.sample_steps, strength=opts.strength, sam_at=opts.sam_at,
-                             seed=opts.seed)
+                             seed=opts.seed, strength_after_switch=opts.strength_after_switch,
+                             min_tokens=opts.min_tokens, mask_grow=opts.mask_grow, mask_feather=opts.mask_feather)
     eval_images, eval_epochs = 4000, 6
     if opts.quick:
         opts.count, budget = 2, replace(budget, steps=10)
@@ -108,6 +119,10 @@ def main() -> None:
         eval_images, eval_epochs = 600, 2
     if opts.count < 2:
         parser.error("--count must be at least 2")
+    try:
+        BlendSettings(settings.min_tokens, settings.mask_grow, settings.mask_feather)
+    except ValueError as err:
+        parser.error(str(err))
     started = time.perf_counter()
     world = World(*load_world(opts.checkpoint))
     evaluator, report = train_evaluator(train_images=eval_images, epochs=eval_epochs)

@@ -25,9 +25,11 @@ from comfy_api.latest import io
 
 from ..r2moe_core.compose.layout import box_masks
 from ..r2moe_core.compose.masks.mask_refinement import RefineOptions
+from ..r2moe_core.compose.regional_attention import BlendSettings
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
 from .host.regional_patch import apply_regions, prepare_regions
+from .regional_nodes import blend_inputs
 from .sam_nodes import refine_inputs, refine_with_sam
 from .types import BANK_TIP, LAYOUT_TIP, SAM_TIP, Bank, Layout, Sam
 
@@ -177,6 +179,10 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
                     "strength", default=1.0, min=0.0, max=2.0, step=0.05, tooltip="η, as in R2MoE Regional Apply."
                 ),
                 io.Float.Input(
+                    "strength_after_switch", default=-1.0, min=-1.0, max=2.0, step=0.05, optional=True,
+                    tooltip="η once SAM's masks take over (-1 = the same as strength).",
+                ),
+                io.Float.Input(
                     "expert_strength", default=1.0, min=-2.0, max=2.0, step=0.05, optional=True,
                     tooltip="Scales every expert's contribution in the regions (0 = concept tokens only).",
                 ),
@@ -185,6 +191,7 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
                     "allow_other_weights", default=False, optional=True,
                     tooltip="Use the bank on a fine-tune with the same shape but other weights (like a LoRA).",
                 ),
+                *blend_inputs(),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent", tooltip="The sampled latent; decode it with VAE Decode."),
@@ -206,10 +213,13 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
     def execute(
         cls, model, clip, vae, bank, layout, positive, negative, latent_image, seed, steps, cfg, sampler_name,
         scheduler, denoise, switch_at, strength, expert_strength=1.0, min_coverage=0.1, clip_to_box=True, dilate=0,
-        allow_other_weights=False, sam=None,
+        allow_other_weights=False, sam=None, strength_after_switch=-1.0, min_tokens=0, mask_grow=0.0,
+        mask_feather=0.0,
     ) -> io.NodeOutput:  # fmt: skip
         settings = SamplerSettings(seed, steps, cfg, sampler_name, scheduler, positive, negative, denoise)
-        regional = RegionalSettings(strength, expert_strength)
+        later = strength if strength_after_switch < 0 else strength_after_switch
+        blend = BlendSettings(min_tokens, mask_grow, mask_feather)
+        regional = RegionalSettings(strength, expert_strength, later, blend)
         refine = RefineOptions(min_coverage=min_coverage, clip_to_box=clip_to_box, dilate_px=dilate)
         switch = switch_step(steps, switch_at)
         if sam is None and switch < steps:
@@ -224,10 +234,13 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
 
 @dataclass(frozen=True)
 class RegionalSettings:
-    """How the regions are applied: η (`strength`) and the experts' scale."""
+    """How the regions are applied: η before and after the switch to SAM's masks, the experts' scale, where and
+    how softly regions blend."""
 
     strength: float
     expert_strength: float
+    strength_after_switch: float
+    blend: BlendSettings
 
 
 @dataclass(frozen=True)
@@ -240,8 +253,10 @@ class HierarchicalStages:
     regional: RegionalSettings
 
     def regional_model(self, masks: torch.Tensor | None = None) -> Any:
-        return apply_regions(self.model, self.bank, self.prompts, self.regional.strength,
-                             self.regional.expert_strength, masks)
+        """Box masks with η = strength; given (SAM's) masks, with η = strength_after_switch."""
+        strength = self.regional.strength if masks is None else self.regional.strength_after_switch
+        return apply_regions(self.model, self.bank, self.prompts, strength, self.regional.expert_strength, masks,
+                             self.regional.blend)
 
     def boxes_only(self, vae: VAE, latent: dict[str, Any], settings: SamplerSettings) -> tuple[Any, ...]:
         """Exactly R2MoERegionalApply + KSampler."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..r2moe_core.compose.regional_attention import BlendSettings
 from .host.regional_patch import apply_regions, prepare_regions
 from .types import BANK_TIP, LAYOUT_TIP, Bank, Layout
 
@@ -61,6 +62,7 @@ class R2MoERegionalApply(io.ComfyNode):
                     optional=True,
                     tooltip="Use the bank on a fine-tune with the same shape but other weights (like a LoRA).",
                 ),
+                *blend_inputs(),
             ],
             outputs=[
                 io.Model.Output(
@@ -72,10 +74,32 @@ class R2MoERegionalApply(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model, clip, bank, layout, strength, mask=None, expert_strength=1.0, allow_other_weights=False
-    ) -> io.NodeOutput:
+        cls, model, clip, bank, layout, strength, mask=None, expert_strength=1.0, allow_other_weights=False,
+        min_tokens=0, mask_grow=0.0, mask_feather=0.0,
+    ) -> io.NodeOutput:  # fmt: skip
+        blend = BlendSettings(min_tokens, mask_grow, mask_feather)  # checked before the prompts are encoded
         prompts = prepare_regions(model, clip, bank, layout, allow_other_weights)
-        return io.NodeOutput(apply_regions(model, bank, prompts, strength, expert_strength, mask))  # masks checked
+        return io.NodeOutput(apply_regions(model, bank, prompts, strength, expert_strength, mask, blend))
+
+
+def blend_inputs() -> list[io.Input]:
+    """Where regions blend and how soft their edges are (`BlendSettings`), shared with the hierarchical sampler."""
+    return [
+        io.Int.Input(
+            "min_tokens", default=0, min=0, max=1 << 20, optional=True,
+            tooltip="Blend only in layers with at least this many image tokens; smaller layers follow the sampler's "
+            "prompt as without regions. 0 = every layer; 256 = the R2MoE reference code's rule (at 512 px it skips "
+            "SD1.5's 8x8 middle block).",
+        ),
+        io.Float.Input(
+            "mask_grow", default=0.0, min=0.0, max=0.5, step=0.01, optional=True,
+            tooltip="Grow each region's mask by this fraction of the image's longer side (overlaps are shared).",
+        ),
+        io.Float.Input(
+            "mask_feather", default=0.0, min=0.0, max=0.5, step=0.01, optional=True,
+            tooltip="Soften mask edges: Gaussian σ as a fraction of the image's longer side (0 = hard edges).",
+        ),
+    ]  # fmt: skip
 
 
 REGIONAL_NODES: list[type[io.ComfyNode]] = [R2MoERegionalApply]

@@ -12,7 +12,8 @@ and clipping).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,12 +39,30 @@ class RowRegions:
         self.runtimes = list(runtimes)
 
     def __call__(self, name: str, q: torch.Tensor, to_k: torch.nn.Module, to_v: torch.nn.Module,
-                 attention: Attention, grid: tuple[int, int]) -> torch.Tensor:
+                 attention: Attention, grid: tuple[int, int]) -> torch.Tensor | None:
         if q.shape[0] != len(self.runtimes):
             raise ValueError(f"{q.shape[0]} conditional rows for {len(self.runtimes)} regional runtimes")
+        if not all(r.blend.blends(q.shape[1]) for r in self.runtimes):
+            return None  # a layer below the blend's token count attends to the plain prompt, as the patch does
         layer = self.layers[name]
         return torch.cat([runtime.attend(q[i:i + 1], grid, layer, to_k, to_v, q.dtype, attention)
                           for i, runtime in enumerate(self.runtimes)])
+
+
+class LoraRegions(RegionalRuntime):
+    """The regional-LoRA stack users build today: the same masks and blend, but each region's K/V carry its own
+    concept's LoRA (no gate, no bank) instead of an expert mixture."""
+
+    def __init__(self, loras: Sequence[Callable[[str, torch.Tensor], torch.Tensor]], *args: Any, **kwargs: Any
+                 ) -> None:
+        super().__init__(*args, **kwargs)
+        self.loras = list(loras)
+
+    def region_kv(self, index: int, layer: LayerSpec, context: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        k_name, v_name = layer.projection_names()
+        lora = self.loras[index]
+        return k + lora(k_name, context).to(k.dtype), v + lora(v_name, context).to(v.dtype)
 
 
 def switch_step(steps: int, fraction: float) -> int:

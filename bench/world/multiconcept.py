@@ -16,6 +16,8 @@ Variants:
   box; nearly empty masks keep the box, by `r2moe_core.compose.masks.mask_refinement.refine_masks`). Every report
   says so.
 - `lora_stack`: every LoRA of the prompt's concepts applied at once to the whole prompt (how users stack LoRAs).
+- `lora_stack_regional`: the regional-LoRA packs' way: the same masks and blend as `boxes`, each region's K/V
+  carrying its own concept's LoRA (`hlag.LoraRegions`) instead of an expert mixture.
 
 Omission: fraction of placements (image, region, its concept) where the region does not show its concept.
 Leakage: fraction of placements whose concept shows in a region of a different concept. Judged by
@@ -36,11 +38,11 @@ import torch
 
 from r2moe_core.compose.layout import Layout, Region, validate_layout
 from r2moe_core.compose.masks.mask_refinement import RefineOptions, refine_masks
-from r2moe_core.compose.regional_attention import RegionalRuntime
+from r2moe_core.compose.regional_attention import BlendSettings, RegionalRuntime
 from r2moe_core.log import LOGGER as CORE_LOGGER
 
 from .concepts import ConceptSpec
-from .hlag import SEGMENTER, RowRegions, colour_segmenter, switch_step
+from .hlag import SEGMENTER, LoraRegions, RowRegions, colour_segmenter, switch_step
 from .methods import Budget, LoraPerConceptMethod, R2MoEMethod, make_method
 from .protocol import ConceptData, World, train_task
 from .recogniser import Features, Recogniser, build_recogniser, crop, draw_many
@@ -50,7 +52,8 @@ from .unet import Delta
 from .vocab import BACKGROUNDS, SIZE
 
 LOG = logging.getLogger("r2moe.bench.multiconcept")
-VARIANTS = ("bank_only", "boxes", "boxes_sam", "lora_stack")
+VARIANTS = ("bank_only", "boxes", "boxes_sam", "lora_stack", "lora_stack_regional")
+DEFAULT_VARIANT = "boxes"  # what the nodes do by default: R2MoERegionalApply, or the hierarchical sampler without SAM
 BOXES = {
     2: ((0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)),
     3: ((0.0, 0.0, 1 / 3, 1.0), (1 / 3, 0.0, 2 / 3, 1.0), (2 / 3, 0.0, 1.0, 1.0)),
@@ -67,6 +70,10 @@ class MultiSettings:
     sam_at: float = 0.4  # T: masks switch after round(T * steps) steps
     sam_dilate_px: int = 4  # half a latent cell: after area-averaging, cells the object touches keep weight
     sam_min_coverage: float = 0.05  # world objects cover 10-25 % of a box; below 5 % the segmenter found nothing
+    strength_after_switch: float | None = None  # η with the refined masks (None: `strength`)
+    min_tokens: int = 0  # BlendSettings: the layers that blend, mask growth and feathering (the nodes' defaults)
+    mask_grow: float = 0.0
+    mask_feather: float = 0.0
     seed: int = 0
     crops_per_box: int = 6  # recogniser references per (class, box), half of them held out
     timing_rounds: int = 5
@@ -175,17 +182,24 @@ class Prepared:
 
 
 def _regional(world: World, learned: Learned, scenes: Sequence[MultiScene], settings: MultiSettings,
-              context: torch.Tensor, refine: bool) -> tuple[Eps, Switch | None, dict[str, int]]:
-    """Conditional ε with one RegionalRuntime per row; with `refine`, the switch that swaps in refined masks."""
-    bank, tokens = learned.r2moe.bank, learned.r2moe.tokens
-    layouts = [s.layout(list(tokens)) for s in scenes]
+              context: torch.Tensor, refine: bool, loras: bool = False) -> tuple[Eps, Switch | None, dict[str, int]]:
+    """Conditional ε with one RegionalRuntime per row; with `refine`, the switch that swaps in refined masks;
+    with `loras`, each region carries its own concept's LoRA instead of the bank's experts."""
+    bank, tokens = learned.r2moe.bank, (learned.lora if loras else learned.r2moe).tokens
+    layouts = [s.layout(list(learned.r2moe.tokens)) for s in scenes]
     backgrounds = world.text([s.background_prompt for s in scenes], tokens)
     regions = world.text([p for s in scenes for p in s.region_prompts], tokens)
     starts = np.cumsum([0, *(len(s.concepts) for s in scenes)])
+    blend = BlendSettings(settings.min_tokens, settings.mask_grow, settings.mask_feather)
+    later = settings.strength if settings.strength_after_switch is None else settings.strength_after_switch
 
     def runtime(i: int, masks: torch.Tensor | None = None) -> RegionalRuntime:
         own = [regions[j:j + 1] for j in range(starts[i], starts[i + 1])]
-        return RegionalRuntime(bank, layouts[i], backgrounds[i:i + 1], own, settings.strength, 1.0, masks)
+        args = (bank, layouts[i], backgrounds[i:i + 1], own, settings.strength if masks is None else later, 1.0,
+                masks, blend)
+        if loras:
+            return LoraRegions([learned.lora.loras[c.token].delta for c in scenes[i].concepts], *args)
+        return RegionalRuntime(*args)
 
     hook = RowRegions(bank.layers, [runtime(i) for i in range(len(scenes))])
     stats = {"regions": 0, "kept_box": 0}
@@ -217,9 +231,10 @@ def prepare(world: World, variant: str, learned: Learned, scenes: Sequence[Multi
     def uncond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return world.unet(x, t, empty)
 
-    if variant in ("boxes", "boxes_sam"):
-        context = world.text(prompts, learned.r2moe.tokens)
-        cond, switch, stats = _regional(world, learned, scenes, settings, context, variant == "boxes_sam")
+    if variant in ("boxes", "boxes_sam", "lora_stack_regional"):
+        loras = variant == "lora_stack_regional"
+        context = world.text(prompts, (learned.lora if loras else learned.r2moe).tokens)
+        cond, switch, stats = _regional(world, learned, scenes, settings, context, variant == "boxes_sam", loras)
         return Prepared(cond, uncond, switch, stats)
     method = learned.r2moe if variant == "bank_only" else learned.lora
     context = world.text(prompts, method.tokens)
@@ -257,6 +272,35 @@ def score(recogniser: Recogniser, rows: Sequence[tuple[MultiScene, np.ndarray]])
                               if other.token != concept.token))
     return {"omission": round(float(np.mean(omitted)), 4), "leakage": round(float(np.mean(leaked)), 4),
             "placements": len(omitted)}
+
+
+def region_alignment(features: Features, rows: Sequence[tuple[MultiScene, np.ndarray]],
+                     references: dict[str, torch.Tensor], boxes: Sequence[int] | None = None) -> float:
+    """Mean IA (x100) of each region's crop against its own concept's held-out renders. `boxes`, when given, names
+    the one box each row is scored on (a single-concept image drawn for that box); else every box of the row."""
+    crops, tokens = [], []
+    for i, (scene, image) in enumerate(rows):
+        for r in (range(len(scene.boxes)) if boxes is None else [boxes[i]]):
+            crops.append(crop(image, scene.boxes[r]))
+            tokens.append(scene.concepts[r].token)
+    feats = features(crops)
+    return round(100 * float(np.mean([float((feats[i] @ references[t].T).mean()) for i, t in enumerate(tokens)])),
+                 2)
+
+
+def alone_rows(world: World, learned: Learned, scenes: Sequence[MultiScene], seed: int, settings: MultiSettings
+               ) -> tuple[list[tuple[MultiScene, np.ndarray]], list[int]]:
+    """Each region's own prompt drawn alone by the bank (its concept at its place, nothing else), one image per
+    region: the yardstick for a concept's image alignment inside a composition."""
+    prompts = [p for s in scenes for p in s.region_prompts]
+    owners = [(s, r) for s in scenes for r in range(len(s.concepts))]
+    with torch.no_grad():
+        context = world.text(prompts, learned.r2moe.tokens)
+        delta = learned.r2moe.sampling_delta(prompts, context)
+        empty = world.empty.expand(len(prompts), -1, -1)
+        latents = euler_cfg(lambda x, t: world.unet(x, t, context, delta), lambda x, t: world.unet(x, t, empty),
+                            len(prompts), settings.steps, settings.cfg, seed)
+    return [(s, image) for (s, _), image in zip(owners, world.decode(latents), strict=True)], [r for _, r in owners]
 
 
 def reference_compositions(world: World, recogniser: Recogniser, specs: Sequence[ConceptSpec],
@@ -321,11 +365,21 @@ def run_multiconcept(world: World, specs: Sequence[ConceptSpec], concepts: Seque
                 spent[variant] += seconds
                 for key, value in extra.items():
                     stats[variant][key] += value
+    references = {c.token: features(c.heldout or c.images) for c in concepts}
+    alone, alone_boxes = [], []
+    for scenes in sets.values():
+        for j in range(settings.images):
+            drawn, boxes_of = alone_rows(world, learned, scenes, settings.seed + j, settings)
+            alone += drawn
+            alone_boxes += boxes_of
+    alone_ia = region_alignment(features, alone, references, alone_boxes)
     variants = {}
     for variant in VARIANTS:
         everything = [row for group in sets for row in rows[variant][group]]
+        ia = region_alignment(features, everything, references)
         variants[variant] = score(recogniser, everything) | {
             group: score(recogniser, rows[variant][group]) for group in sets} | {
+            "image_alignment": ia, "image_alignment_vs_alone": round(ia / alone_ia, 3) if alone_ia > 0 else None,
             "images": len(everything), "sample_s_per_image_batched": round(spent[variant] / len(everything), 4)}
         if stats[variant]["regions"]:
             variants[variant]["sam_regions_kept_box"] = round(stats[variant]["kept_box"] / stats[variant]["regions"],
@@ -333,6 +387,9 @@ def run_multiconcept(world: World, specs: Sequence[ConceptSpec], concepts: Seque
         LOG.info("%s: omission %.3f, leakage %.3f", variant, variants[variant]["omission"],
                  variants[variant]["leakage"])
     results = {
+        "judge_accuracy": accuracy["balanced"],
+        "default": DEFAULT_VARIANT,
+        "alone_image_alignment": alone_ia,
         "variants": variants,
         "settings": asdict(settings) | {
             "budget": asdict(budget), "concepts": [c.token for c in concepts],

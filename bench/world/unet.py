@@ -18,10 +18,11 @@ from torch.nn import functional as F  # noqa: N812 - the usual alias
 
 Delta = Callable[[str, torch.Tensor], torch.Tensor | None]
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-# regional(name, q, to_k, to_v, attention, grid=(h, w)) -> attention output [B, tokens, inner] (before to_out).
-# It owns the layer's K/V for the rows it is given (the host passes it for conditional passes only), so a
-# regional sampler can attend each region's own prompt and blend them, as ComfyUI's attn2_replace patches do.
-Regional = Callable[..., torch.Tensor]
+# regional(name, q, to_k, to_v, attention, grid=(h, w)) -> attention output [B, tokens, inner] (before to_out),
+# or None for a layer it leaves to the plain prompt. It owns the layer's K/V for the rows it is given (the host
+# passes it for conditional passes only), so a regional sampler can attend each region's own prompt and blend
+# them, as ComfyUI's attn2_replace patches do.
+Regional = Callable[..., torch.Tensor | None]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -71,7 +72,9 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, delta: Delta | None = None,
                 regional: Regional | None = None) -> torch.Tensor:
         if regional is not None and context is not None:
-            return self.to_out(regional(self.name, self.to_q(x), self.to_k, self.to_v, self.attend))
+            out = regional(self.name, self.to_q(x), self.to_k, self.to_v, self.attend)
+            if out is not None:
+                return self.to_out(out)
         if context is None:
             return self.to_out(self.attend(self.to_q(x), self.to_k(x), self.to_v(x)))
         return self.to_out(self.attend(self.to_q(x), *self.context_kv(context, delta)))

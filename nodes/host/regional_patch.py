@@ -18,7 +18,7 @@ import torch
 from ...r2moe_core.bank.attention_targets import LayerSpec
 from ...r2moe_core.bank.expert_bank import ExpertBank
 from ...r2moe_core.compose.layout import Layout, validate_layout
-from ...r2moe_core.compose.regional_attention import RegionalRuntime, row_spans, token_grid
+from ...r2moe_core.compose.regional_attention import BlendSettings, RegionalRuntime, row_spans, token_grid
 from ...r2moe_core.errors import InvalidInputError
 from ...r2moe_core.log import LOGGER
 from .attn2_slots import SharedOnClone, SlotPatch, install_attn2_patches, stock_attention
@@ -70,8 +70,8 @@ class RegionalAttentionPatch(SlotPatch):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict[str, Any]
     ) -> torch.Tensor:
         spans = row_spans(q.shape[0], extra_options.get("cond_or_uncond"))
-        if not any(cond for _, _, cond in spans):
-            return self.attend(q, k, v, extra_options)
+        if not any(cond for _, _, cond in spans) or not self.runtime.blend.blends(q.shape[1]):
+            return self.attend(q, k, v, extra_options)  # this layer attends to the sampler's prompt, as stock
         if len(spans) == 1:
             return self._regional(q, k.dtype, extra_options)
         if self.previous is not None:  # a foreign patch may rely on the full batch: give it that, then overwrite
@@ -144,9 +144,10 @@ def apply_regions(
     strength: float,
     expert_strength: float = 1.0,
     masks: torch.Tensor | None = None,
+    blend: BlendSettings | None = None,
 ) -> Any:
     """A clone of `model` whose cross-attention follows the layout (box masks unless `masks` are given)."""
     runtime = RegionalRuntime(
-        bank, prompts.layout, prompts.background, list(prompts.regions), strength, expert_strength, masks
+        bank, prompts.layout, prompts.background, list(prompts.regions), strength, expert_strength, masks, blend
     )
     return install_regional(model, runtime, list(bank.layers))

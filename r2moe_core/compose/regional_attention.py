@@ -7,12 +7,18 @@ In every cross-attention layer the conditional rows' output becomes
 where `out_b` attends to the background prompt with the base K/V and `o_i` to region i's prompt with K/V that
 carry that region's own expert mixture (its gate sees the region prompt). A layer's token grid is smaller than
 the image, so masks are made for each grid size once; region K/V are made once per layer per sampling run.
+
+Blending outputs equals the reference code's masking of attention probabilities: a mask weighs a query token's
+row of probabilities, and (M·P)V = M·(PV) row by row, so the two differ in nothing but cost. `BlendSettings`
+holds what does change the image: which layers blend (the reference blends only grids of at least 256 tokens),
+and how far masks reach past their boxes (dilation) and how soft their edges are (feathering).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional
@@ -113,13 +119,58 @@ def check_masks(masks: torch.Tensor, regions: int) -> torch.Tensor:
     return masks
 
 
+@dataclass(frozen=True)
+class BlendSettings:
+    """Where and how softly regions blend. Reach and softness are fractions of the grid's longer side, so one
+    setting means the same at every layer and image size."""
+
+    min_tokens: int = 0  # layers with fewer query tokens attend to the sampler's prompt as without the patch
+    dilate: float = 0.0  # each mask grows by this much (max-pooled)
+    feather: float = 0.0  # Gaussian σ of the mask edges
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_tokens <= 1 << 20:
+            raise InvalidInputError(f"min_tokens must be between 0 and {1 << 20}, got {self.min_tokens}.")
+        for name in ("dilate", "feather"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 0.5):
+                raise InvalidInputError(f"{name} is a fraction of the image side in [0, 0.5], got {value}.")
+
+    def blends(self, tokens: int) -> bool:
+        return tokens >= self.min_tokens
+
+
+def soften_masks(masks: torch.Tensor, settings: BlendSettings) -> torch.Tensor:
+    """[R, h, w] masks dilated and feathered per `settings`; where they then overlap, cells are shared so the
+    weights never sum above 1 (without that, two neighbours' overlap would extrapolate past both prompts)."""
+    side = max(masks.shape[-2:])
+    out = masks[:, None].float()
+    reach = round(settings.dilate * side)
+    if reach > 0:
+        out = functional.max_pool2d(out, 2 * reach + 1, stride=1, padding=reach)
+    sigma = settings.feather * side
+    if sigma > 0:
+        radius = max(1, math.ceil(3 * sigma))
+        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+        taps = taps / taps.sum()
+        out = functional.pad(out, (radius, radius, radius, radius), mode="replicate")
+        out = functional.conv2d(out, taps.view(1, 1, 1, -1))
+        out = functional.conv2d(out, taps.view(1, 1, -1, 1))
+    out = out[:, 0].clamp(0.0, 1.0)
+    total = out.sum(0, keepdim=True)
+    return torch.where(total > 1.0, out / total.clamp_min(1e-12), out)
+
+
 class RegionMasks:
     """Per-region weights η_i · M_i on a layer's token grid, made once per (h, w, device, dtype)."""
 
-    def __init__(self, layout: Layout, strength: float, masks: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, layout: Layout, strength: float, masks: torch.Tensor | None = None, blend: BlendSettings | None = None
+    ) -> None:
         self.layout = layout
         self.strengths = [float(strength if r.strength is None else r.strength) for r in layout.regions]
         self.masks = None if masks is None else check_masks(masks, len(layout.regions))
+        self.blend = blend or BlendSettings()
         self._cache: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
         self.resizes = 0  # observable: tests prove masks are not rebuilt per layer or step
 
@@ -137,6 +188,8 @@ class RegionMasks:
                 grid = box_masks(self.layout, height, width)  # exact boxes at this resolution, none lost
             else:
                 grid = resize_masks(self.masks, height, width)
+            if self.blend.dilate or self.blend.feather:
+                grid = soften_masks(grid, self.blend)
             scale = torch.tensor(self.strengths, dtype=torch.float32).view(-1, 1, 1)
             weights = (grid * scale).reshape(len(self.strengths), 1, height * width, 1)
             found = self._cache[key] = weights.to(device=device, dtype=dtype)
@@ -174,6 +227,7 @@ class RegionalRuntime:
         strength: float,
         expert_strength: float = 1.0,
         masks: torch.Tensor | None = None,
+        blend: BlendSettings | None = None,
     ) -> None:
         if len(regions) != len(layout.regions):
             raise InvalidInputError(f"{len(regions)} region contexts for {len(layout.regions)} layout regions")
@@ -182,7 +236,8 @@ class RegionalRuntime:
                 raise InvalidInputError(f"the {name} text context must be [1, tokens, dim], got {tuple(ctx.shape)}")
         self.layout = layout
         self.contexts = [background.detach(), *(c.detach() for c in regions)]
-        self.masks = RegionMasks(layout, strength, masks)
+        self.blend = blend or BlendSettings()
+        self.masks = RegionMasks(layout, strength, masks, self.blend)
         # One cached entry per region on each device it runs on, plus room for a second device or dtype.
         self.experts = BankRuntime(bank, expert_strength, max_cached_contexts=2 * max(len(regions), 1))
         self._on_device: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
@@ -210,19 +265,23 @@ class RegionalRuntime:
         if found is not None:
             return found
         contexts = self._contexts(device, dtype)
-        k_name, v_name = layer.projection_names()
         pairs = [(to_k(contexts[0]), to_v(contexts[0]))]
-        for index, ctx in enumerate(contexts[1:]):
-            k, v = to_k(ctx), to_v(ctx)
-            if self.experts.has_experts:
-                entry = self.experts.entry_for(ctx, None, (f"r2moe_region_{index}",))
-                dk, dv = self.experts.delta(entry, k_name), self.experts.delta(entry, v_name)
-                k = k if dk is None else k + dk.to(k.dtype)
-                v = v if dv is None else v + dv.to(v.dtype)
-            pairs.append((k, v))
+        pairs += [self.region_kv(i, layer, ctx, to_k(ctx), to_v(ctx)) for i, ctx in enumerate(contexts[1:])]
         self._kv[key] = pairs
         self.kv_computations += 1
         return pairs
+
+    def region_kv(
+        self, index: int, layer: LayerSpec, context: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Region `index`'s K/V: the base projections of its prompt plus its own expert mixture (the gate sees the
+        region prompt). A subclass may give regions other weights (a benchmark's per-region LoRAs)."""
+        if not self.experts.has_experts:
+            return k, v
+        k_name, v_name = layer.projection_names()
+        entry = self.experts.entry_for(context, None, (f"r2moe_region_{index}",))
+        dk, dv = self.experts.delta(entry, k_name), self.experts.delta(entry, v_name)
+        return (k if dk is None else k + dk.to(k.dtype)), (v if dv is None else v + dv.to(v.dtype))
 
     def check_canvas(self, original_shape: Sequence[int] | None, latent_scale: int = 8) -> None:
         """Warn once when the image's aspect ratio differs from the layout's: boxes are fractions, so they stretch."""

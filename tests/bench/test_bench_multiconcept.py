@@ -59,6 +59,27 @@ def test_quick_mode_reports_fractions_for_every_variant(quick_results) -> None:
     assert "Not SAM" in quick_results["settings"]["sam_substitution"]
 
 
+def test_the_result_has_the_shape_the_goals_are_read_from(quick_results) -> None:
+    assert quick_results["default"] in quick_results["variants"]
+    assert 0.0 <= quick_results["judge_accuracy"] <= 1.0
+    assert quick_results["provenance"]["script"] == "bench/multiconcept.py"
+    for name, numbers in quick_results["variants"].items():
+        assert isinstance(numbers["image_alignment"], float), name
+        assert numbers["image_alignment_vs_alone"] is None or numbers["image_alignment_vs_alone"] > 0, name
+    regional, stacked = quick_results["variants"]["lora_stack_regional"], quick_results["variants"]["lora_stack"]
+    assert regional["images"] == stacked["images"], "the regional-LoRA baseline draws the same prompts and seeds"
+
+
+def test_the_hlag_sweep_changes_one_setting_at_a_time_and_names_its_world(tmp_path) -> None:
+    subprocess.run([sys.executable, str(REPO / "bench" / "hlag_sweep.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, timeout=900)
+    results = json.loads((tmp_path / "hlag_sweep_quick.json").read_text())
+    assert results["world"].endswith(".safetensors") and 0.0 <= results["judge_accuracy"] <= 1.0
+    rows = results["rows"]
+    assert rows[0]["changes"] == {} and all(len(r["changes"]) == 1 for r in rows[1:])
+    assert all(0.0 <= r["omission"] <= 1.0 and "beats_default" in r for r in rows[1:])
+
+
 @pytest.fixture(scope="module")
 def random_world() -> tuple[World, object, ConceptData]:
     """A random world model with one concept learned for two steps: enough for exact-equality checks."""

@@ -45,13 +45,13 @@ def setup(tiny, bank):
             "negative": encode(tiny[1], "blurry")}  # fmt: skip
 
 
-def hierarchical(tiny, bank, sam, setup, switch_at):
+def hierarchical(tiny, bank, sam, setup, switch_at, **kw):
     model, clip, vae = tiny
     return call_node(
         "R2MoEHierarchicalSampler", model=model, clip=clip, vae=vae, bank=bank, layout=setup["layout"], sam=sam,
         positive=setup["positive"], negative=setup["negative"], latent_image=setup["latent"], seed=SEED,
         steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal", denoise=1.0, switch_at=switch_at,
-        strength=1.0,
+        strength=1.0, **kw,
     )  # fmt: skip
 
 
@@ -143,3 +143,12 @@ def test_without_a_sam_file_the_graph_runs_with_box_masks_all_the_way(host, tiny
     boxes = call_node("R2MoELayoutPreview", layout=setup["layout"])[1]
     assert torch.equal(masks, boxes)
     assert_same(latent["samples"], hierarchical(tiny, bank, None, setup, switch_at=1.0)[0]["samples"], "latents")
+
+
+def test_eta_after_the_switch_acts_on_the_refined_stage_only(tiny, bank, sam, setup):
+    same = hierarchical(tiny, bank, sam, setup, 0.5)
+    explicit = hierarchical(tiny, bank, sam, setup, 0.5, strength_after_switch=1.0)
+    weaker = hierarchical(tiny, bank, sam, setup, 0.5, strength_after_switch=0.25)
+    assert torch.equal(same[0]["samples"], explicit[0]["samples"]), "-1 means the same η as before the switch"
+    assert not torch.allclose(weaker[0]["samples"], same[0]["samples"], atol=1e-4), "η after the switch must act"
+    assert torch.equal(weaker[2], same[2]), "the x0 image SAM segments comes from the box stage, untouched"

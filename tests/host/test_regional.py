@@ -151,3 +151,23 @@ def test_mask_count_must_match_the_regions(host, tiny, bank):
     layout = make_layout("a garden", [(DOG, LEFT), (CAT, RIGHT)])
     with pytest.raises(host.core.InvalidInputError, match=r"1 mask\(s\) but the layout has 2 region"):
         regional(tiny, bank, layout, mask=torch.ones(1, 64, 64))
+
+
+def test_layer_choice_and_soft_edges_act_and_layers_left_out_are_stock(tiny, bank):
+    model, clip, _ = tiny
+    layout = make_layout("a garden", [(DOG, LEFT), (CAT, RIGHT)])
+    stock = first_call(model, clip, "a garden")[0]
+    every = first_call(regional(tiny, bank, layout), clip, "a garden")[0]
+    none = first_call(regional(tiny, bank, layout, min_tokens=1 << 20), clip, "a garden")[0]
+    assert torch.equal(none, stock), "layers below min_tokens attend to the sampler's prompt, as without the patch"
+    top = first_call(regional(tiny, bank, layout, min_tokens=256), clip, "a garden")[0]  # the 16x16 grid only
+    assert not torch.allclose(top, every, atol=1e-5) and not torch.allclose(top, stock, atol=1e-5)
+    for soft in ({"mask_grow": 0.1}, {"mask_feather": 0.1}):
+        changed = first_call(regional(tiny, bank, layout, **soft), clip, "a garden")[0]
+        assert not torch.allclose(changed, every, atol=1e-5), f"{soft} must change the blend"
+
+
+def test_blend_settings_out_of_range_are_refused_before_sampling(host, tiny, bank):
+    layout = make_layout("a garden", [(DOG, LEFT), (CAT, RIGHT)])
+    with pytest.raises(host.core.InvalidInputError, match=r"mask|feather|fraction"):
+        regional(tiny, bank, layout, mask_feather=0.9)

@@ -71,3 +71,46 @@ def test_blend_is_the_background_plus_weighted_region_differences():
     assert out[0, 0].tolist() == [1, 1, 1] and out[0, 1].tolist() == [2, 2, 2]
     with pytest.raises(InvalidInputError, match="1 outputs for 2"):
         blend_regions(base, [one], weights)
+
+
+def test_grown_and_feathered_masks_reach_further_soften_and_never_sum_above_one():
+    from r2moe_core.compose.regional_attention import BlendSettings, soften_masks
+
+    halves = torch.zeros(2, 8, 8)
+    halves[0, :, :4], halves[1, :, 4:] = 1, 1
+    grown = soften_masks(halves, BlendSettings(dilate=0.125))  # one cell at 8 cells a side
+    assert grown[0, 0, 4] > 0 and grown[0, 0, 5] == 0, "the left mask reaches one cell past its edge"
+    assert torch.allclose(grown.sum(0), torch.ones(8, 8)), "where grown masks overlap they share the cell"
+    soft = soften_masks(halves, BlendSettings(feather=0.1))
+    edge = soft[0, 0]
+    assert 0.5 < edge[3] < 1 and 0 < edge[4] < 0.5 and edge[0] > 0.99, "a soft ramp across the edge"
+    assert soft.sum(0).max() <= 1 + 1e-6
+    assert torch.equal(soften_masks(halves, BlendSettings()), halves)
+
+
+def test_blend_settings_say_which_layers_blend_and_refuse_nonsense():
+    from r2moe_core.compose.regional_attention import BlendSettings
+
+    assert BlendSettings().blends(1) and BlendSettings(min_tokens=256).blends(256)
+    assert not BlendSettings(min_tokens=256).blends(64)
+    for bad in ({"dilate": -0.1}, {"feather": 0.9}, {"feather": float("nan")}, {"min_tokens": -1}):
+        with pytest.raises(InvalidInputError, match=r"dilate|feather|min_tokens"):
+            BlendSettings(**bad)
+
+
+def test_blending_outputs_equals_masking_attention_probabilities():
+    """The reference code multiplies each prompt's attention probabilities by its mask and sums the outputs; the
+    pack blends outputs. A mask weighs a whole query row, so the two are the same function."""
+    torch.manual_seed(0)
+    q, tokens = torch.randn(1, 6, 4), 6
+    kvs = [(torch.randn(1, 5, 4), torch.randn(1, 5, 4)) for _ in range(3)]  # background, region 1, region 2
+    masks = torch.tensor([[1.0, 1, 0, 0, 0, 0], [0, 0, 0, 0.5, 1, 1]]).view(2, 1, tokens, 1)
+
+    def probabilities(k: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(q @ k.transpose(1, 2) / 2.0, dim=-1)
+
+    outputs = [probabilities(k) @ v for k, v in kvs]
+    background = 1 - masks.sum(0)
+    reference = (background * probabilities(kvs[0][0])) @ kvs[0][1] + sum(
+        (masks[i] * probabilities(kvs[i + 1][0])) @ kvs[i + 1][1] for i in range(2))
+    assert torch.allclose(blend_regions(outputs[0], iter(outputs[1:]), masks), reference, atol=1e-6)
