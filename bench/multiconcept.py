@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
 from provenance import provenance
+from world.cache import cached_evaluator
 from world.checkpoint import load_world
 from world.cli import world_parser
 from world.concepts import load_concepts
-from world.evaluators import to_tensor, train_evaluator
+from world.evaluators import to_tensor
 from world.methods import Budget
 from world.multiconcept import MultiSettings, run_multiconcept
 from world.protocol import ConceptData, World
@@ -125,7 +126,8 @@ def main() -> None:
         parser.error(str(err))
     started = time.perf_counter()
     world = World(*load_world(opts.checkpoint))
-    evaluator, report = train_evaluator(train_images=eval_images, epochs=eval_epochs)
+    # The lifelong benchmark's evaluator and cache: trained once on one thread, so every run and machine judges alike.
+    evaluator, report = cached_evaluator(opts.out / ".cache", eval_images, eval_epochs)
     LOG.info("world evaluator held-out accuracy: %s", {k: round(v, 3) for k, v in report.accuracy.items()})
 
     def features(images: list[np.ndarray]) -> torch.Tensor:
