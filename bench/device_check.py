@@ -23,7 +23,6 @@ or CLIP-L + bigG (SDXL) adds their fp16 weights, listed in the JSON as `real_tex
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import logging
@@ -46,7 +45,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from provenance import HOST_PARTS, provenance  # noqa: E402
+from provenance import HOST_PARTS, digest_files, git, provenance  # noqa: E402
 
 LOG = logging.getLogger("r2moe.bench")
 GIB = 1024**3
@@ -360,18 +359,14 @@ def main() -> None:
 
 
 def _commit() -> str:
-    run = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    return run.stdout.strip() or "unknown"
+    return git("rev-parse", "--short", "HEAD") or "unknown"
 
 
 def _code_digest() -> str:
-    """sha256 of the pack's and the benchmark's Python sources: names the code that ran even where the copy's git
-    metadata is stale or absent (a device machine gets the working tree, not necessarily the latest commit)."""
-    digest = hashlib.sha256()
-    sources = (p for folder in ("nodes", "r2moe_core", "bench", "tests") for p in (REPO / folder).rglob("*.py"))
-    for path in sorted(sources):
-        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+    """The digest of the pack's and the benchmark's Python sources: names the code that ran even where the copy's
+    git metadata is stale or absent (a device machine gets the working tree, not necessarily the latest commit)."""
+    folders = ("nodes", "r2moe_core", "bench", "tests")
+    return digest_files([path for folder in folders for path in (REPO / folder).rglob("*.py")])
 
 
 def _host_version() -> str:

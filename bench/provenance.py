@@ -51,12 +51,14 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def git(*args: str) -> str:
+    """A git command's output in the repository, "" where git fails (no git, or a copy without its metadata)."""
+    run = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO)
+    return run.stdout.strip() if run.returncode == 0 else ""
+
+
 def git_commit() -> str:
     """HEAD's short hash, `+changes` when the working tree differs from it (what ran is then the digests)."""
-    def git(*args: str) -> str:
-        run = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO)
-        return run.stdout.strip() if run.returncode == 0 else ""
-
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 

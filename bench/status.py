@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
 
-from provenance import BENCH, REPO, staleness
+from provenance import BENCH, REPO, git, staleness
 
 LOG = logging.getLogger("r2moe.bench")
 CODE_FOLDERS = ("r2moe_core", "nodes", "bench/world", ":(glob)bench/*.py")
@@ -22,10 +21,6 @@ CODE_FOLDERS = ("r2moe_core", "nodes", "bench/world", ":(glob)bench/*.py")
 
 def git_age(path: Path) -> str:
     """When git last saw the file change, and how many commits changed the measured code since."""
-    def git(*args: str) -> str:
-        run = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO)
-        return run.stdout.strip() if run.returncode == 0 else ""
-
     last = git("log", "-1", "--format=%h %cs", "--", str(path))
     if not last:
         return "not committed"
