@@ -146,7 +146,7 @@ def sampling(host: Any, smoke: bool, gpu: bool, clock: Clock, out: Path) -> dict
 
     results: list[dict] = []
     entries = models_for(host, smoke, gpu)
-    for index, (label, _, pixels, build, (clip, _)) in enumerate(entries):
+    for index, (label, _, pixels, build, (clip, vae)) in enumerate(entries):
         if clock.left() < 60 and not smoke:
             results.append({"model": label, "skipped": "the check's time budget ran out"})
             continue
@@ -156,7 +156,7 @@ def sampling(host: Any, smoke: bool, gpu: bool, clock: Clock, out: Path) -> dict
         result = bench_model(
             host, label, model, clip, steps=2 if smoke else 20, rounds=2 if smoke else 4, size=pixels,
             warmup_steps=1, max_rounds=2 if smoke else 40, target_spread=TARGET_SPREAD,
-            deadline=clock.deadline(share), repeats=1 if smoke else 3,
+            deadline=clock.deadline(share), repeats=1 if smoke else 3, vae=vae,
         )
         result["spread_target_met"] = all(s < TARGET_SPREAD for s in result["paired_spread"].values())
         results.append(result)

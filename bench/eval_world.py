@@ -80,16 +80,12 @@ def drawn_as_asked(evaluator: WorldEvaluator, images: list[np.ndarray], singles:
     return {k: round(v, 3) for k, v in accuracy.items()}
 
 
-def judge_accuracy(evaluator: WorldEvaluator, concepts: Path) -> dict:
-    """The multi-concept judge built on clean renders (no VAE) of four concepts, in the halves and thirds it reads;
-    plus how often it finds both concepts of a clean two-concept render in their own halves."""
-    def features(images: list[np.ndarray]) -> torch.Tensor:
-        with torch.no_grad():
-            return evaluator.embed(to_tensor(images))
-
+def judge_accuracy(concepts: Path, per_box: int = 40) -> dict:
+    """The multi-concept judge trained and scored on clean renders (no VAE) of four concepts, in the halves and
+    thirds it reads; plus how often it finds both concepts of a clean two-concept render in their own halves."""
     specs = load_concepts(concepts)[:4]
     boxes = [(box, p) for n in (2, 3) for box, p in zip(BOXES[n], PLACES[n], strict=True)]
-    recogniser, report = build_recogniser(specs, boxes, features, lambda images: images, 6)
+    recogniser, report = build_recogniser(specs, boxes, lambda images: images, per_box)
     rng, hits, trials = random.Random(99), 0, 0
     for left in specs:
         for right in specs:
@@ -127,7 +123,7 @@ def main() -> None:
     images = generate(opts.checkpoint, [caption(s) for s in singles + pairs], opts.steps, opts.cfg)
     accuracy = drawn_as_asked(evaluator, images, singles, pairs)
     clean = two_object_scores(evaluator, [render(p, SIZE) for p in pairs], pairs)
-    judge = judge_accuracy(evaluator, opts.concepts)
+    judge = judge_accuracy(opts.concepts)
     results = {
         "provenance": provenance(Path(__file__)),
         "accuracy": accuracy,

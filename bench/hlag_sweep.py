@@ -3,7 +3,8 @@
 The concepts are learned once and judged by one recogniser (as `bench/multiconcept.py` does); then every setting
 draws the same prompts with the same seeds, so settings differ in nothing but the setting. Each row changes one
 thing from the nodes' defaults: η, which layers blend (by their token count), mask growth and feathering, and,
-for the box-then-refined-mask variant, the switch step and η after it. Read per row: omission and leakage
+for the box-then-refined-mask variants (segmenter and attention masks), the switch step, η after it and the
+attention masks' margin. Read per row: omission and leakage
 (recogniser) and each concept's image alignment inside its box.
 
 Results name the world they were measured on: on a world whose judge is weak, a setting is only taken as a new
@@ -68,6 +69,9 @@ SETTINGS: list[tuple[str, str, dict[str, Any]]] = [
     ("refined masks after 25 % of the steps", "boxes_sam", {"sam_at": 0.25}),
     ("refined masks after 50 %", "boxes_sam", {"sam_at": 0.5}),
     ("refined after 50 %, η 0.5 after the switch", "boxes_sam", {"sam_at": 0.5, "strength_after_switch": 0.5}),
+    ("attention masks after 25 %", "boxes_attention", {"sam_at": 0.25}),
+    ("attention masks after 50 %", "boxes_attention", {"sam_at": 0.5}),
+    ("attention masks after 50 %, margin 0.15", "boxes_attention", {"sam_at": 0.5, "attention_margin": 0.15}),
 ]
 QUICK = {"default (η 1, every layer, hard boxes)", "layers with >= 16 tokens (skip the 2x2)", "masks feathered 0.05"}
 
@@ -95,8 +99,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     learned = learn(world, concepts, budget, base.seed)
     boxes = [(box, p) for n in (2, 3) for box, p in zip(BOXES[n], PLACES[n], strict=True)]
     recogniser, accuracy = build_recogniser(
-        specs, boxes, features, lambda images: world.decode(world.encode_images(images)), base.crops_per_box,
-        base.seed)
+        specs, boxes, lambda images: world.decode(world.encode_images(images)), base.crops_per_box, base.seed)
     references = {c.token: features(c.heldout or c.images) for c in concepts}
     sets = scene_sets(concepts)
     table = []

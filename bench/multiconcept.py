@@ -81,7 +81,9 @@ def markdown(results: dict) -> str:
         t = timing[key]
         lines.append(f"| {key[0]} | {t['bank_only_s_per_image']:.3f} | {t['boxes_s_per_image']:.3f} | "
                      f"{t['ratio']:.2f}x |")
-    lines += ["", f"boxes_sam: {s['sam_substitution']}"]
+    lines += ["", f"boxes_sam: {s['sam_substitution']}", "",
+              f"boxes_attention: until the same switch, each region's concept-token attention is recorded; masks "
+              f"from it (r2moe_core.compose.masks.attention_masks, margin {s['attention_margin']}) take over after."]
     return "\n".join(lines)
 
 
@@ -116,7 +118,7 @@ def main() -> None:
     eval_images, eval_epochs = 4000, 6
     if opts.quick:
         opts.count, budget = 2, replace(budget, steps=10)
-        settings = replace(settings, images=2, steps=6, crops_per_box=4, timing_rounds=3)
+        settings = replace(settings, images=2, steps=6, crops_per_box=10, timing_rounds=3)
         eval_images, eval_epochs = 600, 2
     if opts.count < 2:
         parser.error("--count must be at least 2")

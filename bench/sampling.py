@@ -1,9 +1,10 @@
 """Sampling overhead of R2MoE patches against the stock KSampler on the same model, side by side.
 
 Variants: an applied bank with 1 and with 20 concepts (`R2MoEApplyBank`, goal <= 1.03x), and the regional patch
-(`R2MoERegionalApply`) with 2 and 3 regions, boxes side by side, each region one concept of a 3-concept bank
-(goal: at most 1 + 0.12 per region, i.e. <= 1.24x and <= 1.36x). Same seed, steps, cfg and sampler for
-all of them.
+(`R2MoERegionalApply`) with 2 and 3 regions, boxes side by side, each region one concept of a 3-concept bank,
+and the same layouts through `R2MoEHierarchicalSampler` with masks from the concepts' attention (switch at half
+the steps; its image output is the attention picture, so no decode is timed) (goal for both: at most 1 + 0.12
+per region, i.e. <= 1.24x and <= 1.36x). Same seed, steps, cfg and sampler for all of them.
 
 Runs ComfyUI in process, on the tiny SD1.5-layout model, on a full-size SD1.5-shaped UNet and on a full-size
 SDXL-shaped UNet (70 cross-attention layers, 2048-wide context), both with random weights, cfg 7. Variants are
@@ -94,6 +95,23 @@ def timed_sample(model, positive, negative, latent, steps: int) -> float:
     return time.perf_counter() - start
 
 
+def timed_hierarchical(model, clip, vae, bank, layout, positive, negative, latent, steps: int) -> float:
+    """The hierarchical sampler with attention masks (switch at half the steps), timed like `timed_sample`."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    call_node(
+        "R2MoEHierarchicalSampler", model=model, clip=clip, vae=vae, bank=bank, layout=layout, positive=positive,
+        negative=negative, latent_image=latent, seed=0, steps=steps, cfg=7.0, sampler_name="euler",
+        scheduler="normal", denoise=1.0, switch_at=0.5, strength=1.0, mask_source="attention",
+    )
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def paired(times: dict[str, list[float]], label: str) -> tuple[float, float]:
     """Median of the round-by-round ratios variant/stock, and their relative spread (half the IQR / median)."""
     ratios = [t / s for t, s in zip(times[label], times["stock"], strict=True)]
@@ -107,12 +125,14 @@ def paired(times: dict[str, list[float]], label: str) -> tuple[float, float]:
 def bench_model(
     host, name: str, model, clip, steps: int, rounds: int, regional: bool = True, size: int = SIZE,
     warmup_steps: int = 0, max_rounds: int = 0, target_spread: float = 0.0, deadline: float = float("inf"),
-    repeats: int = 1,
+    repeats: int = 1, vae: Any = None,
 ) -> dict:
     """`rounds` paired rounds, or, with `max_rounds`, more until every paired spread is under `target_spread`
     (or `deadline`, a perf_counter time, passes). Each timed run follows an untimed one of `warmup_steps` steps
     (default: the same run), which absorbs the model switch; with `repeats` > 1 a variant's time in a round is the
-    least of that many back-to-back runs, which drops one-off stalls of a shared host."""
+    least of that many back-to-back runs, which drops one-off stalls of a shared host. With a `vae` (the
+    hierarchical sampler's required input; the attention path does not decode), the attention-mask variants run
+    too."""
     empty = call_node("R2MoENewBank", model=model, rank=4, top_k=3, prune_threshold=0.4, distill_lambda=1e-5)[0]
     banks = {"1 concept": add_random_concept(host.core, empty, "c1", "<c1>", seed=1)}
     bank = empty
@@ -122,6 +142,7 @@ def bench_model(
     prompt, negative = "a photo of <c1> on the beach", "blurry"
     # label -> (MODEL to sample, CLIP that encodes the prompts)
     variants = {"stock": (model, clip)}
+    hierarchical: dict[str, tuple[Any, Any]] = {}  # label -> (bank, layout) for the hierarchical sampler
     goals: dict[str, float] = {}  # label -> the ratio to stock it must stay under
     for label, b in banks.items():
         variants[label] = call_node("R2MoEApplyBank", model=model, clip=clip, bank=b, strength=1.0)
@@ -140,17 +161,27 @@ def bench_model(
             )[0]
             variants[f"regional {count} regions"] = (patched, clip)
             goals[f"regional {count} regions"] = round(1.0 + REGION_GOAL * count, 6)
+            if vae is not None:
+                label = f"attention masks {count} regions"
+                variants[label] = (model, clip)
+                hierarchical[label] = (three, layout)
+                goals[label] = round(1.0 + REGION_GOAL * count, 6)
     conds = {
         label: tuple(call_node("CLIPTextEncode", clip=c, text=t)[0] for t in (prompt, negative))
         for label, (_, c) in variants.items()
     }
     latent = call_node("EmptyLatentImage", width=size, height=size, batch_size=1)[0]
     times: dict[str, list[float]] = {label: [] for label in variants}
+    def run(label: str, m: Any, c: Any, count: int) -> float:
+        if label in hierarchical:
+            return timed_hierarchical(m, c, vae, *hierarchical[label], *conds[label], latent, count)
+        return timed_sample(m, *conds[label], latent, count)
+
     for done in range(1, max(rounds, max_rounds) + 1):
-        for label, (m, _) in variants.items():
+        for label, (m, c) in variants.items():
             # Untimed first: switching MODEL makes ComfyUI re-load the patcher, which is not sampling cost.
-            timed_sample(m, *conds[label], latent, warmup_steps or steps)
-            times[label].append(min(timed_sample(m, *conds[label], latent, steps) for _ in range(repeats)))
+            run(label, m, c, warmup_steps or steps)
+            times[label].append(min(run(label, m, c, steps) for _ in range(repeats)))
         settled = all(paired(times, label)[1] < target_spread for label in goals)
         if done >= rounds and (settled or time.perf_counter() > deadline):
             break
@@ -218,28 +249,29 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({torch.get_num_threads()} threads)"
     side = SIZE // 8  # latent side
     LOG.info("R2MoE sampling benchmark on %s, %dx%d px (%dx%d latent), cfg 7, euler", device, SIZE, SIZE, side, side)
-    model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name=host.checkpoint.name)
+    model, clip, vae = call_node("CheckpointLoaderSimple", ckpt_name=host.checkpoint.name)
     tiny_steps = opts.steps or (20 if gpu else 10)
     regional = not opts.skip_regional
     results = []
     if not opts.skip_tiny:
-        results.append(bench_model(host, "tiny SD1.5-layout", model, clip, tiny_steps, opts.rounds, regional))
+        results.append(bench_model(host, "tiny SD1.5-layout", model, clip, tiny_steps, opts.rounds, regional,
+                                   vae=vae))
     if not opts.skip_full:
         full = full_size_model(host, gpu)
         full_steps = opts.steps or (20 if gpu else 3)
         full_rounds = opts.rounds if gpu else 3
         results.append(
-            bench_model(host, "full-size SD1.5 UNet (random)", full, clip, full_steps, full_rounds, regional)
+            bench_model(host, "full-size SD1.5 UNet (random)", full, clip, full_steps, full_rounds, regional, vae=vae)
         )
         del full
     sdxl = None
     if not opts.skip_sdxl:
         # The tiny SDXL checkpoint's text encoders (real 768 + 1280 widths, 2048 context and pooled vector) feed
         # a full-size SDXL UNet; 128 px on a CPU (16x16 latent: SDXL's attention grids 8x8 and 4x4).
-        _, sdxl_clip, _ = call_node("CheckpointLoaderSimple", ckpt_name=family_checkpoint("sdxl"))
+        _, sdxl_clip, sdxl_vae = call_node("CheckpointLoaderSimple", ckpt_name=family_checkpoint("sdxl"))
         full = full_size_model(host, gpu, "sdxl")
         sdxl = bench_model(host, "full-size SDXL UNet (random)", full, sdxl_clip, opts.steps or (20 if gpu else 2),
-                           opts.sdxl_rounds or opts.rounds, regional, size=1024 if gpu else 128)
+                           opts.sdxl_rounds or opts.rounds, regional, size=1024 if gpu else 128, vae=sdxl_vae)
         results.append(sdxl)
     for result in results:
         result["device"] = device

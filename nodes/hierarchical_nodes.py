@@ -1,13 +1,16 @@
-"""R2MoEHierarchicalSampler: two-stage regional sampling in one node: box masks until step T, SAM masks after.
+"""R2MoEHierarchicalSampler: two-stage regional sampling in one node: box masks until step T, refined masks after.
 
-It is exactly this graph of stock nodes, so either form gives the same latent for the same seed:
+With SAM masks it is exactly this graph of stock nodes, so either form gives the same latent for the same seed:
 
     R2MoERegionalApply (boxes) -> KSamplerAdvanced 0..T, leftover noise
     -> KSamplerAdvanced euler T..T+1, no noise, full denoise (= the x0 estimate at step T) -> VAEDecode
     -> R2MoESAMRefine -> R2MoERegionalApply (masks) -> KSamplerAdvanced T..end, no noise
 
 The x0 estimate is the denoiser's prediction D(x_T, σ_T) with the box-mask model: one extra model call, the
-freshest estimate there is at step T. switch_at = 1 skips SAM and equals R2MoERegionalApply + KSampler.
+freshest estimate there is at step T. With attention masks no segmentation model is needed: steps 0..T record
+where each region's concept tokens attend (`r2moe_core.compose.masks.attention_masks`), and those maps become the
+masks of steps T..end (no extra model call, no decode). switch_at = 1, or the `boxes` source, equals
+R2MoERegionalApply + KSampler.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ import torch
 from comfy_api.latest import io
 
 from ..r2moe_core.compose.layout import box_masks
+from ..r2moe_core.compose.masks.attention_masks import (
+    AttentionMaskOptions,
+    ConceptAttention,
+    attention_picture,
+    masks_from_attention,
+)
 from ..r2moe_core.compose.masks.mask_refinement import RefineOptions
 from ..r2moe_core.compose.regional_attention import BlendSettings
 from ..r2moe_core.errors import InvalidInputError
@@ -39,6 +48,23 @@ if TYPE_CHECKING:  # ComfyUI's own classes, for the annotations only
 
 CATEGORY = "R2MoE/regional"
 X0_SAMPLER = "euler"  # one Euler step to σ = 0 returns the denoiser's x0 prediction exactly
+LATENT_SCALE = 8  # image pixels per latent cell in the SD1.x, SD 2.x and SDXL families
+MASK_SOURCES = ("auto", "attention", "sam", "boxes")  # auto: SAM when one is connected, else attention
+
+
+def mask_source_for(choice: str, sam: Any, steps: int, switch: int) -> str:
+    """Which masks the steps after the switch use; a choice that cannot work is refused before anything runs."""
+    if choice not in MASK_SOURCES:
+        raise InvalidInputError(f"mask_source {str(choice)[:100]!r} is not one of {', '.join(MASK_SOURCES)}.")
+    source = ("sam" if sam is not None else "attention") if choice == "auto" else choice
+    if source == "sam" and sam is None:
+        raise InvalidInputError("mask_source is 'sam' but no SAM is connected: connect R2MoE SAM Loader, or choose "
+                                "'attention' (no model needed) or 'boxes'.")
+    if source == "attention" and switch == 0 and steps > 0:
+        raise InvalidInputError("mask_source 'attention' reads the concepts' attention during the steps before "
+                                "switch_at, and switch_at 0 leaves none: set switch_at above 0 (e.g. 0.3), or choose "
+                                "'boxes'.")
+    return "boxes" if switch >= steps else source
 
 
 def switch_step(steps: int, switch_at: float) -> int:
@@ -128,18 +154,19 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
             display_name="R2MoE Hierarchical Sampler (HLAG)",
             category=CATEGORY,
             description=(
-                "Multi-concept sampling as in the paper: regions follow their boxes until switch_at, then the "
-                "current x0 estimate is decoded, SAM segments each box, and sampling finishes with the SAM masks. "
-                "Same result as two stock KSamplerAdvanced nodes around R2MoE SAM Refine."
+                "Multi-concept sampling as in the paper: regions follow their boxes until switch_at, then each "
+                "region's mask is refined and sampling finishes with the refined masks: from the model's own "
+                "attention to the region's concept tokens (no extra model), or from SAM on the decoded x0 estimate "
+                "(the same result as two stock KSamplerAdvanced nodes around R2MoE SAM Refine)."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The checkpoint's MODEL (not yet regional: this node applies it)."),
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP; it encodes the layout's prompts."),
-                io.Vae.Input("vae", tooltip="Decodes the x0 estimate for SAM."),
+                io.Vae.Input("vae", tooltip="Decodes the x0 estimate for SAM (and the final image for boxes)."),
                 Bank.Input("bank", tooltip=BANK_TIP),
                 Layout.Input("layout", tooltip=LAYOUT_TIP),
-                Sam.Input("sam", optional=True, tooltip=SAM_TIP + " Optional: without one, regions follow their "
-                          "boxes all the way (the same as Regional Apply + KSampler)."),
+                Sam.Input("sam", optional=True, tooltip=SAM_TIP + " Optional: without one, masks come from the "
+                          "concepts' attention (mask_source auto)."),
                 io.Conditioning.Input("positive", tooltip="Replaced by the layout in the regional attention."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt, as for KSampler (not regional)."),
                 io.Latent.Input(
@@ -173,7 +200,18 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
                     min=0.0,
                     max=1.0,
                     step=0.05,
-                    tooltip="Fraction of the steps sampled with box masks before SAM takes over (1 = boxes only).",
+                    tooltip="Fraction of the steps sampled with box masks before the refined masks take over (1 = "
+                    "boxes only).",
+                ),
+                io.Combo.Input(
+                    "mask_source", options=list(MASK_SOURCES), default="auto", optional=True,
+                    tooltip="Where the refined masks come from: attention = where each region's concept tokens "
+                    "attend during the box steps (no extra model, no extra step); sam = SAM on the decoded x0 "
+                    "estimate; boxes = no refinement; auto = SAM if one is connected, else attention.",
+                ),
+                io.Float.Input(
+                    "attention_margin", default=0.05, min=0.0, max=0.5, step=0.01, optional=True,
+                    tooltip="How far past its box an attention mask may reach (fraction of the image's longer side).",
                 ),
                 io.Float.Input(
                     "strength", default=1.0, min=0.0, max=2.0, step=0.05, tooltip="η, as in R2MoE Regional Apply."
@@ -196,7 +234,9 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
             outputs=[
                 io.Latent.Output(display_name="latent", tooltip="The sampled latent; decode it with VAE Decode."),
                 io.Mask.Output(display_name="masks", tooltip="The masks used after the switch (boxes if none)."),
-                io.Image.Output(display_name="x0_image", tooltip="The decoded x0 estimate SAM segmented."),
+                io.Image.Output(display_name="x0_image", tooltip="What the masks were made from: the decoded x0 "
+                                "estimate SAM segmented; with attention masks, each region's recorded attention "
+                                "in its own colour; with boxes, the final image."),
             ],
         )
 
@@ -214,21 +254,22 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
         cls, model, clip, vae, bank, layout, positive, negative, latent_image, seed, steps, cfg, sampler_name,
         scheduler, denoise, switch_at, strength, expert_strength=1.0, min_coverage=0.1, clip_to_box=True, dilate=0,
         allow_other_weights=False, sam=None, strength_after_switch=-1.0, min_tokens=0, mask_grow=0.0,
-        mask_feather=0.0,
+        mask_feather=0.0, mask_source="auto", attention_margin=0.05,
     ) -> io.NodeOutput:  # fmt: skip
         settings = SamplerSettings(seed, steps, cfg, sampler_name, scheduler, positive, negative, denoise)
         later = strength if strength_after_switch < 0 else strength_after_switch
         blend = BlendSettings(min_tokens, mask_grow, mask_feather)
         regional = RegionalSettings(strength, expert_strength, later, blend)
         refine = RefineOptions(min_coverage=min_coverage, clip_to_box=clip_to_box, dilate_px=dilate)
+        from_attention = AttentionMaskOptions(margin=attention_margin, min_coverage=min_coverage)
         switch = switch_step(steps, switch_at)
-        if sam is None and switch < steps:
-            LOGGER.info("R2MoE Hierarchical Sampler: no SAM connected, so the regions keep their boxes to the end")
-            switch = steps
+        source = mask_source_for(mask_source, sam, steps, switch)
         stages = HierarchicalStages(model, bank, prepare_regions(model, clip, bank, layout, allow_other_weights),
                                     regional)
-        if switch >= steps:
+        if source == "boxes":
             return io.NodeOutput(*stages.boxes_only(vae, latent_image, settings))
+        if source == "attention":
+            return io.NodeOutput(*stages.boxes_then_attention(latent_image, settings, switch, from_attention))
         return io.NodeOutput(*stages.boxes_then_sam(vae, sam, latent_image, settings, switch, refine))
 
 
@@ -252,11 +293,11 @@ class HierarchicalStages:
     prompts: Any  # prepared region prompts (`regional_patch.prepare_regions`)
     regional: RegionalSettings
 
-    def regional_model(self, masks: torch.Tensor | None = None) -> Any:
-        """Box masks with η = strength; given (SAM's) masks, with η = strength_after_switch."""
+    def regional_model(self, masks: torch.Tensor | None = None, recorder: ConceptAttention | None = None) -> Any:
+        """Box masks with η = strength; given (refined) masks, with η = strength_after_switch."""
         strength = self.regional.strength if masks is None else self.regional.strength_after_switch
         return apply_regions(self.model, self.bank, self.prompts, strength, self.regional.expert_strength, masks,
-                             self.regional.blend)
+                             self.regional.blend, recorder)
 
     def boxes_only(self, vae: VAE, latent: dict[str, Any], settings: SamplerSettings) -> tuple[Any, ...]:
         """Exactly R2MoERegionalApply + KSampler."""
@@ -281,6 +322,29 @@ class HierarchicalStages:
         rest = StepSpan(add_noise=switch == 0, start=switch, last=None, full_denoise=True)
         out = ksample(self.regional_model(masks), current, settings, rest, progress.callback(switch + 2))
         return out, masks, image
+
+    def boxes_then_attention(self, latent: dict[str, Any], settings: SamplerSettings, switch: int,
+                             options: AttentionMaskOptions) -> tuple[Any, ...]:
+        """Box masks for steps 0..T while the concept tokens' attention is recorded, its masks from T on."""
+        progress = StagedProgress(self.model, settings.steps)
+        recorder = ConceptAttention(self.prompts.concept_positions)
+        recorder.recording = True
+        current = ksample(self.regional_model(recorder=recorder), latent, settings, StepSpan(True, 0, switch),
+                          progress.callback(0))
+        recorder.recording = False
+        samples = latent["samples"]
+        height, width = int(samples.shape[-2]) * LATENT_SCALE, int(samples.shape[-1]) * LATENT_SCALE
+        maps = recorder.maps()
+        if maps is None:  # no layer blended (min_tokens above every layer's size): nothing to read
+            LOGGER.warning("R2MoE Hierarchical Sampler: no layer blended regions, so no attention was recorded; the "
+                           "regions keep their boxes (lower min_tokens).")
+            masks, picture = box_masks(self.prompts.layout, height, width), torch.zeros(height, width, 3)
+        else:
+            masks = masks_from_attention(maps, self.prompts.layout, height, width, options).masks
+            picture = attention_picture(maps, height, width)
+        rest = StepSpan(add_noise=False, start=switch, last=None, full_denoise=True)
+        out = ksample(self.regional_model(masks), current, settings, rest, progress.callback(switch))
+        return out, masks, picture[None]
 
 
 HIERARCHICAL_NODES: list[type[io.ComfyNode]] = [R2MoEHierarchicalSampler]

@@ -45,7 +45,8 @@ class RowRegions:
         if not all(r.blend.blends(q.shape[1]) for r in self.runtimes):
             return None  # a layer below the blend's token count attends to the plain prompt, as the patch does
         layer = self.layers[name]
-        return torch.cat([runtime.attend(q[i:i + 1], grid, layer, to_k, to_v, q.dtype, attention)
+        heads = getattr(getattr(attention, "__self__", None), "heads", 1)  # the layer's CrossAttention.attend
+        return torch.cat([runtime.attend(q[i:i + 1], grid, layer, to_k, to_v, q.dtype, attention, heads)
                           for i, runtime in enumerate(self.runtimes)])
 
 

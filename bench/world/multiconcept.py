@@ -15,6 +15,9 @@ Variants:
   (`hlag.colour_segmenter`: box pixels whose colour differs from the box's border colour, dilated, clipped to the
   box; nearly empty masks keep the box, by `r2moe_core.compose.masks.mask_refinement.refine_masks`). Every report
   says so.
+- `boxes_attention`: as `boxes`, but until the same step each row records where its regions' concept tokens attend
+  (`r2moe_core.compose.masks.attention_masks`, the code the hierarchical sampler node runs), and the masks made from
+  those maps take over after it. No segmentation model, no decode.
 - `lora_stack`: every LoRA of the prompt's concepts applied at once to the whole prompt (how users stack LoRAs).
 - `lora_stack_regional`: the regional-LoRA packs' way: the same masks and blend as `boxes`, each region's K/V
   carrying its own concept's LoRA (`hlag.LoraRegions`) instead of an expert mixture.
@@ -37,6 +40,7 @@ import numpy as np
 import torch
 
 from r2moe_core.compose.layout import Layout, Region, validate_layout
+from r2moe_core.compose.masks.attention_masks import AttentionMaskOptions, ConceptAttention, masks_from_attention
 from r2moe_core.compose.masks.mask_refinement import RefineOptions, refine_masks
 from r2moe_core.compose.regional_attention import BlendSettings, RegionalRuntime
 from r2moe_core.log import LOGGER as CORE_LOGGER
@@ -52,7 +56,7 @@ from .unet import Delta
 from .vocab import BACKGROUNDS, SIZE
 
 LOG = logging.getLogger("r2moe.bench.multiconcept")
-VARIANTS = ("bank_only", "boxes", "boxes_sam", "lora_stack", "lora_stack_regional")
+VARIANTS = ("bank_only", "boxes", "boxes_sam", "boxes_attention", "lora_stack", "lora_stack_regional")
 DEFAULT_VARIANT = "boxes"  # what the nodes do by default: R2MoERegionalApply, or the hierarchical sampler without SAM
 BOXES = {
     2: ((0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)),
@@ -70,12 +74,13 @@ class MultiSettings:
     sam_at: float = 0.4  # T: masks switch after round(T * steps) steps
     sam_dilate_px: int = 4  # half a latent cell: after area-averaging, cells the object touches keep weight
     sam_min_coverage: float = 0.05  # world objects cover 10-25 % of a box; below 5 % the segmenter found nothing
+    attention_margin: float = 0.05  # AttentionMaskOptions.margin, the node's default
     strength_after_switch: float | None = None  # η with the refined masks (None: `strength`)
     min_tokens: int = 0  # BlendSettings: the layers that blend, mask growth and feathering (the nodes' defaults)
     mask_grow: float = 0.0
     mask_feather: float = 0.0
     seed: int = 0
-    crops_per_box: int = 6  # recogniser references per (class, box), half of them held out
+    crops_per_box: int = 40  # judge training crops per (class, box); a fifth as many more are held out
     timing_rounds: int = 5
 
 
@@ -181,10 +186,16 @@ class Prepared:
     stats: dict[str, int] = field(default_factory=dict)
 
 
+def concept_positions(world: World, prompt: str, tokens: dict[str, torch.Tensor]) -> list[int]:
+    """Where the trigger token's vectors sit in the encoded prompt (after the start token)."""
+    return [1 + k for k, piece in enumerate(world.text.token_ids(prompt, tokens)) if isinstance(piece, torch.Tensor)]
+
+
 def _regional(world: World, learned: Learned, scenes: Sequence[MultiScene], settings: MultiSettings,
-              context: torch.Tensor, refine: bool, loras: bool = False) -> tuple[Eps, Switch | None, dict[str, int]]:
-    """Conditional ε with one RegionalRuntime per row; with `refine`, the switch that swaps in refined masks;
-    with `loras`, each region carries its own concept's LoRA instead of the bank's experts."""
+              context: torch.Tensor, refine: str = "", loras: bool = False
+              ) -> tuple[Eps, Switch | None, dict[str, int]]:
+    """Conditional ε with one RegionalRuntime per row; with `refine` ("sam" or "attention"), the switch that swaps
+    in refined masks; with `loras`, each region carries its own concept's LoRA instead of the bank's experts."""
     bank, tokens = learned.r2moe.bank, (learned.lora if loras else learned.r2moe).tokens
     layouts = [s.layout(list(learned.r2moe.tokens)) for s in scenes]
     backgrounds = world.text([s.background_prompt for s in scenes], tokens)
@@ -203,6 +214,28 @@ def _regional(world: World, learned: Learned, scenes: Sequence[MultiScene], sett
 
     hook = RowRegions(bank.layers, [runtime(i) for i in range(len(scenes))])
     stats = {"regions": 0, "kept_box": 0}
+    recorders = []
+    if refine == "attention":
+        for i, scene in enumerate(scenes):
+            recorders.append(ConceptAttention([concept_positions(world, p, tokens) for p in scene.region_prompts]))
+            recorders[-1].recording = True
+            hook.runtimes[i].recorder = recorders[-1]
+
+    def switch_attention(x0: torch.Tensor) -> None:
+        options = AttentionMaskOptions(margin=settings.attention_margin, min_coverage=settings.sam_min_coverage)
+        new, level = [], CORE_LOGGER.level
+        CORE_LOGGER.setLevel(logging.ERROR)  # as for the segmenter: fallbacks are counted in `stats`
+        try:
+            for i, recorder in enumerate(recorders):
+                recorder.recording = False
+                maps = recorder.maps()
+                result = masks_from_attention(maps, layouts[i], SIZE, SIZE, options) if maps is not None else None
+                stats["regions"] += len(layouts[i].regions)
+                stats["kept_box"] += len(layouts[i].regions) if result is None else len(result.fallbacks)
+                new.append(runtime(i, None if result is None else result.masks))
+        finally:
+            CORE_LOGGER.setLevel(level)
+        hook.runtimes = new
 
     def switch_masks(x0: torch.Tensor) -> None:
         options = RefineOptions(min_coverage=settings.sam_min_coverage, dilate_px=settings.sam_dilate_px)
@@ -218,7 +251,8 @@ def _regional(world: World, learned: Learned, scenes: Sequence[MultiScene], sett
             CORE_LOGGER.setLevel(level)
         hook.runtimes = new
 
-    switch = (switch_step(settings.steps, settings.sam_at), switch_masks) if refine else None
+    refiners = {"sam": switch_masks, "attention": switch_attention}
+    switch = (switch_step(settings.steps, settings.sam_at), refiners[refine]) if refine else None
     return lambda x, t: world.unet(x, t, context, None, hook), switch, stats
 
 
@@ -231,10 +265,11 @@ def prepare(world: World, variant: str, learned: Learned, scenes: Sequence[Multi
     def uncond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return world.unet(x, t, empty)
 
-    if variant in ("boxes", "boxes_sam", "lora_stack_regional"):
+    if variant in ("boxes", "boxes_sam", "boxes_attention", "lora_stack_regional"):
         loras = variant == "lora_stack_regional"
         context = world.text(prompts, (learned.lora if loras else learned.r2moe).tokens)
-        cond, switch, stats = _regional(world, learned, scenes, settings, context, variant == "boxes_sam", loras)
+        refine = {"boxes_sam": "sam", "boxes_attention": "attention"}.get(variant, "")
+        cond, switch, stats = _regional(world, learned, scenes, settings, context, refine, loras)
         return Prepared(cond, uncond, switch, stats)
     method = learned.r2moe if variant == "bank_only" else learned.lora
     context = world.text(prompts, method.tokens)
@@ -348,8 +383,7 @@ def run_multiconcept(world: World, specs: Sequence[ConceptSpec], concepts: Seque
     learned = learn(world, concepts, budget, settings.seed)
     boxes = [(box, p) for n in (2, 3) for box, p in zip(BOXES[n], PLACES[n], strict=True)]
     recogniser, accuracy = build_recogniser(
-        specs, boxes, features, lambda images: world.decode(world.encode_images(images)), settings.crops_per_box,
-        settings.seed)
+        specs, boxes, lambda images: world.decode(world.encode_images(images)), settings.crops_per_box, settings.seed)
     sets = scene_sets(concepts)
     accuracy["drawn_compositions"] = reference_compositions(world, recogniser, specs, sets)
     LOG.info("recogniser held-out accuracy: %s; on drawn compositions: %s", accuracy["per_class"],
@@ -382,7 +416,7 @@ def run_multiconcept(world: World, specs: Sequence[ConceptSpec], concepts: Seque
             "image_alignment": ia, "image_alignment_vs_alone": round(ia / alone_ia, 3) if alone_ia > 0 else None,
             "images": len(everything), "sample_s_per_image_batched": round(spent[variant] / len(everything), 4)}
         if stats[variant]["regions"]:
-            variants[variant]["sam_regions_kept_box"] = round(stats[variant]["kept_box"] / stats[variant]["regions"],
+            variants[variant]["regions_kept_box"] = round(stats[variant]["kept_box"] / stats[variant]["regions"],
                                                               4)
         LOG.info("%s: omission %.3f, leakage %.3f", variant, variants[variant]["omission"],
                  variants[variant]["leakage"])

@@ -123,3 +123,22 @@ def prompt_gate_inputs(clip: CLIP, texts: list[str]) -> torch.Tensor:
     """[N, D] gate inputs (mean text embedding) of each prompt, on the CPU."""
     with torch.no_grad():
         return torch.cat([gate_input(encode_prompt(clip, text)) for text in texts]).cpu()
+
+
+def concept_positions(clip: CLIP, text: str) -> tuple[int, ...]:
+    """Positions in the encoded prompt of its concept tokens (the vectors a trigger token or embedding became);
+    every word's position when it has none. Start, end and padding tokens never count."""
+    tokenized = clip.tokenize(text, return_word_ids=True)
+    if not isinstance(tokenized, dict) or not tokenized:
+        return ()
+    batches = tokenized.get("l") or next(iter(tokenized.values()))
+    concepts, words, offset = [], [], 0
+    for batch in batches:
+        for index, item in enumerate(batch):
+            token, word = item[0], item[2] if len(item) > 2 else 0
+            if isinstance(token, torch.Tensor):
+                concepts.append(offset + index)
+            elif word:
+                words.append(offset + index)
+        offset += len(batch)
+    return tuple(concepts or words)

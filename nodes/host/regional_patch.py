@@ -18,11 +18,12 @@ import torch
 from ...r2moe_core.bank.attention_targets import LayerSpec
 from ...r2moe_core.bank.expert_bank import ExpertBank
 from ...r2moe_core.compose.layout import Layout, validate_layout
+from ...r2moe_core.compose.masks.attention_masks import ConceptAttention
 from ...r2moe_core.compose.regional_attention import BlendSettings, RegionalRuntime, row_spans, token_grid
 from ...r2moe_core.errors import InvalidInputError
 from ...r2moe_core.log import LOGGER
 from .attn2_slots import SharedOnClone, SlotPatch, install_attn2_patches, stock_attention
-from .clip_tokens import clip_with_concepts, encode_prompt
+from .clip_tokens import clip_with_concepts, concept_positions, encode_prompt
 from .model_inspection import check_bank_serves
 
 if TYPE_CHECKING:  # ComfyUI's own classes, for the annotations only
@@ -64,7 +65,8 @@ class RegionalAttentionPatch(SlotPatch):
         def attention(qq: torch.Tensor, kk: torch.Tensor, vv: torch.Tensor) -> torch.Tensor:
             return stock_attention(qq, kk, vv, options, self.preferred)
 
-        return self.runtime.attend(q, grid, self.layer, self.module.to_k, self.module.to_v, kv_dtype, attention)
+        return self.runtime.attend(q, grid, self.layer, self.module.to_k, self.module.to_v, kv_dtype, attention,
+                                   int(options.get("n_heads", 1)))
 
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict[str, Any]
@@ -114,11 +116,13 @@ def layout_for_bank(layout: Any, bank: ExpertBank) -> Layout:
 
 @dataclass(frozen=True)
 class RegionPrompts:
-    """A checked layout and its encoded prompts: one encoding serves several patches (box masks, then SAM's)."""
+    """A checked layout and its encoded prompts: one encoding serves several patches (box masks, then SAM's).
+    `concept_positions[i]`: where region i's concept tokens sit in its encoded prompt (for attention masks)."""
 
     layout: Layout
     background: torch.Tensor
     regions: tuple[torch.Tensor, ...]
+    concept_positions: tuple[tuple[int, ...], ...] = ()
 
 
 def prepare_regions(
@@ -134,6 +138,7 @@ def prepare_regions(
         checked,
         encode_prompt(concept_clip, checked.background),
         tuple(encode_prompt(concept_clip, region.prompt) for region in checked.regions),
+        tuple(concept_positions(concept_clip, region.prompt) for region in checked.regions),
     )
 
 
@@ -145,9 +150,12 @@ def apply_regions(
     expert_strength: float = 1.0,
     masks: torch.Tensor | None = None,
     blend: BlendSettings | None = None,
+    recorder: ConceptAttention | None = None,
 ) -> Any:
-    """A clone of `model` whose cross-attention follows the layout (box masks unless `masks` are given)."""
+    """A clone of `model` whose cross-attention follows the layout (box masks unless `masks` are given); with a
+    `recorder`, its concept-token attention is added up while `recorder.recording` is on."""
     runtime = RegionalRuntime(
         bank, prompts.layout, prompts.background, list(prompts.regions), strength, expert_strength, masks, blend
     )
+    runtime.recorder = recorder
     return install_regional(model, runtime, list(bank.layers))

@@ -29,6 +29,7 @@ from ..errors import InvalidInputError
 from ..log import LOGGER
 from ..moe.delta_cache import BankRuntime
 from .layout import Layout, box_masks
+from .masks.attention_masks import ConceptAttention
 
 ASPECT_TOLERANCE = 0.02  # relative aspect-ratio difference between layout and image before we warn
 
@@ -244,6 +245,7 @@ class RegionalRuntime:
         self._kv: dict[tuple[str, torch.device, torch.dtype], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._warned_aspect = False
         self.kv_computations = 0  # observable: one per layer per sampling run
+        self.recorder: ConceptAttention | None = None  # set to read masks from the concept tokens' attention
 
     def reset(self) -> None:
         """A new sampling run: the model's weights may have been re-patched since, so K/V are made afresh."""
@@ -309,10 +311,14 @@ class RegionalRuntime:
         to_v: Projection,
         kv_dtype: torch.dtype,
         attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        heads: int = 1,
     ) -> torch.Tensor:
-        """The regional blend for conditional rows q [n, tokens, inner]; `attention(q, k, v)` is the host kernel."""
+        """The regional blend for conditional rows q [n, tokens, inner]; `attention(q, k, v)` is the host kernel
+        (`heads` is its head count, needed only while `recorder` records)."""
         rows = q.shape[0]
         pairs = self.keys_values(layer, to_k, to_v, q.device, kv_dtype)
+        if self.recorder is not None and self.recorder.recording:
+            self.recorder.record(q, [k for k, _ in pairs[1:]], heads, grid)
         weights = self.masks.weights(grid[0], grid[1], q.device, q.dtype)
         base = attention(q, _rows(pairs[0][0], rows), _rows(pairs[0][1], rows))
         outputs = (attention(q, _rows(k, rows), _rows(v, rows)) for k, v in pairs[1:])

@@ -76,3 +76,14 @@ def test_patched_clip_survives_clone_and_deepcopy(host, tiny):
     copied = copy.copy(patched)
     copied.tokenizer = copy.deepcopy(patched.tokenizer)
     assert torch.allclose(encode(copied, "a <a1>")[0][0], reference, atol=1e-5)
+
+
+def test_concept_positions_find_the_trigger_tokens_vectors_in_the_encoded_prompt(host, tiny):
+    """Attention masks read the columns of a region's concept: the trigger token's vectors, wherever the host's
+    tokenizer puts them (after the start token and the words before it); a prompt without one gives its words."""
+    clip_tokens = __import__(host.pack.__name__ + ".nodes.host.clip_tokens", fromlist=["x"])
+    patched_clip = _clip_knowing(host, tiny, "<dog1>", "cat")
+    assert clip_tokens.concept_positions(patched_clip, "a <dog1> dog") == (2,)
+    assert clip_tokens.concept_positions(patched_clip, "photo of a <dog1>, grass") == (4,)
+    words = clip_tokens.concept_positions(patched_clip, "a red car")
+    assert words == (1, 2, 3), "no trigger: every word, never the start, end or padding tokens"

@@ -127,9 +127,9 @@ def test_shipped_workflows_give_the_same_image(host, sam):
     assert np.array_equal(one_node, two_stage)
 
 
-def test_without_a_sam_file_the_graph_runs_with_box_masks_all_the_way(host, tiny, bank, setup):
-    """A user with no SAM file: the shipped one-node workflow minus its SAM loader still runs, and gives the
-    boxes-all-the-way image (Regional Apply + KSampler), whatever switch_at says."""
+def test_without_a_sam_file_the_graph_refines_masks_from_attention(host, tiny, bank, setup):
+    """A user with no SAM file: the shipped one-node workflow minus its SAM loader still runs; its masks come from
+    the concepts' attention (mask_source auto), and `boxes` gives the boxes-all-the-way image."""
     graph = load_api_workflow("api_regional_hierarchical.json")
     del graph["4"]
     graph["8"]["inputs"].pop("sam")
@@ -139,10 +139,44 @@ def test_without_a_sam_file_the_graph_runs_with_box_masks_all_the_way(host, tiny
     assert graph["8"]["inputs"]["switch_at"] < 1.0
     result = run_graph(graph, prompt_id="hlag-no-sam")
     assert result.success, result.messages
-    latent, masks, _ = hierarchical(tiny, bank, None, setup, switch_at=0.5)
+    auto = hierarchical(tiny, bank, None, setup, switch_at=0.5)
+    attention = hierarchical(tiny, bank, None, setup, switch_at=0.5, mask_source="attention")
+    assert torch.equal(auto[1], attention[1]) and torch.equal(auto[0]["samples"], attention[0]["samples"])
+    latent, masks, _ = hierarchical(tiny, bank, None, setup, switch_at=0.5, mask_source="boxes")
     boxes = call_node("R2MoELayoutPreview", layout=setup["layout"])[1]
     assert torch.equal(masks, boxes)
     assert_same(latent["samples"], hierarchical(tiny, bank, None, setup, switch_at=1.0)[0]["samples"], "latents")
+
+
+def test_attention_masks_are_read_in_the_box_steps_and_used_after_them(tiny, bank, setup):
+    """Steps 0..T sample with boxes (as KSamplerAdvanced would), the masks then come from the recorded attention
+    (near their boxes, not the boxes), and steps T..end equal KSamplerAdvanced on Regional Apply with those masks."""
+    latent, masks, image = hierarchical(tiny, bank, None, setup, switch_at=0.5, mask_source="attention",
+                                        attention_margin=0.1)
+    switch = STEPS // 2
+    first = advanced(regional(tiny, bank, setup), setup, setup["latent"], "enable", "euler", 0, switch, "enable")
+    final = advanced(regional(tiny, bank, setup, mask=masks), setup, first, "disable", "euler", switch, 10000,
+                     "disable")  # fmt: skip
+    assert_same(latent["samples"], final["samples"], "latents")
+    boxes = call_node("R2MoELayoutPreview", layout=setup["layout"])[1]
+    assert masks.shape == boxes.shape and not torch.equal(masks, boxes)
+    reach = 8 * round(0.1 * SIZE / 8)  # the margin in whole cells of the finest attention grid (the 8x8 latent)
+    near = torch.nn.functional.max_pool2d(boxes[:, None], 2 * reach + 1, 1, reach)[:, 0]
+    assert (masks <= near).all() and (masks.sum(0) <= 1).all()
+    assert image.shape == (1, SIZE, SIZE, 3) and image.min() >= 0 and image.max() <= 1 and image.max() > 0.5
+    wider = hierarchical(tiny, bank, None, setup, switch_at=0.5, mask_source="attention", attention_margin=0.3)
+    assert not torch.equal(wider[1], masks), "the margin must act"
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"mask_source": "sam"}, "no SAM is connected"),
+    ({"mask_source": "attention", "switch_at": 0.0}, "switch_at 0 leaves none"),
+    ({"mask_source": "segment"}, "not one of"),
+])
+def test_a_mask_source_that_cannot_work_is_refused_before_sampling(host, tiny, bank, setup, kw, message):
+    kw = {"switch_at": 0.5} | kw
+    with pytest.raises(host.core.InvalidInputError, match=message):
+        hierarchical(tiny, bank, None, setup, **kw)
 
 
 def test_eta_after_the_switch_acts_on_the_refined_stage_only(tiny, bank, sam, setup):
