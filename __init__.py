@@ -23,9 +23,11 @@ except ImportError:
 if ComfyExtension is not None:
     from .nodes import ALL_NODES
     from .nodes.host.model_folders import register_model_folder, register_sam_folder
+    from .nodes.host.routes import register_routes
 
     register_model_folder()
     register_sam_folder()
+    register_routes()
 
     class R2MoEExtension(ComfyExtension):
         async def get_node_list(self) -> list[type[io.ComfyNode]]:

@@ -49,14 +49,16 @@ if TYPE_CHECKING:  # ComfyUI's own classes, for the annotations only
 CATEGORY = "R2MoE/regional"
 X0_SAMPLER = "euler"  # one Euler step to σ = 0 returns the denoiser's x0 prediction exactly
 LATENT_SCALE = 8  # image pixels per latent cell in the SD1.x, SD 2.x and SDXL families
-MASK_SOURCES = ("auto", "attention", "sam", "boxes")  # auto: SAM when one is connected, else attention
+# auto: SAM when one is connected, else boxes. Attention masks are not the fallback: on the benchmark world they
+# missed more concepts than boxes did (docs/benchmarks.md, the multi-concept track).
+MASK_SOURCES = ("auto", "attention", "sam", "boxes")
 
 
 def mask_source_for(choice: str, sam: Any, steps: int, switch: int) -> str:
     """Which masks the steps after the switch use; a choice that cannot work is refused before anything runs."""
     if choice not in MASK_SOURCES:
         raise InvalidInputError(f"mask_source {str(choice)[:100]!r} is not one of {', '.join(MASK_SOURCES)}.")
-    source = ("sam" if sam is not None else "attention") if choice == "auto" else choice
+    source = ("sam" if sam is not None else "boxes") if choice == "auto" else choice
     if source == "sam" and sam is None:
         raise InvalidInputError("mask_source is 'sam' but no SAM is connected: connect R2MoE SAM Loader, or choose "
                                 "'attention' (no model needed) or 'boxes'.")
@@ -165,8 +167,8 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="Decodes the x0 estimate for SAM (and the final image for boxes)."),
                 Bank.Input("bank", tooltip=BANK_TIP),
                 Layout.Input("layout", tooltip=LAYOUT_TIP),
-                Sam.Input("sam", optional=True, tooltip=SAM_TIP + " Optional: without one, masks come from the "
-                          "concepts' attention (mask_source auto)."),
+                Sam.Input("sam", optional=True, tooltip=SAM_TIP + " Optional: without one, regions keep their boxes "
+                          "(mask_source auto), or their masks come from the concepts' attention (attention)."),
                 io.Conditioning.Input("positive", tooltip="Replaced by the layout in the regional attention."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt, as for KSampler (not regional)."),
                 io.Latent.Input(
@@ -207,7 +209,7 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
                     "mask_source", options=list(MASK_SOURCES), default="auto", optional=True,
                     tooltip="Where the refined masks come from: attention = where each region's concept tokens "
                     "attend during the box steps (no extra model, no extra step); sam = SAM on the decoded x0 "
-                    "estimate; boxes = no refinement; auto = SAM if one is connected, else attention.",
+                    "estimate; boxes = no refinement; auto = SAM if one is connected, else boxes.",
                 ),
                 io.Float.Input(
                     "attention_margin", default=0.05, min=0.0, max=0.5, step=0.01, optional=True,

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
+from ..r2moe_core.bank.bank_file import bank_to_tensors
 from ..r2moe_core.bank.expert_bank import check_trigger_token
 from ..r2moe_core.bank.model_family import family_named
 from ..r2moe_core.bank.report import short_layer_name
@@ -17,6 +21,7 @@ from ..r2moe_core.log import LOGGER
 from ..r2moe_core.train.augment import augmented_views
 from ..r2moe_core.train.concept_photos import concept_files, load_concept_folder, make_captions, square_resize
 from ..r2moe_core.train.loss_plot import loss_curve
+from ..r2moe_core.train.preview import PreviewSettings
 from ..r2moe_core.train.request import (
     BANK_VALUE,
     DEFAULT_CAPTION_TEMPLATE,
@@ -24,11 +29,15 @@ from ..r2moe_core.train.request import (
     MAX_VIEWS,
     ConceptRequest,
 )
+from ..r2moe_core.train.resume import RunCheckpoint, run_key
 from ..r2moe_core.train.step import TrainingData
 from ..r2moe_core.train.trainer import DISTILL_MODES, OPTIMIZERS
+from ..r2moe_core.version import __version__
 from .host.class_prior_host import class_prior
+from .host.model_folders import resume_folder
 from .host.model_inspection import check_bank_serves
 from .host.training_host import frames_released_on_failure, train_concept
+from .host.training_preview import TrainingPreviews
 from .types import Bank, advanced_input, schema_extras
 
 CATEGORY = "R2MoE"
@@ -150,7 +159,10 @@ class R2MoETrainConcept(io.ComfyNode):
                                  tooltip="Recompute activations in the backward pass: about half the peak VRAM, "
                                          "about 2x the time per step (both measured on an H200)."),
                 io.Int.Input("preview_every", default=50, min=0, max=10000, optional=True,
-                             tooltip="Show the loss curve as the node's preview every N steps (0: never)."),
+                             tooltip="Every N steps, draw the concept's own prompt with what it has learned so far "
+                                     "(half the training size, 12 steps, fixed seed) and show it beside the loss "
+                                     "curve as the node's preview; one is always drawn at the end (the preview "
+                                     "output). 0 = only that one."),
                 io.Int.Input("augment_views", default=3, min=0, max=MAX_VIEWS, optional=True,
                              tooltip="Extra random views per photo, made once before training: rescaled small "
                                      "(caption starts 'a far away' / 'very small', the loss ignores the padding) "
@@ -164,6 +176,10 @@ class R2MoETrainConcept(io.ComfyNode):
                                      "0 = off (the gate already keeps plain class prompts off the new expert)."),
                 io.Float.Input("prior_weight", default=1.0, min=0.0, max=10.0, step=0.05, optional=True,
                                tooltip="Loss weight of the class-prior images (Custom Diffusion: 1.0)."),
+                io.Int.Input("checkpoint_every", default=100, min=0, max=100000, optional=True,
+                             tooltip="Keep the run's state every N steps (in models/r2moe/resume, removed when it "
+                                     "finishes): after Cancel or a crash, queuing the same graph again continues "
+                                     "from there. A changed input starts afresh. 0 = no checkpoints."),
             ],
             outputs=[
                 Bank.Output(
@@ -175,6 +191,8 @@ class R2MoETrainConcept(io.ComfyNode):
                     display_name="report",
                     tooltip="What was learned, kept and pruned, and the bytes added.",
                 ),
+                io.Image.Output(display_name="preview", tooltip="The concept's own prompt drawn with what was "
+                                "learned (small, fixed seed): the last of the previews shown while it trained."),
             ],
             is_output_node=True,
         )
@@ -228,6 +246,11 @@ class R2MoETrainConcept(io.ComfyNode):
             )
         steps = request.settings.steps
         bar = comfy.utils.ProgressBar(steps)
+        previews = TrainingPreviews(model, vae, bar, steps)
+        size = latents.shape[-2:]
+        look = PreviewSettings(request.preview_every,
+                               make_captions(1, request.token, request.class_word, request.caption_template, None)[0],
+                               (latents.shape[1], *(min(n, max(8, n // 2)) for n in size)), request.settings.seed)
 
         after_first_step: list[float] = []  # when step 1 ended: the steps after it are timed
 
@@ -238,28 +261,47 @@ class R2MoETrainConcept(io.ComfyNode):
                 per_step = (time.monotonic() - after_first_step[0]) / (step - 1)
                 LOGGER.info("R2MoE training '%s': %.2f s per step, about %.0f s left for the %d steps", request.name,
                             per_step, per_step * (steps - step), steps)
+            previews.losses = losses
             if not math.isfinite(loss):
                 return
-            preview = None
             if request.preview_every and (step % request.preview_every == 0 or step == steps):
-                from PIL import Image
-
-                curve = (loss_curve(losses) * 255).astype("uint8")
-                preview = ("JPEG", Image.fromarray(curve), 512)
                 LOGGER.info("R2MoE training '%s': step %d/%d, loss %.4f", request.name, step, steps, loss)
-            bar.update_absolute(step, steps, preview)
+            bar.update_absolute(step, steps)  # the picture comes with the preview drawn right after, when due
 
         existing = bank.concept_by_name(request.name)
         work_bank = bank.without_concept(request.name) if existing is not None else bank
         data = TrainingData(latents, views.captions, masks, prior, captions)
-        outcome = train_concept(model, clip, work_bank, data, request, on_step)
+        resume = run_checkpoint(request, work_bank, data, views.pixels)
+        outcome = train_concept(model, clip, work_bank, data, request, on_step, resume, (look, previews))
         data = f"data: {len(frames)} photos + {len(views.captions) - len(frames)} rescaled/mirrored views" + (
             f"; {request.prior_images} class-prior images of '{prior.caption}' (weight {request.prior_weight:g})"
             if prior is not None else "; no class-prior images"
         )
+        if resume.resumed_from:
+            data += f"; resumed from step {resume.resumed_from} (the checkpoint of an interrupted run)"
+        data += (f"\npreviews: {previews.count} of '{look.prompt}' ({look.shape[-1] * 8} px, {look.steps} steps), "
+                 f"{previews.seconds:.1f} s = {100 * previews.seconds / max(outcome.seconds, 1e-9):.0f} % of the run")
         report = _report(outcome, request.name, request.token, steps, data)
         curve = torch.from_numpy(loss_curve(outcome.losses))[None]
-        return io.NodeOutput(outcome.bank, curve, report, ui=ui.PreviewText(report))
+        return io.NodeOutput(outcome.bank, curve, report, previews.output(), ui=ui.PreviewText(report))
+
+
+def run_checkpoint(request: ConceptRequest, bank: Any, data: TrainingData, pixels: torch.Tensor) -> RunCheckpoint:
+    """The run's resume checkpoint, keyed on everything its result depends on: the pack version, the request
+    (less how often it previews and checkpoints), the bank's tensors and concepts, the photos' pixels, captions
+    and masks, the class-prior images' settings. Latents enter by shape and rounded statistics only (a VAE's
+    encoding may differ in the last bits between processes on a GPU, which must not stop a resume)."""
+    settings = replace(request, preview_every=0, checkpoint_every=0)
+    tensors, _ = bank_to_tensors(bank)
+    prior = None if data.prior is None else (data.prior.caption, data.prior.weight, tuple(data.prior.latents.shape))
+    latents = data.latents.float()
+    statistics = tuple(f"{float(v):.3g}" for v in (latents.mean(), latents.std(), latents.abs().mean()))
+    parts = [__version__, settings, bank.fingerprint.digest, [(c.name, c.token, c.task) for c in bank.concepts],
+             *(tensors[name] for name in sorted(tensors)), pixels, tuple(latents.shape), statistics, data.captions,
+             data.prompts, data.masks, prior]
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in request.name)[:80] or "concept"
+    path = Path(resume_folder()) / f"{name}.pt"
+    return RunCheckpoint(path, run_key(parts), request.checkpoint_every)
 
 
 TRAIN_NODES: list[type[io.ComfyNode]] = [R2MoETrainConcept]

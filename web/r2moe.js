@@ -2,6 +2,7 @@
 // Registered through WEB_DIRECTORY; works with the ComfyUI frontend 1.x (window.comfyAPI) and its app.js shim.
 // Nothing this file adds is ever sent with the prompt: a widget that reached the prompt would change the node's
 // cache key, and an unchanged graph would re-run (and re-train) on every Queue.
+import { addBankConcepts, startTokenCompletion } from "./concept_tokens.js";
 import { LayoutEditor } from "./layout_editor.js";
 
 const { app } = window.comfyAPI?.app ?? (await import("../../scripts/app.js"));
@@ -13,6 +14,7 @@ const REPORT_NODES = new Set([
   "R2MoEMergeBanks", "R2MoEImportLoRA",
 ]);
 const EDITOR_NODE = "R2MoELayoutFromJSON";
+const LOAD_NODE = "R2MoELoadBank";
 const PLAN_NODE = "R2MoELayoutPlanner";
 
 /** A widget that lives only in the page: not in the prompt, not in the saved workflow. */
@@ -85,12 +87,16 @@ function imageUrl(image) {
 
 app.registerExtension({
   name: "r2moe.nodes",
+  setup() {
+    startTokenCompletion(api);
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     const name = nodeData.name;
-    if (!REPORT_NODES.has(name) && name !== EDITOR_NODE) return;
+    if (!REPORT_NODES.has(name) && name !== EDITOR_NODE && name !== LOAD_NODE) return;
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
+      if (name === LOAD_NODE) addBankConcepts(this, api, addPageWidget);
       if (name === EDITOR_NODE) {
         addEditor(this, { readOnly: false });
         this.setSize?.([Math.max(this.size[0], 380), Math.max(this.size[1], this.computeSize?.()[1] ?? 0)]);
@@ -103,6 +109,7 @@ app.registerExtension({
     nodeType.prototype.onConfigure = function () {
       const result = onConfigure?.apply(this, arguments);
       requestAnimationFrame(() => this.r2moeEditor?.render());
+      this.r2moeRefreshConcepts?.(); // a loaded workflow sets the bank without the widget's callback
       return result;
     };
     const onExecuted = nodeType.prototype.onExecuted;

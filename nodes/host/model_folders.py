@@ -23,6 +23,11 @@ def register_model_folder() -> None:
         folder_paths.add_model_folder_path(BANK_FOLDER, path)
 
 
+def resume_folder() -> str:
+    """Where interrupted training runs keep their checkpoints: `resume/` in the first bank folder."""
+    return os.path.join(folder_paths.get_folder_paths(BANK_FOLDER)[0], "resume")
+
+
 def register_sam_folder() -> None:
     """`models/sams` (shared with other packs that use SAM) for Segment Anything checkpoints."""
     path = os.path.join(folder_paths.models_dir, SAM_FOLDER)

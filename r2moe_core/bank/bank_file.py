@@ -192,6 +192,27 @@ def bank_from_bytes(data: bytes, source: str = "bank") -> ExpertBank:
     return bank
 
 
+MAX_HEADER_BYTES = 64 << 20  # a bank's JSON header is kilobytes; anything near this is not a bank
+
+
+def read_concept_list(path: str | Path) -> list[dict[str, str]]:
+    """Name, trigger token and class word of every concept in a bank file, read from its header alone (no tensor
+    is read), so a listing of many banks stays fast. A file that is not a bank raises BankFormatError."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        start = handle.read(8)
+        size = int.from_bytes(start, "little") if len(start) == 8 else 0
+        if not 0 < size <= MAX_HEADER_BYTES:
+            raise BankFormatError(f"{path.name} is not a safetensors file (or it is truncated).")
+        data = start + handle.read(size)
+    info = _read_header(data, path.name)
+    concepts = info.get("concepts")
+    if not isinstance(concepts, list):
+        raise BankFormatError(f"{path.name}: bank metadata has no concept list.")
+    return [{"name": str(c.get("name", "")), "token": str(c.get("token", "")),
+             "class_word": str(c.get("class_word", ""))} for c in concepts if isinstance(c, dict)]
+
+
 def load_bank(path: str | Path) -> ExpertBank:
     path = Path(path)
     if not path.is_file():

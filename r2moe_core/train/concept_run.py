@@ -20,6 +20,8 @@ from ..bank.expert_bank import ConceptIdentity, ExpertBank
 from ..moe.pruning import PruneReport, prune_task
 from ..moe.routing import gate_input
 from ..moe.routing_update import plain_prompts
+from .preview import PreviewHook, PreviewSettings, preview_latent
+from .resume import RunCheckpoint
 from .step import Encode, PredictNoise, Trainable, TrainingData, training_step
 from .trainer import ExpertTrainer, NamedDelta, TrainSettings, context_of
 
@@ -91,39 +93,50 @@ def finish_task(
 
 def fit(
     trainer: Trainable, host: TrainingHost, encode: Encode, data: TrainingData, on_step: StepHook | None = None,
-    steps: int | None = None, seed: int | None = None,
+    steps: int | None = None, seed: int | None = None, resume: RunCheckpoint | None = None,
+    preview: tuple[PreviewSettings, PreviewHook] | None = None,
 ) -> list[float]:
     """The optimisation loop over any trainable (R2MoE's trainer, a benchmark baseline): `steps` steps (default
-    the settings') drawing batches and noise from `seed` (default the settings'); returns each step's ε-MSE."""
+    the settings') drawing batches and noise from `seed` (default the settings'); returns each step's ε-MSE.
+    With `resume`, a matching checkpoint is continued and the state is written every `resume.every` steps; with
+    `preview`, the concept's prompt is drawn with the current state when due and handed to the hook."""
     steps = trainer.settings.steps if steps is None else steps
     predict_noise = host.noise_predictor(trainer.named_delta)
     trainer.to(host.device)
     optimizer = trainer.optimizer()
     generator = torch.Generator().manual_seed(trainer.settings.seed if seed is None else seed)
     data = data.to(host.device)
-    losses: list[float] = []
-    for step in range(steps):
+    losses: list[float] = resume.load(trainer, optimizer, generator) if resume is not None else []
+    for step in range(len(losses), steps):
         host.check_interrupted()
         result = training_step(trainer, optimizer, predict_noise, encode, data, host.sigmas, generator)
         losses.append(result.mse)
         if on_step is not None:
             on_step(step + 1, result.loss, losses)
+        if preview is not None and preview[0].due(step + 1, steps):
+            preview[1](step + 1, lambda: preview_latent(predict_noise, encode, host.sigmas, preview[0], host.device))
+        if resume is not None and resume.due(step + 1, steps):
+            resume.save(step + 1, trainer, optimizer, generator, losses)
     return losses
 
 
 def run_concept(
     host: TrainingHost, bank: ExpertBank, concept: ConceptIdentity, token_start: torch.Tensor, data: TrainingData,
     settings: TrainSettings, prune_threshold: float | None = None, on_step: StepHook | None = None,
+    resume: RunCheckpoint | None = None, preview: tuple[PreviewSettings, PreviewHook] | None = None,
 ) -> RunResult:
     """Learn one concept into the next bank; `bank` is left as it was whatever happens.
 
     `data.prompts` are the photos' own captions (without rescale words): the concept's gate input comes from them.
+    With `resume`, the run continues a matching checkpoint, writes its own, and removes it once the bank is made.
     """
     started = time.perf_counter()
     trainer = start_task(host, bank, concept, token_start, data.prompts, settings)
     encode = host.encoder(concept.token, trainer.token)
-    losses = fit(trainer, host, encode, data, on_step)
+    losses = fit(trainer, host, encode, data, on_step, resume=resume, preview=preview)
     pruned, report = finish_task(trainer, encode, concept, data.prompts, prune_threshold)
+    if resume is not None:
+        resume.remove()
     return RunResult(pruned, losses, report, time.perf_counter() - started,
                      pruned.expert_bytes() - bank.expert_bytes())
 

@@ -42,6 +42,7 @@ class ConceptRequest:
     augment_views: int = 3
     prior_images: int = 0
     prior_weight: float = 1.0
+    checkpoint_every: int = 100  # steps between resume checkpoints (0: none)
 
     def __post_init__(self) -> None:
         for name in ("name", "token", "class_word", "folder"):
@@ -63,6 +64,8 @@ class ConceptRequest:
             raise InvalidInputError(f"augment_views must lie in [0, {MAX_VIEWS}], got {self.augment_views}.")
         if not 0 <= self.prior_images <= MAX_PRIOR_IMAGES:
             raise InvalidInputError(f"prior_images must lie in [0, {MAX_PRIOR_IMAGES}], got {self.prior_images}.")
+        if self.checkpoint_every < 0:
+            raise InvalidInputError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}.")
         if not (math.isfinite(self.prior_weight) and self.prior_weight >= 0):
             raise InvalidInputError(f"prior_weight must be a finite number >= 0, got {self.prior_weight}.")
 

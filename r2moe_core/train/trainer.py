@@ -275,6 +275,26 @@ class ExpertTrainer(torch.nn.Module):
         """Follow the token: old prompts stay protected whatever the directions, by their construction."""
         self.refresh_directions_()
 
+    # ---- resuming --------------------------------------------------------------------------------------------
+    def resumable_state(self) -> dict[str, torch.Tensor]:
+        """What the next steps depend on besides the optimizer: the trained tensors and the tracked gate input."""
+        trained = {name: value for name, value in self.named_parameters() if value.requires_grad}
+        return {**trained, "concept_gate": self.concept_gate}
+
+    def check_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Raise ValueError unless `tensors` are this trainer's resumable state, name for name, shape for shape."""
+        own = self.resumable_state()
+        if set(tensors) != set(own) or any(tuple(tensors[k].shape) != tuple(v.shape) for k, v in own.items()):
+            raise ValueError("its tensors are not this trainer's")
+
+    @torch.no_grad()
+    def restore_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.check_state(tensors)
+        own = self.resumable_state()
+        for name, value in own.items():
+            value.copy_(tensors[name].to(value.device, value.dtype))
+        self.refresh_directions_()
+
     # ---- result ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def export(self, name: str, token: str, class_word: str, gate_inputs: torch.Tensor) -> ExpertBank:

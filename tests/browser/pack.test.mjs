@@ -185,3 +185,44 @@ test(`${LABEL}: dragging a box in the region editor edits the layout JSON, and t
     assert.deepEqual(packErrors(page), []);
   });
 });
+
+test(`${LABEL}: R2MoELoadBank lists its bank's concepts, and "<" in a prompt box completes a trigger token`, async () => {
+  await step("tokens", async () => {
+    const listing = await (await fetch(`${server.url}/r2moe/concepts`)).json();
+    const bank = "two_concepts.safetensors"; // saved by the learn-two-concepts template above
+    assert.deepEqual(listing.banks[bank]?.concepts?.map((c) => c.token), ["<a1>", "<b1>"], JSON.stringify(listing));
+    await page.evaluate((bankName) => {
+      window.app.graph.clear();
+      const loader = window.LiteGraph.createNode("R2MoELoadBank");
+      loader.pos = [60, 80];
+      window.app.graph.add(loader);
+      const bankWidget = loader.widgets.find((w) => w.name === "bank_name");
+      bankWidget.value = bankName;
+      bankWidget.callback?.(bankName);
+      const encoder = window.LiteGraph.createNode("CLIPTextEncode");
+      encoder.pos = [460, 80];
+      window.app.graph.add(encoder);
+      window.app.canvas.ds.offset = [0, 0];
+      window.app.canvas.ds.scale = 1;
+      window.app.canvas.setDirty(true, true);
+    }, bank);
+    const list = page.locator(".r2moe-bank-concepts").first();
+    await list.waitFor({ timeout: 10_000 });
+    await page.waitForFunction(() => document.querySelector(".r2moe-bank-concepts")?.textContent.includes("<b1>"),
+      null, { timeout: 10_000 });
+    assert.match(await list.textContent(), /<a1>\s+concept_a \(dog\)\n<b1>\s+concept_b \(cat\)/);
+    const prompt = page.locator("textarea:not([readonly])").last();
+    await prompt.click();
+    await prompt.fill("");
+    await prompt.pressSequentially("a photo of <b", { delay: 20 });
+    const option = page.locator(".r2moe-token-completion", { hasText: "<b1>" });
+    await option.waitFor({ timeout: 10_000 });
+    await page.keyboard.press("Enter");
+    const value = await page.evaluate(() =>
+      window.app.graph.nodes.find((n) => n.type === "CLIPTextEncode").widgets.find((w) => w.name === "text").value);
+    assert.equal(value, "a photo of <b1> ");
+    assert.equal(await page.locator(".r2moe-token-completions").evaluate((el) => el.style.display), "none");
+    await page.screenshot({ path: path.join(SHOTS, `${LABEL}-tokens.png`) });
+    assert.deepEqual(packErrors(page), []);
+  });
+});

@@ -69,6 +69,23 @@ def test_training_a_concept_over_http(server, tmp_path):
     assert entry["outputs"]["5"]["images"]
 
 
+def test_concepts_route_lists_each_banks_trigger_tokens(server):
+    """GET /r2moe/concepts: file name -> its concepts (name, trigger token, class word, thumbnail flag), read from
+    the header alone; a damaged file is listed with its reason and no path."""
+    folder = Path(server.base) / "models" / "r2moe"
+    if not (folder / "trained_over_http.safetensors").is_file():
+        pytest.skip("needs the bank test_training_a_concept_over_http saves")
+    (folder / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    listing = server.get("/r2moe/concepts")["banks"]
+    assert listing["trained_over_http.safetensors"]["concepts"] == [
+        {"name": "mug", "token": "<mug1>", "class_word": "mug", "thumbnail": False}]
+    assert set(listing["broken.safetensors"]) == {"error"} and str(server.base) not in listing["broken.safetensors"][
+        "error"]
+    assert all(not name.startswith(("/", "..")) for name in listing)
+    (folder / "broken.safetensors").unlink()
+    assert "broken.safetensors" not in server.get("/r2moe/concepts")["banks"]
+
+
 def test_bank_history_over_http(server):
     def save(rank: int) -> None:
         server.run({

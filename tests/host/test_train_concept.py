@@ -75,8 +75,9 @@ def denoise_error(host, tiny, bank, images, prompt: str) -> float:
 
 
 def test_training_learns_the_concept(host, tiny, empty, after_dog):
-    bank, curve, report = after_dog
+    bank, curve, report, preview = after_dog
     assert bank.num_tasks == 1 and bank.concepts[0].token == "<dog1>" and empty.num_tasks == 0
+    assert preview.shape == (1, 64, 64, 3) and "previews: 1 of 'photo of a <dog1> dog'" in report
     assert curve.shape[0] == 1 and curve.shape[-1] == 3 and "learned 'dog' as <dog1>" in report
     base = denoise_error(host, tiny, empty, pictures(1), DOG_PROMPT)
     learned = denoise_error(host, tiny, bank, pictures(1), DOG_PROMPT)
@@ -85,6 +86,29 @@ def test_training_learns_the_concept(host, tiny, empty, after_dog):
     assert torch.equal(sample(off[0], off[1], OTHER_PROMPT, steps=2, cfg=1.0, size=64),
                        sample(tiny[0], tiny[1], OTHER_PROMPT, steps=2, cfg=1.0, size=64)), \
         "with experts off, a prompt without the trigger token must be exactly the base model's"
+
+
+def test_previews_show_the_concept_as_it_learns_and_change_nothing(host, tiny, after_dog, monkeypatch):
+    """Every preview_every steps the node draws the concept's prompt with the current state and shows it beside the
+    loss curve (the live preview); the trained bank is the same as without previews, and the last preview (the
+    node's IMAGE output) depends on the learned state alone."""
+    import comfy.utils
+
+    shown = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK",
+                        lambda value, total, preview, node_id=None: shown.append((value, preview)))
+    quiet = train(tiny, after_dog[0], "cat", "<cat1>", "cat", pictures(2), steps=12, preview_every=0)
+    watched = train(tiny, after_dog[0], "cat", "<cat1>", "cat", pictures(2), steps=12, preview_every=4)
+    pictures_shown = [(step, p) for step, p in shown if p is not None]
+    assert [step for step, _ in pictures_shown][-3:] == [4, 8, 12]
+    kind, image, _ = pictures_shown[-1][1]
+    assert kind == "JPEG" and image.width > image.height  # the loss curve and the preview side by side
+    assert "previews: 3 of 'photo of a <cat1> cat'" in watched[2] and "previews: 1 " in quiet[2]
+    bank_file = __import__(host.pack.__name__ + ".r2moe_core.bank.bank_file", fromlist=["x"])
+    a, b = bank_file.bank_to_tensors(quiet[0])[0], bank_file.bank_to_tensors(watched[0])[0]
+    assert all(torch.equal(a[k], b[k]) for k in a), "previews must not change what is learned"
+    assert torch.equal(quiet[3], watched[3]), "the last preview depends on the learned state alone"
+    assert watched[3].shape == (1, 64, 64, 3) and torch.isfinite(watched[3]).all()
 
 
 def test_learning_a_second_concept_keeps_the_first_one_routed_as_before(tiny, after_dog):
@@ -127,7 +151,7 @@ def test_real_photo_folder_with_captions(tiny, empty):
     if not folder.is_dir():
         pytest.skip("../shared/data/concepts is not beside this checkout")
     model, clip, vae = tiny
-    bank, _, report = call_node(
+    bank, _, report, _ = call_node(
         "R2MoETrainConcept", model=model, clip=clip, vae=vae, bank=empty, concept_name="real dog",
         trigger_token="<rdog>", class_word="dog", folder=str(folder), **(FAST | {"steps": 3}),
     )
@@ -154,6 +178,56 @@ def test_cancel_leaves_the_saved_bank_byte_identical(host, tiny, after_dog, monk
     comfy.model_management.interrupt_current_processing(False)
     assert Path(path).read_bytes() == before and after_dog[0].num_tasks == 1
     assert not [f for f in os.listdir(os.path.dirname(path)) if f.endswith(".tmp")]
+
+
+def cancel_after(host, monkeypatch, steps: int) -> None:
+    """Press Cancel after `steps` training steps (the loop checks for it once before each step)."""
+    import comfy.model_management
+
+    training_host = __import__(host.pack.__name__ + ".nodes.host.training_host", fromlist=["x"])
+    calls = {"n": 0}
+    real = training_host.ComfyTrainingHost.check_interrupted
+
+    def cancel(self):
+        calls["n"] += 1
+        if calls["n"] == steps + 1:
+            comfy.model_management.interrupt_current_processing(True)
+        real(self)
+
+    monkeypatch.setattr(training_host.ComfyTrainingHost, "check_interrupted", cancel)
+
+
+def test_a_cancelled_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(host, tiny, after_dog,
+                                                                                         monkeypatch):
+    import comfy.model_management
+    import folder_paths
+
+    bank_file = __import__(host.pack.__name__ + ".r2moe_core.bank.bank_file", fromlist=["x"])
+    checkpoint = Path(folder_paths.get_folder_paths("r2moe")[0]) / "resume" / "cat.pt"
+    run = {"steps": 10, "checkpoint_every": 4}
+    straight = train(tiny, after_dog[0], "cat", "<cat1>", "cat", pictures(2), **run)
+    assert "resumed" not in straight[2] and not checkpoint.exists(), "a finished run leaves no checkpoint"
+
+    with monkeypatch.context() as patch:
+        cancel_after(host, patch, 6)  # steps 1-6 run; the state of step 4 is on disk
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            train(tiny, after_dog[0], "cat", "<cat1>", "cat", pictures(2), **run)
+    comfy.model_management.interrupt_current_processing(False)
+    assert checkpoint.is_file()
+    resumed = train(tiny, after_dog[0], "cat", "<cat1>", "cat", pictures(2), **run)
+    assert "resumed from step 4" in resumed[2] and not checkpoint.exists()
+    a, b = bank_file.bank_to_tensors(straight[0])[0], bank_file.bank_to_tensors(resumed[0])[0]
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= 1e-6, f"the resumed bank differs from the uninterrupted one by {worst}"
+
+    with monkeypatch.context() as patch:
+        cancel_after(host, patch, 6)
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            train(tiny, after_dog[0], "cat", "<cat1>", "cat", pictures(2), **run)
+    comfy.model_management.interrupt_current_processing(False)
+    changed = train(tiny, after_dog[0], "cat", "<cat1>", "cat", pictures(2), **run | {"lr_token": 5e-3})
+    assert "resumed" not in changed[2] and not checkpoint.exists(), "a changed input starts afresh"
 
 
 @pytest.mark.parametrize(
@@ -337,7 +411,7 @@ def test_training_on_a_dynamic_vram_host_takes_the_static_delegate(host, tiny, e
 
     dynamic = model.clone()
     dynamic.__class__ = DynamicStandIn
-    bank, _, report = call_node(
+    bank, _, report, _ = call_node(
         "R2MoETrainConcept", model=dynamic, clip=clip, vae=vae, bank=empty, concept_name="dyn",
         trigger_token="<dyn1>", class_word="dog", images=pictures(5), **FAST)
     assert calls and "learned 'dyn' as <dyn1>" in report and bank.num_tasks == 1
@@ -364,7 +438,7 @@ def test_training_on_a_dynamic_vram_host_takes_the_static_delegate(host, tiny, e
 
     dynamic_clip = clip.clone()
     dynamic_clip.patcher.__class__ = DynamicClipPatcher
-    bank, _, _ = call_node(
+    bank, *_ = call_node(
         "R2MoETrainConcept", model=model, clip=dynamic_clip, vae=vae, bank=empty, concept_name="dyn",
         trigger_token="<dyn1>", class_word="dog", images=pictures(5), **FAST)
     assert ran and bank.num_tasks == 1, "training ran the dynamic encoder, not its static delegate's copy"

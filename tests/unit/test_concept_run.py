@@ -85,3 +85,39 @@ def test_the_training_widgets_leave_bank_owned_settings_to_the_bank():
     with pytest.raises(core.InvalidInputError, match="prune_threshold"):
         core.ConceptRequest.from_options({"concept_name": "mug", "trigger_token": "<mug1>", "class_word": "mug",
                                           "prune_threshold": -0.5})
+
+
+def test_a_cancelled_run_resumes_from_its_checkpoint_and_ends_where_a_straight_run_ends(world, tmp_path):
+    from r2moe_core.bank.bank_file import bank_to_tensors
+    from r2moe_core.train.resume import RunCheckpoint
+
+    start = world.encoder.word("dog")[None]
+    settings = replace(SETTINGS, steps=30)
+    straight = run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings)
+    checkpoint = RunCheckpoint(tmp_path / "dog.pt", "key-1", every=10)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        run_concept(ToyHost(world, cancel_at=25), world.bank, DOG, start, _data(), settings, resume=checkpoint)
+    assert checkpoint.writes == 2 and checkpoint.path.is_file()  # steps 10 and 20
+    again = RunCheckpoint(tmp_path / "dog.pt", "key-1", every=10)
+    resumed = run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings, resume=again)
+    assert again.resumed_from == 20 and not again.path.exists()
+    assert resumed.losses == straight.losses
+    a, b = bank_to_tensors(straight.bank)[0], bank_to_tensors(resumed.bank)[0]
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run must end bit for bit where the straight one does"
+
+
+def test_a_checkpoint_of_other_inputs_or_a_damaged_one_starts_afresh(world, tmp_path):
+    from r2moe_core.train.resume import RunCheckpoint
+
+    start = world.encoder.word("dog")[None]
+    settings = replace(SETTINGS, steps=12)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        run_concept(ToyHost(world, cancel_at=8), world.bank, DOG, start, _data(), settings,
+                    resume=RunCheckpoint(tmp_path / "dog.pt", "key-1", every=5))
+    other = RunCheckpoint(tmp_path / "dog.pt", "key-2", every=5)
+    run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings, resume=other)
+    assert other.resumed_from == 0
+    (tmp_path / "dog.pt").write_bytes(b"not a checkpoint")
+    damaged = RunCheckpoint(tmp_path / "dog.pt", "key-1", every=5)
+    run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings, resume=damaged)
+    assert damaged.resumed_from == 0 and not damaged.path.exists()
