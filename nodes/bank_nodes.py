@@ -12,7 +12,7 @@ from ..r2moe_core.bank.compatibility import bank_file_name
 from ..r2moe_core.bank.config import BankConfig
 from ..r2moe_core.bank.expert_bank import ExpertBank
 from ..r2moe_core.bank.model_family import require_family
-from ..r2moe_core.bank.report import bank_report, expert_map
+from ..r2moe_core.bank.report import bank_report, concept_gallery, expert_map
 from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
 from ..r2moe_core.moe.gate_map import gate_heatmap, gate_summary, prompt_gate_weights
@@ -180,6 +180,11 @@ class R2MoEBankInfo(io.ComfyNode):
                     display_name="expert_map",
                     tooltip="One row per concept, one column per layer: where its K and V experts survived pruning.",
                 ),
+                io.Image.Output(
+                    display_name="gallery",
+                    tooltip="Per concept: its picture (the last preview of its training), name, trigger token, "
+                    "bytes in the file and the share of layers that kept its expert.",
+                ),
             ],
             is_output_node=True,
         )
@@ -188,7 +193,8 @@ class R2MoEBankInfo(io.ComfyNode):
     def execute(cls, bank) -> io.NodeOutput:
         text = bank_report(bank)
         image = torch.from_numpy(expert_map(bank))[None]
-        return io.NodeOutput(text, image, ui=ui.PreviewText(text))
+        gallery = torch.from_numpy(concept_gallery(bank))[None]
+        return io.NodeOutput(text, image, gallery, ui=ui.PreviewText(text))
 
 
 class R2MoEPruneBank(io.ComfyNode):

@@ -13,7 +13,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..r2moe_core.bank.bank_file import bank_to_tensors
-from ..r2moe_core.bank.expert_bank import check_trigger_token
+from ..r2moe_core.bank.expert_bank import check_trigger_token, thumbnail_of
 from ..r2moe_core.bank.model_family import family_named
 from ..r2moe_core.bank.report import short_layer_name
 from ..r2moe_core.errors import InvalidInputError
@@ -246,7 +246,7 @@ class R2MoETrainConcept(io.ComfyNode):
             )
         steps = request.settings.steps
         bar = comfy.utils.ProgressBar(steps)
-        previews = TrainingPreviews(model, vae, bar, steps)
+        previews = TrainingPreviews(model, vae, bar, steps)  # its clock starts here: the run's time so far
         size = latents.shape[-2:]
         look = PreviewSettings(request.preview_every,
                                make_captions(1, request.token, request.class_word, request.caption_template, None)[0],
@@ -280,10 +280,12 @@ class R2MoETrainConcept(io.ComfyNode):
         if resume.resumed_from:
             data += f"; resumed from step {resume.resumed_from} (the checkpoint of an interrupted run)"
         data += (f"\npreviews: {previews.count} of '{look.prompt}' ({look.shape[-1] * 8} px, {look.steps} steps), "
-                 f"{previews.seconds:.1f} s = {100 * previews.seconds / max(outcome.seconds, 1e-9):.0f} % of the run")
+                 f"{previews.seconds:.1f} s = {100 * previews.seconds / max(outcome.seconds, 1e-9):.0f} % of the run"
+                 + (f"; {previews.skipped} left out to stay within 10 %" if previews.skipped else ""))
         report = _report(outcome, request.name, request.token, steps, data)
         curve = torch.from_numpy(loss_curve(outcome.losses))[None]
-        return io.NodeOutput(outcome.bank, curve, report, previews.output(), ui=ui.PreviewText(report))
+        learned = outcome.bank.with_thumbnail(request.name, thumbnail_of(previews.output()))  # the bank's picture
+        return io.NodeOutput(learned, curve, report, previews.output(), ui=ui.PreviewText(report))
 
 
 def run_checkpoint(request: ConceptRequest, bank: Any, data: TrainingData, pixels: torch.Tensor) -> RunCheckpoint:

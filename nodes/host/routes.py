@@ -28,7 +28,7 @@ def bank_entry(path: str) -> dict[str, Any]:
     if found is not None and found[0] == key:
         return found[1]
     try:
-        entry: dict[str, Any] = {"concepts": [dict(c, thumbnail=False) for c in read_concept_list(path)]}
+        entry: dict[str, Any] = {"concepts": read_concept_list(path)}
     except (R2MoEError, OSError) as err:  # listed with its reason, so the user sees why a bank has no tokens
         entry = {"error": str(err).replace(os.path.dirname(path), "").lstrip(os.sep)[:300]}
     _cache[path] = (key, entry)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # ComfyUI's own classes, for the annotations only
     from comfy.sd import VAE
 
 PREVIEW_PIXELS = 768  # longest side of the live preview the browser receives
+BUDGET = 0.10  # previews may take at most this share of the run's time so far; the final one is always drawn
 
 
 class TrainingPreviews:
@@ -28,10 +29,15 @@ class TrainingPreviews:
         self.losses: list[float] = []
         self.last: torch.Tensor | None = None  # [1, H, W, 3] in [0, 1]
         self.count = 0
+        self.skipped = 0  # previews left out to keep within BUDGET
         self.seconds = 0.0
+        self.began = time.monotonic()
 
     def __call__(self, step: int, draw: Callable[[], torch.Tensor]) -> None:
         started = time.monotonic()
+        if step < self.steps and self.seconds >= BUDGET * (started - self.began):
+            self.skipped += 1
+            return
         latent = draw()
         with torch.no_grad():
             image = self.vae.decode(self.model.model.process_latent_out(latent))

@@ -48,9 +48,12 @@ def bank_to_tensors(bank: ExpertBank) -> tuple[dict[str, torch.Tensor], dict[str
     for concept in bank.concepts:
         tensors[f"concept.{concept.task}.embedding"] = concept.embedding
         tensors[f"concept.{concept.task}.gate_input"] = concept.gate_input
+        if concept.thumbnail is not None:
+            tensors[f"concept.{concept.task}.thumbnail"] = concept.thumbnail
     header = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        # v2 only adds thumbnails: a bank without them stays readable by packs that read v1
+        "format_version": FORMAT_VERSION if any(c.thumbnail is not None for c in bank.concepts) else 1,
         "written_by": f"r2moe {__version__}",
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": bank.config.to_dict(),
@@ -62,6 +65,7 @@ def bank_to_tensors(bank: ExpertBank) -> tuple[dict[str, torch.Tensor], dict[str
         "fingerprint_digest": bank.fingerprint.digest,
         "concepts": [
             {"name": c.name, "token": c.token, "class_word": c.class_word, "task": c.task, "kept": list(c.kept)}
+            | ({"thumbnail": True} if c.thumbnail is not None else {})
             for c in bank.concepts
         ],
     }
@@ -169,6 +173,7 @@ def bank_from_bytes(data: bytes, source: str = "bank") -> ExpertBank:
                     embedding=_take(tensors, f"concept.{task}.embedding", source),
                     gate_input=_take(tensors, f"concept.{task}.gate_input", source),
                     kept=tuple(row.get("kept", ())),
+                    thumbnail=_take(tensors, f"concept.{task}.thumbnail", source) if row.get("thumbnail") else None,
                 )
             )
         except InvalidInputError as exc:
@@ -195,9 +200,10 @@ def bank_from_bytes(data: bytes, source: str = "bank") -> ExpertBank:
 MAX_HEADER_BYTES = 64 << 20  # a bank's JSON header is kilobytes; anything near this is not a bank
 
 
-def read_concept_list(path: str | Path) -> list[dict[str, str]]:
-    """Name, trigger token and class word of every concept in a bank file, read from its header alone (no tensor
-    is read), so a listing of many banks stays fast. A file that is not a bank raises BankFormatError."""
+def read_concept_list(path: str | Path) -> list[dict[str, Any]]:
+    """Name, trigger token, class word and whether a thumbnail is stored, for every concept in a bank file, read
+    from its header alone (no tensor is read), so a listing of many banks stays fast. A file that is not a bank
+    raises BankFormatError."""
     path = Path(path)
     with path.open("rb") as handle:
         start = handle.read(8)
@@ -210,7 +216,8 @@ def read_concept_list(path: str | Path) -> list[dict[str, str]]:
     if not isinstance(concepts, list):
         raise BankFormatError(f"{path.name}: bank metadata has no concept list.")
     return [{"name": str(c.get("name", "")), "token": str(c.get("token", "")),
-             "class_word": str(c.get("class_word", ""))} for c in concepts if isinstance(c, dict)]
+             "class_word": str(c.get("class_word", "")), "thumbnail": bool(c.get("thumbnail", False))}
+            for c in concepts if isinstance(c, dict)]
 
 
 def load_bank(path: str | Path) -> ExpertBank:

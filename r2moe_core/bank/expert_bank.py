@@ -19,7 +19,7 @@ from .experts import AUX_EXPERT, LoraExpert
 from .fingerprint import ModelFingerprint
 from .model_family import family_name_for, family_named, family_of_layers
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: concept thumbnails (banks without them are still written as 1)
 _TOKEN = re.compile(r"^\S+$")
 
 
@@ -38,6 +38,31 @@ class ConceptIdentity:
     class_word: str
 
 
+THUMBNAIL_MIN, THUMBNAIL_MAX = 8, 128  # pixels per side of a concept's stored picture
+
+
+def check_thumbnail(image: torch.Tensor, name: str) -> None:
+    """A concept's thumbnail must be a small RGB picture: uint8 [h, w, 3], each side 8 to 128 pixels."""
+    if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise InvalidInputError(f"Concept '{name}': the thumbnail must be uint8 [height, width, 3], got {shape}.")
+    if not all(THUMBNAIL_MIN <= side <= THUMBNAIL_MAX for side in image.shape[:2]):
+        raise InvalidInputError(f"Concept '{name}': thumbnail sides must be {THUMBNAIL_MIN}-{THUMBNAIL_MAX} px, got "
+                                f"{tuple(image.shape[:2])}.")
+
+
+def thumbnail_of(image: torch.Tensor) -> torch.Tensor:
+    """An IMAGE ([h, w, 3] or [1, h, w, 3], floats in [0, 1]) as a thumbnail: longest side at most 128 px, uint8."""
+    picture = image.detach().float().cpu().reshape(-1, *image.shape[-3:])[0].clamp(0, 1)
+    height, width = picture.shape[:2]
+    scale = min(1.0, THUMBNAIL_MAX / max(height, width))
+    size = (max(THUMBNAIL_MIN, round(height * scale)), max(THUMBNAIL_MIN, round(width * scale)))
+    if size != (height, width):
+        picture = torch.nn.functional.interpolate(picture.permute(2, 0, 1)[None], size=size, mode="area"
+                                                  if scale < 1 else "bilinear")[0].permute(1, 2, 0)
+    return (picture * 255).round().to(torch.uint8).contiguous()
+
+
 @dataclass(frozen=True)
 class Concept:
     """A learned concept: how users call it and what R2MoE keeps to serve it."""
@@ -49,10 +74,13 @@ class Concept:
     embedding: torch.Tensor  # [n_vectors, token_dim]: the learned input embedding of the trigger token
     gate_input: torch.Tensor  # [context_dim]: mean text embedding of its prompt, for routing distillation
     kept: tuple[str, ...] = ()  # projections where its expert survived pruning
+    thumbnail: torch.Tensor | None = None  # [h, w, 3] uint8, sides THUMBNAIL_MIN..THUMBNAIL_MAX: how it looks
 
     def __post_init__(self) -> None:
         if not self.name.strip():
             raise InvalidInputError("A concept needs a non-empty name.")
+        if self.thumbnail is not None:
+            check_thumbnail(self.thumbnail, self.name)
         check_trigger_token(self.token)
         if self.task < 1:
             raise InvalidInputError(f"Concept task index must be >= 1 (0 is the auxiliary expert), got {self.task}.")
@@ -213,6 +241,20 @@ class ExpertBank:
         bank = replace(self, projections=updated, concepts=(*others, replace(concept, kept=kept)), num_tasks=task)
         bank.validate()
         return bank
+
+    def with_thumbnail(self, name: str, thumbnail: torch.Tensor | None) -> ExpertBank:
+        """The bank with concept `name`'s picture set (None: removed)."""
+        if self.concept_by_name(name) is None:
+            raise InvalidInputError(f"No concept named '{name}' in this bank.")
+        concepts = tuple(replace(c, thumbnail=thumbnail) if c.name == name else c for c in self.concepts)
+        return replace(self, concepts=concepts)
+
+    def concept_bytes(self, concept: Concept) -> int:
+        """What a concept adds to the file: its experts, token vectors, gate input and thumbnail."""
+        experts = sum(p.experts[concept.task].nbytes for p in self.projections.values()
+                      if concept.task in p.experts)
+        extra = 0 if concept.thumbnail is None else concept.thumbnail.numel()
+        return experts + concept.embedding.nbytes + concept.gate_input.nbytes + extra
 
     def without_concept(self, name: str) -> ExpertBank:
         """Forget a concept: its record and its experts everywhere (its task index is not reused)."""

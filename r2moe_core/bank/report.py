@@ -37,9 +37,11 @@ def bank_report(bank: ExpertBank) -> str:
         f"{bank.config.prune_threshold}, distillation λ {bank.config.distill_lambda:g}",
     ]
     for concept in sorted(bank.concepts, key=lambda c: c.task):
+        picture = "" if concept.thumbnail is None else "  has a picture"
         lines.append(
             f"  task {concept.task}: {concept.name}  token {concept.token}  class '{concept.class_word}'  "
-            f"expert kept in {len(concept.kept)}/{total} projections"
+            f"expert kept in {len(concept.kept)}/{total} projections  {_fmt_bytes(bank.concept_bytes(concept))}"
+            f"{picture}"
         )
     if not bank.concepts:
         lines.append("  (no concepts yet: train one with R2MoE Train Concept)")
@@ -108,3 +110,37 @@ def expert_map(bank: ExpertBank) -> np.ndarray:
         colour,
         [(K_COLOUR, "K expert kept"), (V_COLOUR, "V expert kept"), (OFF_COLOUR, "pruned (base weights)")],
     )
+
+
+def concept_gallery(bank: ExpertBank, tile: int = 128) -> np.ndarray:
+    """RGB float image [H, W, 3]: per concept its picture (or an empty frame), name, trigger token, bytes and the
+    share of projections that kept its expert; four to a row."""
+    concepts = sorted(bank.concepts, key=lambda c: c.task)
+    font = ImageFont.load_default()
+    columns = max(1, min(4, len(concepts)))
+    rows = max(1, -(-len(concepts) // columns))
+    label = 52
+    image = Image.new("RGB", (columns * (tile + 12) + 12, rows * (tile + label) + 12), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    total = 2 * len(bank.layers)
+    for index, concept in enumerate(concepts):
+        x, y = 12 + (index % columns) * (tile + 12), 12 + (index // columns) * (tile + label)
+        if concept.thumbnail is None:
+            draw.rectangle([x, y, x + tile - 1, y + tile - 1], outline=OFF_COLOUR)
+            draw.text((x + 8, y + tile // 2 - 6), "no picture", fill=(160, 160, 160), font=font)
+        else:
+            picture = Image.fromarray(concept.thumbnail.numpy())
+            picture.thumbnail((tile, tile), Image.Resampling.NEAREST if max(picture.size) < tile else
+                              Image.Resampling.BILINEAR)
+            if max(picture.size) < tile:
+                scale = tile / max(picture.size)
+                picture = picture.resize((round(picture.width * scale), round(picture.height * scale)),
+                                         Image.Resampling.NEAREST)
+            image.paste(picture, (x + (tile - picture.width) // 2, y + (tile - picture.height) // 2))
+        kept = f"{len(concept.kept)}/{total} kept" if total else ""
+        for line, text in enumerate((concept.name[:20], concept.token[:20],
+                                     f"{_fmt_bytes(bank.concept_bytes(concept))}  {kept}")):
+            draw.text((x, y + tile + 4 + 14 * line), text, fill=TEXT, font=font)
+    if not concepts:
+        draw.text((16, 16 + tile // 2), "no concepts yet", fill=(160, 160, 160), font=font)
+    return np.asarray(image, dtype=np.float32) / 255.0

@@ -13,9 +13,12 @@ export const TEMPLATES = [
    \`caption.txt\` holds one caption per image, \`<new1>\` standing for the concept), a \`concept_name\`, a
    \`trigger_token\` (one word, e.g. \`<dog1>\`) and the \`class_word\`.
 3. Queue. Each concept takes a few minutes on a GPU (800 steps at 512 px); the bank is saved as
-   \`models/r2moe/two_concepts.safetensors\` and both concepts are drawn with a stock KSampler.
+   \`models/r2moe/two_concepts.safetensors\` and both concepts are drawn with a stock KSampler. While a concept
+   trains, its node shows the concept drawn with what it has learned so far beside the loss curve (every
+   \`preview_every\` steps); the last one is saved next to the loss curve.
 
-Queuing again re-trains nothing: change an input to train again.`,
+Queuing again re-trains nothing: change an input to train again. After Cancel, queuing again continues from the
+last checkpoint (every \`checkpoint_every\` steps).`,
     values: {
       CheckpointLoaderSimple: { ckpt_name: "v1-5-pruned-emaonly-fp16.safetensors" },
       EmptyLatentImage: { width: 512, height: 512 },
@@ -65,7 +68,8 @@ Needs a bank with two concepts (template 1 saves \`two_concepts.safetensors\`).
 2. **R2MoE Load Bank**: your bank.
 3. **R2MoE Gate Map**: a prompt with a trigger token. Queue: the heat map shows, per layer (K left, V right),
    the weight each expert gets for that prompt; **R2MoE Bank Info** shows where each concept's expert survived
-   pruning.`,
+   pruning, and a gallery of the concepts: each one's picture (the last preview of its training), name, trigger
+   token and size.`,
     values: { CheckpointLoaderSimple: { ckpt_name: "v1-5-pruned-emaonly-fp16.safetensors" } },
   },
 ];

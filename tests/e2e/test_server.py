@@ -78,7 +78,7 @@ def test_concepts_route_lists_each_banks_trigger_tokens(server):
     (folder / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     listing = server.get("/r2moe/concepts")["banks"]
     assert listing["trained_over_http.safetensors"]["concepts"] == [
-        {"name": "mug", "token": "<mug1>", "class_word": "mug", "thumbnail": False}]
+        {"name": "mug", "token": "<mug1>", "class_word": "mug", "thumbnail": True}]  # its last training preview
     assert set(listing["broken.safetensors"]) == {"error"} and str(server.base) not in listing["broken.safetensors"][
         "error"]
     assert all(not name.startswith(("/", "..")) for name in listing)

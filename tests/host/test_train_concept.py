@@ -78,6 +78,11 @@ def test_training_learns_the_concept(host, tiny, empty, after_dog):
     bank, curve, report, preview = after_dog
     assert bank.num_tasks == 1 and bank.concepts[0].token == "<dog1>" and empty.num_tasks == 0
     assert preview.shape == (1, 64, 64, 3) and "previews: 1 of 'photo of a <dog1> dog'" in report
+    picture = bank.concepts[0].thumbnail  # the bank keeps the last preview as the concept's picture
+    assert picture is not None and picture.dtype == torch.uint8 and picture.shape == (64, 64, 3)
+    assert torch.equal(picture, (preview[0] * 255).round().to(torch.uint8))
+    text, _, gallery = call_node("R2MoEBankInfo", bank=bank)
+    assert "has a picture" in text and gallery.shape[0] == 1 and gallery.shape[-1] == 3
     assert curve.shape[0] == 1 and curve.shape[-1] == 3 and "learned 'dog' as <dog1>" in report
     base = denoise_error(host, tiny, empty, pictures(1), DOG_PROMPT)
     learned = denoise_error(host, tiny, bank, pictures(1), DOG_PROMPT)
@@ -94,6 +99,8 @@ def test_previews_show_the_concept_as_it_learns_and_change_nothing(host, tiny, a
     node's IMAGE output) depends on the learned state alone."""
     import comfy.utils
 
+    previews = __import__(host.pack.__name__ + ".nodes.host.training_preview", fromlist=["x"])
+    monkeypatch.setattr(previews, "BUDGET", 100.0)  # no preview left out for time here (the bound: below)
     shown = []
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK",
                         lambda value, total, preview, node_id=None: shown.append((value, preview)))
@@ -109,6 +116,10 @@ def test_previews_show_the_concept_as_it_learns_and_change_nothing(host, tiny, a
     assert all(torch.equal(a[k], b[k]) for k in a), "previews must not change what is learned"
     assert torch.equal(quiet[3], watched[3]), "the last preview depends on the learned state alone"
     assert watched[3].shape == (1, 64, 64, 3) and torch.isfinite(watched[3]).all()
+    monkeypatch.setattr(previews, "BUDGET", 0.0)  # any preview would exceed it: only the final one is drawn
+    bounded = train(tiny, after_dog[0], "cat", "<cat1>", "cat", pictures(2), steps=12, preview_every=4)
+    assert "previews: 1 " in bounded[2] and "2 left out to stay within 10 %" in bounded[2]
+    assert torch.equal(bounded[3], watched[3])
 
 
 def test_learning_a_second_concept_keeps_the_first_one_routed_as_before(tiny, after_dog):

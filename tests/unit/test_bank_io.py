@@ -36,8 +36,37 @@ def test_round_trip_is_exact_and_pruned_experts_store_nothing(empty_bank, tmp_pa
     with safe_open(str(path), "pt") as handle:
         keys = list(handle.keys())
         meta = json.loads(handle.metadata()["r2moe"])
-    assert meta["format_version"] == core.FORMAT_VERSION
+    assert meta["format_version"] == 1, "a bank without pictures stays readable by packs that read format 1"
     assert sum(".expert." in k for k in keys) == 3 * (len(names) - 3), "pruned experts must not be stored"
+
+
+def test_a_concepts_picture_round_trips_counts_in_its_size_and_is_checked_on_load(empty_bank, tmp_path):
+    from safetensors.torch import save
+
+    from r2moe_core.bank.bank_file import bank_from_bytes, bank_to_tensors
+    from r2moe_core.bank.expert_bank import thumbnail_of
+    from r2moe_core.bank.report import bank_report, concept_gallery
+
+    bank = add_random_concept(core, empty_bank, "dog", "<dog1>", seed=1)
+    plain = bank.concept_bytes(bank.concepts[0])
+    picture = thumbnail_of(torch.rand(1, 300, 200, 3))
+    assert picture.dtype == torch.uint8 and picture.shape == (128, 85, 3)
+    bank = bank.with_thumbnail("dog", picture)
+    assert bank.concept_bytes(bank.concepts[0]) == plain + picture.numel()
+    path = core.save_bank(bank, tmp_path / "bank.safetensors")
+    loaded = core.load_bank(path)
+    assert torch.equal(loaded.concepts[0].thumbnail, picture)
+    with safe_open(str(path), "pt") as handle:
+        assert json.loads(handle.metadata()["r2moe"])["format_version"] == core.FORMAT_VERSION == 2
+    assert "has a picture" in bank_report(loaded)
+    gallery = concept_gallery(loaded)
+    assert gallery.ndim == 3 and gallery.shape[-1] == 3 and gallery.max() <= 1.0
+    tensors, metadata = bank_to_tensors(bank)
+    tensors["concept.1.thumbnail"] = torch.zeros(4, 4, 3, dtype=torch.uint8)  # too small: damaged or hand-made
+    with pytest.raises(core.BankFormatError, match="thumbnail sides must be 8-128"):
+        bank_from_bytes(save(tensors, metadata=metadata))
+    with pytest.raises(core.InvalidInputError, match="uint8"):
+        bank.with_thumbnail("dog", torch.rand(16, 16, 3))
 
 
 def test_save_keeps_previous_version_as_bak(empty_bank, tmp_path):
