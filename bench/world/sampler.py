@@ -7,6 +7,10 @@ from collections.abc import Callable
 
 import torch
 
+from .vocab import SIZE
+
+LATENT = SIZE // 8  # latent side of the world's images (8 for world v2's 64 px, 16 for v3's 128 px)
+
 LATENT_SCALE = 0.18215
 
 
@@ -35,7 +39,7 @@ Switch = tuple[int, Callable[[torch.Tensor], None]]  # (step index, callback(x0 
 
 
 @torch.no_grad()
-def euler_cfg(cond: Eps, uncond: Eps, batch: int, steps: int, cfg: float, seed: int, latent_size: int = 8,
+def euler_cfg(cond: Eps, uncond: Eps, batch: int, steps: int, cfg: float, seed: int, latent_size: int = LATENT,
               switch: Switch | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
     """Latents [batch, 4, s, s] (already multiplied by the SD latent scale); `switch` sees one step's x0 estimate
     (the regional sampler refines its masks there). The starting noise is drawn on the CPU whatever `device`, so
@@ -62,7 +66,7 @@ def sample(
     steps: int = 20,
     cfg: float = 5.0,
     seed: int = 0,
-    latent_size: int = 8,
+    latent_size: int = LATENT,
 ) -> torch.Tensor:
     """Latents [B, 4, s, s] (already multiplied by the SD latent scale) for contexts [B, 77, D], on their device."""
     uncond = empty.expand_as(context)
