@@ -105,7 +105,7 @@ def timed_hierarchical(model, clip, vae, bank, layout, positive, negative, laten
     call_node(
         "R2MoEHierarchicalSampler", model=model, clip=clip, vae=vae, bank=bank, layout=layout, positive=positive,
         negative=negative, latent_image=latent, seed=0, steps=steps, cfg=7.0, sampler_name="euler",
-        scheduler="normal", denoise=1.0, switch_at=0.5, strength=1.0, mask_source="attention",
+        scheduler="normal", denoise=1.0, switch_at=max(0.5, 1.0 / steps), strength=1.0, mask_source="attention",
     )
     if torch.cuda.is_available():
         torch.cuda.synchronize()

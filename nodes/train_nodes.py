@@ -20,6 +20,7 @@ from ..r2moe_core.errors import InvalidInputError
 from ..r2moe_core.log import LOGGER
 from ..r2moe_core.train.augment import augmented_views
 from ..r2moe_core.train.concept_photos import concept_files, load_concept_folder, make_captions, square_resize
+from ..r2moe_core.train.concept_run import RunHooks
 from ..r2moe_core.train.loss_plot import loss_curve
 from ..r2moe_core.train.preview import PreviewSettings
 from ..r2moe_core.train.request import (
@@ -272,7 +273,7 @@ class R2MoETrainConcept(io.ComfyNode):
         work_bank = bank.without_concept(request.name) if existing is not None else bank
         data = TrainingData(latents, views.captions, masks, prior, captions)
         resume = run_checkpoint(request, work_bank, data, views.pixels)
-        outcome = train_concept(model, clip, work_bank, data, request, on_step, resume, (look, previews))
+        outcome = train_concept(model, clip, work_bank, data, request, RunHooks(on_step, resume, (look, previews)))
         data = f"data: {len(frames)} photos + {len(views.captions) - len(frames)} rescaled/mirrored views" + (
             f"; {request.prior_images} class-prior images of '{prior.caption}' (weight {request.prior_weight:g})"
             if prior is not None else "; no class-prior images"

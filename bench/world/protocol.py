@@ -26,7 +26,7 @@ import torch
 
 from r2moe_core.moe.routing import gate_input
 from r2moe_core.train.class_prior import PriorData, prior_prompt
-from r2moe_core.train.concept_run import fit
+from r2moe_core.train.concept_run import RunHooks, fit
 from r2moe_core.train.step import TrainingData
 
 from .concepts import CLASS_WORDS, ConceptSpec, concept_images
@@ -216,7 +216,7 @@ def train_task(world: World, method: Method, concept: ConceptData, steps: int, s
         def hook(step: int, loss: float, losses: list[float]) -> None:
             on_step(step, task.delta, encode)
 
-    losses = fit(task, start.host, encode, data, hook, steps=steps, seed=seed)
+    losses = fit(task, start.host, encode, data, RunHooks(on_step=hook), steps=steps, seed=seed)
     method.end(task, concept.token, concept.class_word, start)
     return time.perf_counter() - started, losses
 

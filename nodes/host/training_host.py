@@ -21,10 +21,8 @@ import torch
 from ...r2moe_core.bank.expert_bank import ExpertBank
 from ...r2moe_core.errors import InvalidInputError
 from ...r2moe_core.log import LOGGER
-from ...r2moe_core.train.concept_run import ConceptIdentity, RunResult, run_concept
-from ...r2moe_core.train.preview import PreviewHook, PreviewSettings
+from ...r2moe_core.train.concept_run import ConceptIdentity, RunHooks, RunResult, run_concept
 from ...r2moe_core.train.request import ConceptRequest
-from ...r2moe_core.train.resume import RunCheckpoint
 from ...r2moe_core.train.step import TrainingData, append_dims
 from ...r2moe_core.train.trainer import NamedDelta, TextCondition, TrainingRuntime
 from .bank_patch import install_runtime
@@ -256,8 +254,7 @@ class ComfyTrainingHost:
 
 def train_concept(
     model: ModelPatcher, clip: CLIP, bank: ExpertBank, data: TrainingData, request: ConceptRequest,
-    on_step: Callable[[int, float, list[float]], None] | None = None, resume: RunCheckpoint | None = None,
-    preview: tuple[PreviewSettings, PreviewHook] | None = None,
+    hooks: RunHooks | None = None,
 ) -> RunResult:
     """Learn one concept through the core run; the input bank, model and CLIP are left untouched whatever happens.
     Parameters and the tensors autograd saves are made outside the executor's inference mode, and the UNet's
@@ -268,7 +265,7 @@ def train_concept(
     checkpointing = gradient_checkpointing(model.model.diffusion_model, request.gradient_checkpointing)
     with torch.inference_mode(False), torch.enable_grad(), checkpointing:
         result = run_concept(host, bank, concept, token_start, data, request.settings, request.prune_threshold,
-                             on_step, resume, preview)
+                             hooks)
     LOGGER.info("R2MoE: learned '%s' (%s) in %.1f s; %s", request.name, request.token, result.seconds,
                 result.prune.summary())
     return result

@@ -91,15 +91,25 @@ def finish_task(
     return prune_task(learned, learned.num_tasks, threshold, gate_inputs=gate_inputs)
 
 
+@dataclass(frozen=True)
+class RunHooks:
+    """What a run reports and keeps besides its result: each step's loss (`on_step`), resume checkpoints (a
+    matching one is continued, the state written every `resume.every` steps), and previews (the concept's prompt
+    drawn with the current state when due, handed to the hook)."""
+
+    on_step: StepHook | None = None
+    resume: RunCheckpoint | None = None
+    preview: tuple[PreviewSettings, PreviewHook] | None = None
+
+
 def fit(
-    trainer: Trainable, host: TrainingHost, encode: Encode, data: TrainingData, on_step: StepHook | None = None,
-    steps: int | None = None, seed: int | None = None, resume: RunCheckpoint | None = None,
-    preview: tuple[PreviewSettings, PreviewHook] | None = None,
+    trainer: Trainable, host: TrainingHost, encode: Encode, data: TrainingData, hooks: RunHooks | None = None,
+    steps: int | None = None, seed: int | None = None,
 ) -> list[float]:
     """The optimisation loop over any trainable (R2MoE's trainer, a benchmark baseline): `steps` steps (default
-    the settings') drawing batches and noise from `seed` (default the settings'); returns each step's ε-MSE.
-    With `resume`, a matching checkpoint is continued and the state is written every `resume.every` steps; with
-    `preview`, the concept's prompt is drawn with the current state when due and handed to the hook."""
+    the settings') drawing batches and noise from `seed` (default the settings'); returns each step's ε-MSE."""
+    hooks = hooks or RunHooks()
+    on_step, resume, preview = hooks.on_step, hooks.resume, hooks.preview
     steps = trainer.settings.steps if steps is None else steps
     predict_noise = host.noise_predictor(trainer.named_delta)
     trainer.to(host.device)
@@ -122,24 +132,24 @@ def fit(
 
 def run_concept(
     host: TrainingHost, bank: ExpertBank, concept: ConceptIdentity, token_start: torch.Tensor, data: TrainingData,
-    settings: TrainSettings, prune_threshold: float | None = None, on_step: StepHook | None = None,
-    resume: RunCheckpoint | None = None, preview: tuple[PreviewSettings, PreviewHook] | None = None,
+    settings: TrainSettings, prune_threshold: float | None = None, hooks: RunHooks | None = None,
 ) -> RunResult:
     """Learn one concept into the next bank; `bank` is left as it was whatever happens.
 
     `data.prompts` are the photos' own captions (without rescale words): the concept's gate input comes from them.
-    With `resume`, the run continues a matching checkpoint, writes its own, and removes it once the bank is made.
+    With `hooks.resume`, the run continues a matching checkpoint, writes its own, and removes it once the bank is
+    made.
     """
     started = time.perf_counter()
     trainer = start_task(host, bank, concept, token_start, data.prompts, settings)
     encode = host.encoder(concept.token, trainer.token)
-    losses = fit(trainer, host, encode, data, on_step, resume=resume, preview=preview)
+    losses = fit(trainer, host, encode, data, hooks)
     pruned, report = finish_task(trainer, encode, concept, data.prompts, prune_threshold)
-    if resume is not None:
-        resume.remove()
+    if hooks is not None and hooks.resume is not None:
+        hooks.resume.remove()
     return RunResult(pruned, losses, report, time.perf_counter() - started,
                      pruned.expert_bytes() - bank.expert_bytes())
 
 
-__all__ = ["ConceptIdentity", "RunResult", "StepHook", "TrainingHost", "finish_task", "fit",
+__all__ = ["ConceptIdentity", "RunHooks", "RunResult", "StepHook", "TrainingHost", "finish_task", "fit",
            "prompt_gate_inputs", "run_concept", "start_task"]

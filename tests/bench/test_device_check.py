@@ -40,7 +40,8 @@ def test_the_correctness_section_brings_back_the_half_precision_figures(smoke):
 
 def test_sampling_and_training_report_paired_ratios_for_every_variant(smoke):
     sampling = json.loads((smoke / "sampling.json").read_text())["results"][0]
-    assert set(sampling["paired_ratio"]) == {"1 concept", "20 concepts", "regional 2 regions", "regional 3 regions"}
+    assert set(sampling["paired_ratio"]) == {"1 concept", "20 concepts", "regional 2 regions", "regional 3 regions",
+                                             "attention masks 2 regions", "attention masks 3 regions"}
     assert sampling["rounds"] == 2 and all(r > 0 for r in sampling["paired_ratio"].values())
     training = json.loads((smoke / "training.json").read_text())["results"][0]
     measured = {(r["trainer"], r["gradient_checkpointing"]) for r in training["rows"] if "s_per_step" in r}

@@ -10,7 +10,7 @@ import torch
 
 import r2moe_core as core
 from r2moe_core.bank.expert_bank import ConceptIdentity
-from r2moe_core.train.concept_run import run_concept
+from r2moe_core.train.concept_run import RunHooks, run_concept
 from r2moe_core.train.step import TrainingData
 from r2moe_core.train.trainer import TrainSettings
 from r2moe_testkit.toy_tasks import SIGMAS, ToyWorld, concept_latents, eval_loss
@@ -96,10 +96,12 @@ def test_a_cancelled_run_resumes_from_its_checkpoint_and_ends_where_a_straight_r
     straight = run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings)
     checkpoint = RunCheckpoint(tmp_path / "dog.pt", "key-1", every=10)
     with pytest.raises(RuntimeError, match="cancelled"):
-        run_concept(ToyHost(world, cancel_at=25), world.bank, DOG, start, _data(), settings, resume=checkpoint)
+        run_concept(ToyHost(world, cancel_at=25), world.bank, DOG, start, _data(), settings,
+                    hooks=RunHooks(resume=checkpoint))
     assert checkpoint.writes == 2 and checkpoint.path.is_file()  # steps 10 and 20
     again = RunCheckpoint(tmp_path / "dog.pt", "key-1", every=10)
-    resumed = run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings, resume=again)
+    resumed = run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings,
+                          hooks=RunHooks(resume=again))
     assert again.resumed_from == 20 and not again.path.exists()
     assert resumed.losses == straight.losses
     a, b = bank_to_tensors(straight.bank)[0], bank_to_tensors(resumed.bank)[0]
@@ -113,11 +115,11 @@ def test_a_checkpoint_of_other_inputs_or_a_damaged_one_starts_afresh(world, tmp_
     settings = replace(SETTINGS, steps=12)
     with pytest.raises(RuntimeError, match="cancelled"):
         run_concept(ToyHost(world, cancel_at=8), world.bank, DOG, start, _data(), settings,
-                    resume=RunCheckpoint(tmp_path / "dog.pt", "key-1", every=5))
+                    hooks=RunHooks(resume=RunCheckpoint(tmp_path / "dog.pt", "key-1", every=5)))
     other = RunCheckpoint(tmp_path / "dog.pt", "key-2", every=5)
-    run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings, resume=other)
+    run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings, hooks=RunHooks(resume=other))
     assert other.resumed_from == 0
     (tmp_path / "dog.pt").write_bytes(b"not a checkpoint")
     damaged = RunCheckpoint(tmp_path / "dog.pt", "key-1", every=5)
-    run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings, resume=damaged)
+    run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings, hooks=RunHooks(resume=damaged))
     assert damaged.resumed_from == 0 and not damaged.path.exists()
