@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +36,32 @@ from world.scenes import Composite, Scene, caption, random_composite, random_sce
 from world.text import TextEncoder
 from world.unet import UNet
 from world.vae import WorldVAE
-from world.vocab import BACKGROUNDS, SIZE
+from world.vocab import BACKGROUNDS, COLOURS, SIZE
 
 LOG = logging.getLogger("r2moe.bench.eval_world")
 HERE = Path(__file__).resolve().parent
 
 
-def generate(checkpoint: Path, captions: list[str], steps: int, cfg: float) -> list[np.ndarray]:
-    return draw(*load_world(checkpoint), captions, steps, cfg)
+def round_trip(vae: WorldVAE, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Clean renders encoded and decoded by the world's VAE: what a UNet that drew every latent perfectly would
+    show, so the readings of these bound the generated ones."""
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        x = (to_tensor(images) + 1) / 2
+        for start in range(0, len(x), 32):
+            decoded = vae.decode(vae.encode(x[start:start + 32])).permute(0, 2, 3, 1).float()
+            out += list((decoded * 255).round().byte().numpy())
+    return out
+
+
+def colour_confusions(evaluator: WorldEvaluator, images: list[np.ndarray], singles: list[Scene]) -> dict[str, int]:
+    """How often each wrong colour reading happens ("asked -> read": count), most frequent first."""
+    with torch.no_grad():
+        read = evaluator(to_tensor(images[:len(singles)]))["colour"].argmax(-1).tolist()
+    names = list(COLOURS)
+    wrong = Counter(f"{names[labels(s)['colour']]} -> {names[r]}" for s, r in zip(singles, read, strict=True)
+                    if r != labels(s)["colour"])
+    return dict(wrong.most_common())
 
 
 def draw(unet: UNet, text: TextEncoder, vae: WorldVAE, captions: list[str], steps: int, cfg: float,
@@ -120,14 +139,18 @@ def main() -> None:
     torch.set_num_threads(2)
     evaluator, report = train_evaluator(train_images=opts.eval_images, half_crops=opts.half_crops)
     singles, pairs = eval_scenes(opts.prompts, opts.two_object_prompts)
-    images = generate(opts.checkpoint, [caption(s) for s in singles + pairs], opts.steps, opts.cfg)
+    unet, text, vae = load_world(opts.checkpoint)
+    images = draw(unet, text, vae, [caption(s) for s in singles + pairs], opts.steps, opts.cfg)
     accuracy = drawn_as_asked(evaluator, images, singles, pairs)
     clean = two_object_scores(evaluator, [render(p, SIZE) for p in pairs], pairs)
+    trips = drawn_as_asked(evaluator, round_trip(vae, [render(s, SIZE) for s in singles + pairs]), singles, pairs)
     judge = judge_accuracy(opts.concepts)
     results = {
         "provenance": provenance(Path(__file__)),
         "accuracy": accuracy,
         "evaluator_accuracy": {k: round(v, 3) for k, v in (report.accuracy | clean).items()},
+        "vae_round_trip": trips,
+        "colour_confusions": colour_confusions(evaluator, images, singles),
         "judge_accuracy": judge["balanced"],
         "judge": {k: judge[k] for k in ("per_class", "concept_vs_concept", "two_concepts_located",
                                          "two_concept_renders", "method")},
@@ -135,7 +158,8 @@ def main() -> None:
                      "two_object_prompts": opts.two_object_prompts, "steps": opts.steps, "cfg": opts.cfg,
                      "evaluator_images": opts.eval_images, "evaluator_half_crops": opts.half_crops, "size": SIZE},
     }
-    LOG.info("drawn as asked: %s", json.dumps(results["accuracy"]))
+    LOG.info("drawn as asked: %s; clean renders through the VAE: %s", json.dumps(results["accuracy"]),
+             json.dumps(trips))
     LOG.info("evaluator held out: %s; judge balanced accuracy on clean renders: %.3f, both concepts of a clean "
              "two-concept render found in their halves: %.3f", json.dumps(results["evaluator_accuracy"]),
              results["judge_accuracy"], judge["two_concepts_located"])
