@@ -294,7 +294,8 @@ def eps_error_at_max_noise(unet: UNet, latents: torch.Tensor, contexts: torch.Te
     return error
 
 
-def save_checkpoint(path: Path, unet: UNet, text: TextEncoder, vae: WorldVAE, seed: int, text_init: int) -> None:
+def save_checkpoint(path: Path, unet: UNet, text: TextEncoder, vae: WorldVAE, seed: int, text_init: int,
+                    size: int = SIZE) -> None:
     """The UNet and VAE only: the text encoder is random from the seed and rebuilt on load (its 49408-word token
     table alone would be 76 MB in fp16). `world.checkpoint.assemble` writes the full ComfyUI checkpoint."""
     from safetensors.torch import save_file
@@ -305,7 +306,7 @@ def save_checkpoint(path: Path, unet: UNet, text: TextEncoder, vae: WorldVAE, se
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"r2moe_world": f"seed={seed}", "r2moe_world_text_seed": str(seed),
-                                          "r2moe_world_text_init": str(text_init)})
+                                          "r2moe_world_text_init": str(text_init), "r2moe_world_size": str(size)})
     tmp.replace(path)
 
 
@@ -383,7 +384,7 @@ def main() -> None:
     if opts.init_from:
         from world.checkpoint import load_world
 
-        start_unet, _, vae = load_world(opts.init_from)
+        start_unet, _, vae = load_world(opts.init_from, opts.size)
         vae = vae.requires_grad_(False).eval()
         LOG.info("continuing from %s (VAE kept)", opts.init_from)
     else:
@@ -394,7 +395,7 @@ def main() -> None:
     recipe = UNetRecipe(opts.unet_steps, opts.batch, opts.lr, opts.high_noise, opts.loss, opts.v_cap,
                         opts.offset_noise, opts.ema, opts.channels)
     unet, ema = train_unet(latents, contexts, empty, recipe, gen, start_unet, work, allowance, opts.device)
-    save_checkpoint(opts.out, ema or unet, text, vae, opts.seed, opts.text_init)
+    save_checkpoint(opts.out, ema or unet, text, vae, opts.seed, opts.text_init, opts.size)
     LOG.info("world model written to %s in %.0f s", opts.out, time.perf_counter() - started)
 
 

@@ -2,9 +2,10 @@
 it, the library versions and the thread count, so `make bench-status` can say which results are older than the
 code they measure, and job caches key on the same facts.
 
-A part is a set of Python sources: `core` (r2moe_core/), `world` (bench/world/, the benchmark's shared code),
-`nodes` (nodes/, for the benchmarks that run through ComfyUI) and `script` (the benchmark script itself and the
-bench modules it imports). Digests are of file names and bytes, so they are the same on every machine.
+A part is a set of files: `core` (r2moe_core/), `world` (bench/world/, the benchmark's shared code), `weights`
+(the world checkpoints in bench/world/weights: a result measured on a world is dated by its weights too), `nodes`
+(nodes/, for the benchmarks that run through ComfyUI) and `script` (the benchmark script itself and the bench
+modules it imports). Digests are of file names and bytes, so they are the same on every machine.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-PARTS = {"core": ("r2moe_core",), "world": ("bench/world",), "nodes": ("nodes",)}
+# part -> (folders, file pattern); `weights` are the world checkpoints a result was measured on
+PARTS = {"core": (("r2moe_core",), "*.py"), "world": (("bench/world",), "*.py"), "nodes": (("nodes",), "*.py"),
+         "weights": (("bench/world/weights",), "*.safetensors")}
+WORLD_PARTS = ("core", "world", "weights")  # what the benchmarks on the world model measure
 HOST_PARTS = ("core", "nodes")  # what the benchmarks that run through ComfyUI measure
 LIBRARIES = ("torch", "numpy", "safetensors", "PIL")
 
@@ -30,11 +34,11 @@ def digest_files(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def part_digests(script: Path, parts: tuple[str, ...] = ("core", "world"), also: tuple[str, ...] = ()
+def part_digests(script: Path, parts: tuple[str, ...] = WORLD_PARTS, also: tuple[str, ...] = ()
                  ) -> dict[str, str]:
     """Per part, the digest of its sources now; `also` names further modules the script imports (relative to
     bench/)."""
-    out = {p: digest_files([f for folder in PARTS[p] for f in (REPO / folder).rglob("*.py")]) for p in parts}
+    out = {p: digest_files([f for folder in PARTS[p][0] for f in (REPO / folder).rglob(PARTS[p][1])]) for p in parts}
     out["script"] = digest_files([script.resolve(), *((BENCH / name).resolve() for name in also)])
     return out
 
@@ -63,7 +67,7 @@ def git_commit() -> str:
     return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def provenance(script: Path, parts: tuple[str, ...] = ("core", "world"), also: tuple[str, ...] = ()) -> dict[str, Any]:
+def provenance(script: Path, parts: tuple[str, ...] = WORLD_PARTS, also: tuple[str, ...] = ()) -> dict[str, Any]:
     """The `provenance` entry of a result JSON written by `script`."""
     import torch
 

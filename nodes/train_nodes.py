@@ -22,6 +22,7 @@ from ..r2moe_core.train.augment import augmented_views
 from ..r2moe_core.train.concept_photos import concept_files, load_concept_folder, make_captions, square_resize
 from ..r2moe_core.train.concept_run import RunHooks
 from ..r2moe_core.train.loss_plot import loss_curve
+from ..r2moe_core.train.memory_estimate import GIB
 from ..r2moe_core.train.preview import PreviewSettings
 from ..r2moe_core.train.request import (
     BANK_VALUE,
@@ -38,6 +39,7 @@ from .host.class_prior_host import class_prior
 from .host.model_folders import resume_folder
 from .host.model_inspection import check_bank_serves
 from .host.training_host import frames_released_on_failure, train_concept
+from .host.training_memory import check_training_memory
 from .host.training_preview import TrainingPreviews
 from .types import Bank, advanced_input, schema_extras
 
@@ -232,6 +234,8 @@ class R2MoETrainConcept(io.ComfyNode):
         request = request.at_resolution(family.resolution if family is not None else 512)
         bank.check_new_concept(request.name, request.token, request.replace_existing)
         check_bank_serves(bank, model, clip, new_concept=True)
+        peak = check_training_memory(model, [clip, vae], bank.family, request.resolution,
+                                     request.settings.batch_size, request.gradient_checkpointing)
         frames, given = _images(images, request.folder, request.resolution)
         captions = make_captions(len(frames), request.token, request.class_word, request.caption_template, given)
         views = augmented_views(frames, captions, request.augment_views, request.settings.seed)
@@ -278,6 +282,7 @@ class R2MoETrainConcept(io.ComfyNode):
             f"; {request.prior_images} class-prior images of '{prior.caption}' (weight {request.prior_weight:g})"
             if prior is not None else "; no class-prior images"
         )
+        data += f"; estimated peak memory {peak / GIB:.1f} GiB"
         if resume.resumed_from:
             data += f"; resumed from step {resume.resumed_from} (the checkpoint of an interrupted run)"
         data += (f"\npreviews: {previews.count} of '{look.prompt}' ({look.shape[-1] * 8} px, {look.steps} steps), "

@@ -28,6 +28,13 @@ def text_recipe(path: Path) -> tuple[int, int] | None:
     return None if seed is None else (int(seed), int(meta.get("r2moe_world_text_init", 1)))
 
 
+def trained_size(path: Path) -> int | None:
+    """The pixel size a world was trained at, where its file records it (checkpoints since world v3's chunks)."""
+    with safe_open(str(path), "pt") as handle:
+        size = (handle.metadata() or {}).get("r2moe_world_size")
+    return None if size is None else int(size)
+
+
 def full_state(path: Path = SHIPPED) -> dict[str, torch.Tensor]:
     """Every tensor of the full checkpoint (fp16), the text encoder rebuilt from its seed when not stored."""
     path = Path(path)
@@ -50,7 +57,13 @@ def assemble(path: Path, out: Path) -> Path:
     return out
 
 
-def load_world(path: Path = SHIPPED) -> tuple[UNet, TextEncoder, WorldVAE]:
+def load_world(path: Path = SHIPPED, size: int = SIZE) -> tuple[UNet, TextEncoder, WorldVAE]:
+    """The world's three models; refuses a world trained at another size than the one it will be drawn at (an
+    evaluation at the wrong size reads every attribute near chance and says nothing of the model)."""
+    trained = trained_size(Path(path)) if Path(path).is_file() else None
+    if trained is not None and trained != size:
+        raise ValueError(f"{Path(path).name} was trained at {trained} px but the benchmark runs at {size} px: set "
+                         f"R2MOE_WORLD_SIZE={trained} (or pass its size).")
     state = {k: v.float() for k, v in full_state(path).items()}
 
     def part(prefix: str) -> dict[str, torch.Tensor]:

@@ -65,7 +65,9 @@ export async function openApp(browser, url, { vueNodes = false } = {}) {
   await page.evaluate(() => {
     const { api } = window.comfyAPI.api;
     window.r2moeEvents = [];
-    for (const type of ["executing", "executed", "execution_cached", "execution_success", "execution_error"]) {
+    // b_preview*: the live preview pictures nodes send while they run (a training run's loss curve and sample)
+    for (const type of ["executing", "executed", "execution_cached", "execution_success", "execution_error",
+      "b_preview", "b_preview_with_metadata"]) {
       api.addEventListener(type, (e) => window.r2moeEvents.push({ type, detail: e.detail }));
     }
   });
@@ -78,7 +80,7 @@ export function packErrors(page) {
   return page.r2moeErrors.filter((e) => e.includes("/extensions/r2moe/") || e.includes("r2moe"));
 }
 
-/** Queue the current graph and wait for it to finish; returns {executed: [node ids], cached: [...], error}. */
+/** Queue the current graph and wait for it to finish; returns {executed: [node ids], cached: [...], error, previews, outputs}. */
 export async function queueAndWait(page, timeoutMs = 300_000) {
   const start = await page.evaluate(() => window.r2moeEvents.length);
   await page.evaluate(() => window.app.queuePrompt(0, 1));
@@ -96,7 +98,10 @@ export async function queueAndWait(page, timeoutMs = 300_000) {
     const executed = events.filter((e) => e.type === "executing" && e.detail != null).map((e) => String(e.detail?.node ?? e.detail));
     const cached = events.filter((e) => e.type === "execution_cached").flatMap((e) => e.detail.nodes.map(String));
     const error = events.find((e) => e.type === "execution_error")?.detail ?? null;
-    return { executed: [...new Set(executed)], cached, error };
+    // A preview may arrive as both events (newer frontends dispatch the legacy one too): count the larger.
+    const previews = Math.max(...["b_preview", "b_preview_with_metadata"].map((t) => events.filter((e) => e.type === t).length));
+    const outputs = events.filter((e) => e.type === "executed").map((e) => ({ node: String(e.detail.node), output: e.detail.output }));
+    return { executed: [...new Set(executed)], cached, error, previews, outputs };
   }, start);
 }
 

@@ -13,8 +13,9 @@ import status
 
 @pytest.fixture
 def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A repository with a core, a benchmark world and a benchmark script (not a git work tree)."""
-    for rel in ("r2moe_core/a.py", "bench/world/b.py", "nodes/c.py", "bench/run.py", "bench/helper.py"):
+    """A repository with a core, a benchmark world, its weights and a benchmark script (not a git work tree)."""
+    for rel in ("r2moe_core/a.py", "bench/world/b.py", "nodes/c.py", "bench/run.py", "bench/helper.py",
+                "bench/world/weights/w.safetensors"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(f"# {rel}\n")
     monkeypatch.setattr(provenance, "REPO", tmp_path)
@@ -48,3 +49,11 @@ def test_results_without_provenance_are_listed_as_unknown_not_current(tree: Path
     old.write_text(json.dumps({"methods": {}}))
     state, detail = status.result_status(old)
     assert state == "unknown" and "re-run its script" in detail
+
+
+def test_new_world_weights_make_a_world_result_stale(tree: Path):
+    """A result measured on the world model is as old as the weights it was measured on, not only its code."""
+    result = write_result(tree)
+    (tree / "bench" / "world" / "weights" / "w.safetensors").write_bytes(b"other weights")
+    state, detail = status.result_status(result)
+    assert state == "stale" and "weights changed" in detail

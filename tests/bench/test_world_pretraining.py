@@ -74,3 +74,22 @@ def test_class_objects_show_fresh_members_of_the_concept_classes_named_by_their_
     shipped = {s.polygon for s in load_concepts(REPO / "bench" / "world" / "concepts_10.json")}
     rng = random.Random(3)
     assert not {class_scene(rng).objects[0].polygon for _ in range(200)} & shipped, "no shipped concept is pretrained"
+
+
+def test_a_world_records_its_size_and_is_refused_at_another(tmp_path) -> None:
+    """A 128 px world read by a benchmark running at 64 px would be evaluated near chance without a word: the file
+    records the size it was trained at and loading it at another size says which setting to use."""
+    import pytest
+    from pretrain_world import save_checkpoint
+    from world.checkpoint import load_world, trained_size
+    from world.text import random_text_encoder
+    from world.unet import UNet
+    from world.vae import WorldVAE
+
+    path = tmp_path / "world_128.safetensors"
+    unet = UNet()
+    save_checkpoint(path, unet, random_text_encoder(0, 2), WorldVAE(), 0, 2, size=128)
+    assert trained_size(path) == 128
+    with pytest.raises(ValueError, match="R2MOE_WORLD_SIZE=128"):
+        load_world(path, 64)
+    assert isinstance(load_world(path, 128)[0], UNet)

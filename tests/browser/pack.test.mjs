@@ -128,6 +128,22 @@ for (const name of TEMPLATES) {
       await makeRunnable(page, server);
       const first = await queueAndWait(page);
       assert.equal(first.error, null, JSON.stringify(first.error)?.slice(0, 1500));
+      if (name.includes("inspect")) {
+        // The gallery (every concept's picture, name and token) reaches its viewer, and the report shown on the
+        // node names every concept the server lists for that bank file.
+        const prompt = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
+        const idOf = (type) => Object.keys(prompt).find((id) => prompt[id].class_type === type);
+        const info = idOf("R2MoEBankInfo");
+        const viewer = Object.keys(prompt).find((id) => prompt[id].class_type === "PreviewImage"
+          && String(prompt[id].inputs.images?.[0]) === info && prompt[id].inputs.images?.[1] === 2);
+        assert.ok(viewer, "the template shows the gallery output");
+        assert.equal(first.outputs.find((o) => o.node === viewer)?.output?.images?.length, 1, "gallery shown");
+        const listed = await (await fetch(`${server.url}/r2moe/concepts`)).json();
+        const concepts = listed.banks[prompt[idOf("R2MoELoadBank")].inputs.bank_name]?.concepts ?? [];
+        assert.ok(concepts.length >= 1, JSON.stringify(listed).slice(0, 300));
+        const report = (first.outputs.find((o) => o.node === info)?.output?.text ?? []).join("\n");
+        for (const concept of concepts) assert.ok(report.includes(concept.name), `${concept.name} in the report`);
+      }
       if (name.includes("learn")) {
         // An unchanged graph queued again runs nothing: no re-training, no rewritten bank, no report re-run.
         const prompt = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
@@ -137,6 +153,8 @@ for (const name of TEMPLATES) {
         const second = await queueAndWait(page);
         const trainers = Object.entries(prompt).filter(([, n]) => n.class_type === "R2MoETrainConcept").map(([id]) => id);
         assert.ok(trainers.every((id) => first.executed.includes(id)), "first Queue trained every concept");
+        // Each run shows at least its final preview (loss curve + the concept drawn) while the graph runs.
+        assert.ok(first.previews >= trainers.length, `${first.previews} live previews for ${trainers.length} training runs`);
         const queueCounts = { nodes: Object.keys(prompt).length, first: first.executed.length, second: second.executed.length };
         process.stdout.write(`# queue twice (${LABEL}): ${JSON.stringify(queueCounts)} executed per Queue\n`);
         assert.deepEqual(second.executed, [], "second Queue of an unchanged graph executed nodes");

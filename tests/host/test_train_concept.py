@@ -458,3 +458,38 @@ def test_training_on_a_dynamic_vram_host_takes_the_static_delegate(host, tiny, e
     with pytest.raises(host.core.InvalidInputError, match="--disable-dynamic-vram"):
         call_node("R2MoETrainConcept", model=dynamic, clip=clip, vae=vae, bank=empty, concept_name="dyn",
                   trigger_token="<dyn1>", class_word="dog", images=pictures(5), **FAST)
+
+
+def test_a_run_too_large_for_the_free_memory_is_refused_before_anything_is_encoded(host, tiny, after_dog,
+                                                                                     monkeypatch):
+    """The estimate is compared with what the device has before the photos go through the VAE; the message names
+    the setting to lower, and a run that fits is not refused."""
+    import comfy.model_management
+
+    model, clip, vae = tiny
+    encoded = {"n": 0}
+    real_encode = type(vae).encode
+
+    def counting_encode(self, *args, **kwargs):
+        encoded["n"] += 1
+        return real_encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(vae), "encode", counting_encode)
+    args = {"concept_name": "cat", "trigger_token": "<cat1>", "images": pictures(2), "class_word": "cat"}
+    with pytest.raises(host.core.InvalidInputError, match=r"GiB is free there\. Lower batch_size to \d+ or less"):
+        call_node("R2MoETrainConcept", model=model, clip=clip, vae=vae, bank=after_dog[0],
+                  **(FAST | {"steps": 2, "batch_size": 64, "resolution": 2048} | args))
+    assert encoded["n"] == 0, "refused before the photos were encoded"
+
+    tight = 1024**3  # a device with 1 GiB free and nothing loaded that could be unloaded
+    monkeypatch.setattr(comfy.model_management, "get_free_memory", lambda *a, **k: tight)
+    monkeypatch.setattr(type(model), "model_size", lambda self: 0)
+    refusal = r"about 1\.0 GiB is free there\. (Lower batch_size|Use batch_size 1)"
+    with pytest.raises(host.core.InvalidInputError, match=refusal):
+        call_node("R2MoETrainConcept", model=model, clip=clip, vae=vae, bank=after_dog[0],
+                  **(FAST | {"steps": 2, "batch_size": 32, "resolution": 512} | args))
+    assert encoded["n"] == 0
+    monkeypatch.undo()
+    _, _, report, _ = call_node("R2MoETrainConcept", model=model, clip=clip, vae=vae, bank=after_dog[0],
+                                **(FAST | {"steps": 2} | args))
+    assert "estimated peak memory" in report
