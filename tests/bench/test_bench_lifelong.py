@@ -43,7 +43,7 @@ def test_the_result_names_the_code_that_made_it_and_is_current_until_that_code_c
     from provenance import staleness
 
     record = quick_results[0]["provenance"]
-    assert record["script"] == "bench/lifelong.py" and set(record["code"]) == {"core", "world", "script"}
+    assert record["script"] == "bench/lifelong.py" and set(record["code"]) == {"core", "world", "weights", "script"}
     assert record["libraries"]["torch"] == torch.__version__ and record["threads"] >= 1
     assert staleness(record) == []
     assert staleness(record | {"code": record["code"] | {"core": "0" * 16}}) == ["core"]
