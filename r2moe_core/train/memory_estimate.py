@@ -12,7 +12,7 @@ bytes per element of the compute dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import InvalidInputError
 
@@ -88,7 +88,7 @@ def check_memory(footprint: TrainingFootprint, available: float, where: str) -> 
 
 def _what_fits(footprint: TrainingFootprint, available: float) -> str:
     def fits(**change: object) -> bool:
-        return TrainingFootprint(**{**footprint.__dict__, **change}).peak_bytes() <= available
+        return replace(footprint, **change).peak_bytes() <= available
 
     if not footprint.checkpointing and fits(checkpointing=True):
         return "Turn gradient_checkpointing on."
