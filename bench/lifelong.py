@@ -293,7 +293,7 @@ def main() -> None:
                         help="more seeds on both tracks for --spread-methods only (the 3-seed spread of the "
                              "comparisons the goals name, at a third of the cost of every method on every seed)")
     parser.add_argument("--spread-methods",
-                        default="r2moe,textual_inversion,lora_sequential,c_lora,lora_per_concept")
+                        default="r2moe,r2moe_hlag,textual_inversion,lora_sequential,c_lora,lora_per_concept")
     parser.add_argument("--photo-seeds", default=None,
                         help="seeds every method runs on in the real-photo track (default: the same as --seeds)")
     parser.add_argument("--steps", type=int, default=Budget.steps, help="training steps per task")

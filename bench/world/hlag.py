@@ -19,9 +19,12 @@ import numpy as np
 import torch
 
 from r2moe_core.bank.attention_targets import LayerSpec
+from r2moe_core.bank.expert_bank import ExpertBank
 from r2moe_core.compose.masks.mask_refinement import PixelBox, Segment
+from r2moe_core.compose.planning.rule_planner import RuleBasedPlanner
 from r2moe_core.compose.regional_attention import RegionalRuntime
 
+from .text import TextEncoder
 from .unet import Attention
 
 LOG = logging.getLogger("r2moe.bench.multiconcept")
@@ -48,6 +51,25 @@ class RowRegions:
         heads = getattr(getattr(attention, "__self__", None), "heads", 1)  # the layer's CrossAttention.attend
         return torch.cat([runtime.attend(q[i:i + 1], grid, layer, to_k, to_v, q.dtype, attention, heads)
                           for i, runtime in enumerate(self.runtimes)])
+
+
+def planned_regions(text: TextEncoder, bank: ExpertBank, tokens: dict[str, torch.Tensor], prompts: Sequence[str],
+                    size: int, strength: float = 1.0) -> RowRegions:
+    """HLAG as the pack runs it on a prompt by default: the rule planner boxes every trigger the prompt names (a
+    lone concept gets a half-width box, on the side its clause names or centred), each box attends its region
+    prompt through its own expert mixture and the rest attends the scene words with base weights; a prompt that
+    names no concept has no region and is drawn from its scene words alone, with no expert."""
+    planner = RuleBasedPlanner()
+    layouts = [planner.plan(prompt, list(tokens), size, size, seed=0) for prompt in prompts]
+    backgrounds = text([layout.background for layout in layouts], tokens)
+    region_prompts = [region.prompt for layout in layouts for region in layout.regions]
+    encoded = text(region_prompts, tokens) if region_prompts else None
+    runtimes, start = [], 0
+    for i, layout in enumerate(layouts):
+        own = [encoded[j:j + 1] for j in range(start, start + len(layout.regions))] if encoded is not None else []
+        start += len(layout.regions)
+        runtimes.append(RegionalRuntime(bank, layout, backgrounds[i:i + 1], own, strength))
+    return RowRegions(bank.layers, runtimes)
 
 
 class LoraRegions(RegionalRuntime):

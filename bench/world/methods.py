@@ -22,13 +22,19 @@ from r2moe_core.moe.delta_cache import BankRuntime
 from r2moe_core.train.concept_run import ConceptIdentity, TrainingHost, finish_task, start_task
 from r2moe_core.train.trainer import ExpertTrainer, TrainSettings
 
+from .hlag import RowRegions, planned_regions
+from .text import TextEncoder
 from .unet import CrossAttention, Delta, UNet
 
-METHODS = ("r2moe", "r2moe_prior", "r2moe_no_rdm", "r2moe_no_sae", "r2moe_no_prune", "textual_inversion",
-           "lora_sequential", "c_lora", "lora_per_concept", "custom_diffusion")
+METHODS = ("r2moe", "r2moe_hlag", "r2moe_prior", "r2moe_no_rdm", "r2moe_no_sae", "r2moe_no_prune",
+           "textual_inversion", "lora_sequential", "c_lora", "lora_per_concept", "custom_diffusion")
 
 SIMPLIFICATIONS = {
     "r2moe": "pack defaults: rank 4, top-k 3, exact routing distillation (margin 0), SAE, τ-pruning at 0.4",
+    "r2moe_hlag": "r2moe trained alike, every prompt drawn with regional attention as the nodes do by default: the "
+                  "rule planner's box for the trigger (half the width, at the side the prompt names or centred), "
+                  "its expert mixture inside, the scene words with base weights outside (η 1, box masks); "
+                  "prompts without a trigger get no expert",
     "r2moe_prior": "r2moe plus class-prior preservation: Budget.prior_images images of `photo of a {class}` drawn "
                    "by the frozen world model (euler, the evaluation's steps and cfg) in every batch, weight 1",
     "r2moe_no_rdm": "routing distillation off (the new router columns are unconstrained on old prompts)",
@@ -224,6 +230,10 @@ class Method:
     def sampling_delta(self, prompts: list[str], context: torch.Tensor) -> Delta | None:
         raise NotImplementedError
 
+    def regional_hook(self, text: TextEncoder, prompts: list[str], size: int) -> RowRegions | None:
+        """The UNet's `regional` hook for these prompts' conditional pass, for methods that sample regionally."""
+        return None
+
     def stored(self) -> dict[str, torch.Tensor]:
         """Every tensor the method must keep to draw its concepts (what a user stores on disk)."""
         return {f"token.{t}": v for t, v in self.tokens.items()}
@@ -247,6 +257,7 @@ class R2MoEMethod(Method):
         self.distill_mode = "off" if variant == "no_rdm" else "exact"
         self.selective = variant != "no_sae"
         self.prune = variant != "no_prune"
+        self.regional = variant == "hlag"
         self.reports: list[core.PruneReport] = []
 
     def begin(self, token: str, class_word: str, token_init: torch.Tensor, start: TaskStart) -> R2MoETask:
@@ -272,6 +283,9 @@ class R2MoEMethod(Method):
         self.bank, report = finish_task(task.trainer, encode, concept, start.captions, None if self.prune else 0.0)
         if self.prune:
             self.reports.append(report)
+
+    def regional_hook(self, text: TextEncoder, prompts: list[str], size: int) -> RowRegions | None:
+        return planned_regions(text, self.bank, self.tokens, prompts, size) if self.regional else None
 
     def sampling_delta(self, prompts: list[str], context: torch.Tensor) -> Delta | None:
         runtime = BankRuntime(self.bank, 1.0)

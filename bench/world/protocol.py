@@ -36,7 +36,7 @@ from .scenes import place
 from .text import TextEncoder
 from .unet import UNet
 from .vae import WorldVAE
-from .vocab import BACKGROUNDS, POSITIONS
+from .vocab import BACKGROUNDS, POSITIONS, SIZE
 
 LOG = logging.getLogger("r2moe.bench.lifelong")
 SIGMAS = ddpm_sigmas()
@@ -259,10 +259,13 @@ def generate(world: World, method: Method | None, prompts: list[str], seed: int,
     tokens = method.tokens if method is not None else {}
     with torch.no_grad():
         context = world.text(prompts, tokens)
-        delta = method.sampling_delta(prompts, context) if method is not None else None
+        regional = method.regional_hook(world.text, prompts, SIZE) if method is not None else None
+        delta = method.sampling_delta(prompts, context) if method is not None and regional is None else None
 
         def eps(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            return world.unet(x, t, c, delta if c is context else None)  # the unconditional pass stays base
+            if c is not context:
+                return world.unet(x, t, c)  # the unconditional pass stays base
+            return world.unet(x, t, c, delta, regional)
 
         with world.unet.fixed_contexts():
             latents = sample(eps, context, world.empty, steps=settings.steps, cfg=settings.cfg, seed=seed)

@@ -106,3 +106,26 @@ def test_every_method_learns_through_the_same_loop_and_keeps_the_base_frozen() -
         assert any(d is not None and d.abs().sum() > 0 for d in moved), name  # it learned something
     after = world.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_hlag_row_draws_a_trigger_in_its_planned_box_and_leaves_other_prompts_to_the_base_model() -> None:
+    from world.protocol import EvalSettings, generate
+    from world.vocab import SIZE
+
+    world = World(*load_world(SHIPPED))
+    spec = load_concepts(REPO / "bench" / "world" / "concepts_10.json")[0]
+    concept = ConceptData.from_spec(spec, 3, heldout=0)
+    hlag, plain = (make_method(name, world.unet, Budget(steps=3, batch_size=1)) for name in ("r2moe_hlag", "r2moe"))
+    for method in (hlag, plain):
+        train_task(world, method, concept, 3, seed=0)
+    settings = EvalSettings(images_per_concept=1, steps=4)
+    untriggered = [f"photo of a {spec.class_word} on the right, sand background"]
+    ours, base = generate(world, hlag, untriggered, 0, settings), generate(world, None, untriggered, 0, settings)
+    assert abs(ours[0].astype(int) - base[0].astype(int)).max() <= 1  # no region, no expert: the base model's image
+    triggered = [f"photo of a {spec.token} {spec.class_word} on the left, grass background"]
+    (runtime,) = hlag.regional_hook(world.text, triggered, SIZE).runtimes
+    (region,) = runtime.layout.regions
+    assert region.tokens == (spec.token,) and region.box[2] <= 0.5  # the planner's box on the named side
+    assert plain.regional_hook(world.text, triggered, SIZE) is None
+    regional, bank_only = generate(world, hlag, triggered, 0, settings), generate(world, plain, triggered, 0, settings)
+    assert abs(regional[0].astype(int) - bank_only[0].astype(int)).max() > 8  # the regional path is what drew it
