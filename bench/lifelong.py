@@ -5,6 +5,8 @@
     python bench/lifelong.py --seeds 0,1,2   # every method on 3 seeds (about 3x the CPU time)
     python bench/lifelong.py --quick         # 3 concepts, few steps, 1 seed: checks the pipeline in minutes
     python bench/lifelong.py --concepts bench/world/concepts_30.json --spread-seeds ""   # the long sequence
+    python bench/lifelong.py --tracks photo  # one track now, the others kept from OUT/lifelong.json (a run
+                                             # longer than a session, split by track; each records its code)
 
 Writes under --out (default bench/results): lifelong.json (all numbers), lifelong.md (the tables), and PNG plots
 (forgetting per task, parameters per task, the last task's images per method). Deterministic on CPU for a seed.
@@ -47,6 +49,7 @@ DEFAULT_PHOTOS = HERE.parents[1] / "shared" / "data" / "concepts"
 METRICS = ("image_alignment", "image_alignment_heldout", "image_alignment_train", "text_alignment", "forgetting",
            "params_added", "bytes_added", "train_s_per_task", "sample_s_per_image", "class_drift",
            "class_drift_unseen", "class_drift_other", "expert_kept_share")
+TRACKS = ("world", "heldout", "photo")
 SPREAD = ("image_alignment", "image_alignment_heldout", "image_alignment_train", "text_alignment", "forgetting",
           "class_drift", "class_drift_unseen", "class_drift_other", "expert_kept_share")  # with std and per seed
 
@@ -230,6 +233,23 @@ def run_track(label: str, concepts: list[ConceptData], methods: list[str], seeds
     return result
 
 
+def kept_tracks(path: Path, running: list[str], settings: dict) -> dict[str, dict]:
+    """The tracks of an earlier result at `path` that this run does not redo, in TRACKS order; refuses to merge
+    tracks made with other settings (budget, evaluation, checkpoint, concept sets), which would not compare."""
+    if not path.is_file() or set(running) >= set(TRACKS):
+        return {}
+    earlier = json.loads(path.read_text())
+    differ = [k for k in ("budget", "eval", "checkpoint", "concepts", "heldout_concepts")
+              if earlier.get("settings", {}).get(k) != settings.get(k)]
+    if differ:
+        raise SystemExit(f"{path} was made with other settings ({', '.join(differ)}); run every track "
+                         f"(--tracks {','.join(TRACKS)}) or write elsewhere with --out.")
+    keep = {name: track for name, track in earlier.get("tracks", {}).items() if name not in running}
+    for track in keep.values():
+        track.setdefault("provenance", earlier.get("provenance"))
+    return keep
+
+
 def run_base(world: World, concepts: list[ConceptData], settings: EvalSettings, seed: int
              ) -> dict[str, list[np.ndarray]]:
     from world.protocol import generate
@@ -305,6 +325,9 @@ def main() -> None:
     parser.add_argument("--no-cache", action="store_true",
                         help="recompute every job (by default finished (method, seed) jobs are kept in OUT/.cache)")
     parser.add_argument("--quick", action="store_true", help="3 concepts, 10 steps, 1 seed, 2 images each")
+    parser.add_argument("--tracks", default=",".join(TRACKS),
+                        help="tracks to run now; the others are kept from OUT/lifelong.json when it holds them, "
+                             "made with the same settings (each track records the code that made it)")
     opts = parser.parse_args()
     budget, settings = replace(Budget(), steps=opts.steps), EvalSettings()
     seeds = [int(s) for s in opts.seeds.split(",")]
@@ -324,11 +347,10 @@ def main() -> None:
         photo_seeds, extra = seeds, {}
         settings = EvalSettings(images_per_concept=2, steps=6, contexts=2)
         eval_images, eval_epochs = 600, 2
+    running = [t.strip() for t in opts.tracks.split(",") if t.strip()]
+    if not running or set(running) - set(TRACKS):
+        parser.error(f"--tracks takes some of {', '.join(TRACKS)}, comma-separated; got {opts.tracks!r}")
     started = time.perf_counter()
-    cache = None if opts.no_cache else opts.out / ".cache"
-    evaluator, report = cached_evaluator(cache, eval_images, eval_epochs)
-    LOG.info("world evaluator held-out accuracy: %s", {k: round(v, 3) for k, v in report.accuracy.items()})
-    opts.out.mkdir(parents=True, exist_ok=True)
     name = "lifelong_quick" if opts.quick else "lifelong"
     results = {
         "provenance": provenance(Path(__file__)),
@@ -336,35 +358,39 @@ def main() -> None:
                      "budget": budget.__dict__, "eval": settings.__dict__, "checkpoint": opts.checkpoint.name,
                      "concepts": opts.concepts.name,
                      "heldout_concepts": heldout.name if heldout else None},
-        "evaluator_accuracy": {k: round(v, 3) for k, v in report.accuracy.items()},
         "simplifications": {m: SIMPLIFICATIONS[m] for m in methods},
         "tracks": {},
     }
-
+    kept = kept_tracks(opts.out / f"{name}.json", running, results["settings"])  # checked before any work
+    cache = None if opts.no_cache else opts.out / ".cache"
+    evaluator, report = cached_evaluator(cache, eval_images, eval_epochs)
+    LOG.info("world evaluator held-out accuracy: %s", {k: round(v, 3) for k, v in report.accuracy.items()})
+    results["evaluator_accuracy"] = {k: round(v, 3) for k, v in report.accuracy.items()}
+    opts.out.mkdir(parents=True, exist_ok=True)
     init = (opts.checkpoint, evaluator.state_dict(), 1 if opts.workers > 1 else torch.get_num_threads())
     _worker_init(*init)  # the parent scores references and the base model too
     context = multiprocessing.get_context("spawn")
     with context.Pool(opts.workers, initializer=_worker_init, initargs=init) as pool:
-        concepts = world_concepts(opts.concepts, opts.images, opts.limit)
-        results["tracks"]["world"] = run_track("world", concepts, methods, seeds, budget, settings, pool, opts.out,
-                                               cache, extra)
-        if heldout:
-            held = world_concepts(heldout, opts.images, None)
-            results["tracks"]["heldout"] = run_track("heldout", held, methods, seeds, budget, settings, pool,
-                                                     opts.out, cache, extra)
-        if opts.photos.is_dir():
-            photos = photo_concepts(opts.photos, opts.limit)
-            results["tracks"]["photo"] = run_track("photo", photos, methods, photo_seeds, budget, settings, pool,
-                                                   opts.out, cache, extra)
-        else:
+        def track(label: str, concepts: list[ConceptData], track_seeds: list[int]) -> None:
+            results["tracks"][label] = run_track(label, concepts, methods, track_seeds, budget, settings, pool,
+                                                 opts.out, cache, extra) | {"provenance": results["provenance"]}
+
+        if "world" in running:
+            track("world", world_concepts(opts.concepts, opts.images, opts.limit), seeds)
+        if heldout and "heldout" in running:
+            track("heldout", world_concepts(heldout, opts.images, None), seeds)
+        if "photo" in running and opts.photos.is_dir():
+            track("photo", photo_concepts(opts.photos, opts.limit), photo_seeds)
+        elif "photo" in running:
             LOG.info("no photo folder at %s: the real-photo track is skipped", opts.photos)
-    results["methods"] = results["tracks"]["world"]["methods"]  # the shape other tools read
+    results["tracks"] = {t: (results["tracks"] | kept)[t] for t in TRACKS if t in results["tracks"] | kept}
+    if "world" in results["tracks"]:
+        results["methods"] = results["tracks"]["world"]["methods"]  # the shape other tools read
     results["seconds"] = round(time.perf_counter() - started, 1)
     (opts.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     (opts.out / f"{name}.md").write_text(markdown(results) + "\n")
     LOG.info("%s", markdown(results))
     LOG.info("written %s and %s in %.0f s", opts.out / f"{name}.json", opts.out / f"{name}.md", results["seconds"])
-
 
 if __name__ == "__main__":
     main()

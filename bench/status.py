@@ -31,15 +31,21 @@ def git_age(path: Path) -> str:
 def result_status(path: Path) -> tuple[str, str]:
     """(state, detail): state is current, stale or unknown."""
     try:
-        record = json.loads(path.read_text()).get("provenance")
+        result = json.loads(path.read_text())
+        record = result.get("provenance")
     except (json.JSONDecodeError, AttributeError):
         return "unknown", "not a JSON object"
     if not isinstance(record, dict):
         return "unknown", f"no provenance (written before results recorded it; {git_age(path)}): re-run its script"
-    changed = staleness(record)
-    since = f"since {record['commit']} ({record['written']})"
-    if changed:
-        return "stale", f"{', '.join(changed)} changed {since}: re-run {record['script']}"
+    # A result run in parts (the lifelong benchmark's tracks, one session each) is as old as its oldest part.
+    tracks = result.get("tracks") if isinstance(result.get("tracks"), dict) else {}
+    parts = {"": record} | {f"{name} track: ": t["provenance"] for name, t in tracks.items()
+                            if isinstance(t, dict) and isinstance(t.get("provenance"), dict)}
+    stale = [(label, part, staleness(part)) for label, part in parts.items()]
+    stale = [(label, part, changed) for label, part, changed in stale if changed]
+    if stale:
+        return "stale", "; ".join(f"{label}{', '.join(changed)} changed since {part['commit']} ({part['written']})"
+                                  for label, part, changed in stale) + f": re-run {record['script']}"
     return "current", f"{record['script']} at {record['commit']} ({record['written']})"
 
 

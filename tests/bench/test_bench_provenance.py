@@ -57,3 +57,34 @@ def test_new_world_weights_make_a_world_result_stale(tree: Path):
     (tree / "bench" / "world" / "weights" / "w.safetensors").write_bytes(b"other weights")
     state, detail = status.result_status(result)
     assert state == "stale" and "weights changed" in detail
+
+
+def test_a_result_run_in_parts_is_as_old_as_its_oldest_track(tree: Path):
+    """The lifelong benchmark can run one track per session; a track kept from before a code change dates it."""
+    script = tree / "bench" / "run.py"
+    before = provenance.provenance(script)
+    (tree / "r2moe_core" / "a.py").write_text("# the core changed between the sessions\n")
+    now = provenance.provenance(script)
+    path = tree / "bench" / "results" / "parts.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"provenance": now, "tracks": {"world": {"provenance": now},
+                                                              "photo": {"provenance": before}}}))
+    state, detail = status.result_status(path)
+    assert state == "stale" and "photo track: core changed" in detail and "world track" not in detail
+    path.write_text(json.dumps({"provenance": now, "tracks": {"world": {"provenance": now}}}))
+    assert status.result_status(path)[0] == "current"
+
+
+def test_lifelong_tracks_merge_only_with_the_same_settings(tmp_path: Path):
+    from lifelong import kept_tracks
+
+    settings = {"budget": {"steps": 50}, "eval": {"steps": 12}, "checkpoint": "w.safetensors",
+                "concepts": "c.json", "heldout_concepts": "h.json"}
+    earlier = tmp_path / "lifelong.json"
+    earlier.write_text(json.dumps({"provenance": {"commit": "old"}, "settings": settings,
+                                   "tracks": {"world": {"methods": {}}, "photo": {"methods": {}}}}))
+    kept = kept_tracks(earlier, ["world"], settings)
+    assert list(kept) == ["photo"] and kept["photo"]["provenance"] == {"commit": "old"}
+    assert kept_tracks(earlier, ["world", "heldout", "photo"], settings) == {}
+    with pytest.raises(SystemExit, match="budget"):
+        kept_tracks(earlier, ["world"], settings | {"budget": {"steps": 100}})
