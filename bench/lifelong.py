@@ -383,7 +383,8 @@ def main() -> None:
             track("photo", photo_concepts(opts.photos, opts.limit), photo_seeds)
         elif "photo" in running:
             LOG.info("no photo folder at %s: the real-photo track is skipped", opts.photos)
-    results["tracks"] = {t: (results["tracks"] | kept)[t] for t in TRACKS if t in results["tracks"] | kept}
+    merged = results["tracks"] | kept
+    results["tracks"] = {t: merged[t] for t in TRACKS if t in merged}
     if "world" in results["tracks"]:
         results["methods"] = results["tracks"]["world"]["methods"]  # the shape other tools read
     results["seconds"] = round(time.perf_counter() - started, 1)
@@ -391,6 +392,7 @@ def main() -> None:
     (opts.out / f"{name}.md").write_text(markdown(results) + "\n")
     LOG.info("%s", markdown(results))
     LOG.info("written %s and %s in %.0f s", opts.out / f"{name}.json", opts.out / f"{name}.md", results["seconds"])
+
 
 if __name__ == "__main__":
     main()

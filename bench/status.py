@@ -41,8 +41,7 @@ def result_status(path: Path) -> tuple[str, str]:
     tracks = result.get("tracks") if isinstance(result.get("tracks"), dict) else {}
     parts = {"": record} | {f"{name} track: ": t["provenance"] for name, t in tracks.items()
                             if isinstance(t, dict) and isinstance(t.get("provenance"), dict)}
-    stale = [(label, part, staleness(part)) for label, part in parts.items()]
-    stale = [(label, part, changed) for label, part, changed in stale if changed]
+    stale = [(label, part, changed) for label, part in parts.items() if (changed := staleness(part))]
     if stale:
         return "stale", "; ".join(f"{label}{', '.join(changed)} changed since {part['commit']} ({part['written']})"
                                   for label, part, changed in stale) + f": re-run {record['script']}"

@@ -66,7 +66,7 @@ def planned_regions(text: TextEncoder, bank: ExpertBank, tokens: dict[str, torch
     encoded = text(region_prompts, tokens) if region_prompts else None
     runtimes, start = [], 0
     for i, layout in enumerate(layouts):
-        own = [encoded[j:j + 1] for j in range(start, start + len(layout.regions))] if encoded is not None else []
+        own = [encoded[j:j + 1] for j in range(start, start + len(layout.regions))]  # none: `encoded` unread
         start += len(layout.regions)
         runtimes.append(RegionalRuntime(bank, layout, backgrounds[i:i + 1], own, strength))
     return RowRegions(bank.layers, runtimes)
