@@ -4,15 +4,17 @@ Deterministic for a seed, plain PyTorch (no ComfyUI). The text encoder is a 2-la
 weights from the seed (a fixed, prompt-dependent feature map). Writes one fp16 .safetensors checkpoint with
 ComfyUI's key layout, loadable by the stock CheckpointLoaderSimple (with R2MOE_TINY_MODELS=1).
 
-    python bench/pretrain_world.py                      # the full run that produces the shipped weights
+    python bench/pretrain_world.py --out X              # a world from scratch at the benchmark's size
     python bench/pretrain_world.py --quick --out X      # seconds: checks the pipeline end to end
 
-The defaults reproduce world v2's weights (64 px, 54 min on 2 CPU threads). `--text-init 1 --loss eps --channels 32
---threads 1` is the first world, which drew backgrounds at chance; `--high-noise` and `--init-from` are for
-experiments (docs/benchmarks.md, "the world model", says what was measured). World v3 (128 px) was made on a GPU by
-bench/world_sweep.py, which trains several UNet recipes with these functions and keeps the best; on a CPU its
-recipe is `--size 128 --composites 0.3 --vae-edge 1 --loss capped-v --offset-noise 0.1 --ema 0.999` (with
-`--work DIR --max-minutes N` to run it in chunks; bench/results/world_recipe_sweep.json has what it measured).
+The shipped world v3 (128 px) was made in three runs: bench/world_sweep.py on a GPU (one VAE, several UNet
+recipes at the same steps, each judged by eval_world's readings, the best kept), then twice continued on a CPU
+with `--init-from` (VAE kept, a fresh optimizer, two-object composites in the pool); docs/benchmarks.md lists
+the commands and bench/results/world_recipe_sweep.json what the sweep measured. The sweep's recipe, for a run
+from scratch, is `--composites 0.3 --vae-edge 1 --loss capped-v --offset-noise 0.1 --ema 0.999` (with
+`--work DIR --max-minutes N` to run it in chunks on a CPU); the continuations raised composites to 0.5 and 0.6.
+The other defaults are world v2's: `--size 64` made it in 54 min on 2 CPU threads. `--size 64 --text-init 1
+--loss eps --channels 32 --threads 1` is the first world, which drew backgrounds at chance.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ LOG = logging.getLogger("r2moe.bench.pretrain")
 # at 1.9x the data's spread; 64 channels at the same step count came out at 1.15x (see docs/benchmarks.md, world model).
 WORLD_UNETS = {64: {"model_channels": 64, "channel_mult": (1, 1, 2, 2)},  # the shipped world
                32: {"model_channels": 32, "channel_mult": (1, 2, 4, 4)}}  # the first world (and the tiny model)
-DEFAULT_OUT = Path(__file__).resolve().parent / "world" / "weights" / "world_sd15.safetensors"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "output" / "world_pretrained.safetensors"  # never the shipped file
 
 
 def scene_pool(count: int, seed: int, size: int = SIZE, composites: float = 0.0, workers: int = 1,

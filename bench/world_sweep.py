@@ -7,8 +7,8 @@ budget. The rule that picks the winner is fixed before any run: the sum over the
 position 0.9; shape, texture, two objects 0.7) of min(reading / target, 1), ties to the mean reading. The
 evaluator and the judge are trained once, in a process of their own beside the UNet training.
 
-    R2MOE_WORLD_SIZE=128 python bench/world_sweep.py --out DIR --device cuda --budget-s 520
-    R2MOE_WORLD_SIZE=128 python bench/world_sweep.py --out DIR --smoke        # CPU, about a minute
+    python bench/world_sweep.py --out DIR --device cuda --budget-s 520
+    python bench/world_sweep.py --out DIR --smoke        # CPU, about a minute
 """
 
 from __future__ import annotations

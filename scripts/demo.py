@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -41,7 +40,7 @@ REGIONAL_WORKFLOW = REPO / "scripts" / "api_workflows" / "api_regional_two_conce
 # A few minutes alone on 2 cores; generous, since a busy shared machine can be several times slower.
 WORKFLOW_TIMEOUT_S = 3600.0
 TINY = "r2moe_tiny_sd15.safetensors"
-WORLD_NAMES = {64: "r2moe_world_sd15.safetensors", 128: "r2moe_world_v3.safetensors"}
+WORLD_NAME = "r2moe_world_v3.safetensors"
 
 
 # Per model kind: training inputs of R2MoETrainConcept (yours: the template's reference settings), sampling
@@ -99,13 +98,11 @@ def prepare_checkpoint(ckpt: Path | None) -> tuple[str, str]:
     if str(ckpt) == "world":
         _repo_code_on_path()
         from world.checkpoint import SHIPPED, assemble
-        from world.vocab import SIZE
 
-        name = WORLD_NAMES.get(SIZE, WORLD_NAMES[64])
-        target = folder / name
+        target = folder / WORLD_NAME
         if not target.is_file() or target.stat().st_mtime < SHIPPED.stat().st_mtime:
             assemble(SHIPPED, target)  # the shipped UNet + VAE plus the text encoder rebuilt from its seed
-        return name, "world"
+        return WORLD_NAME, "world"
     ckpt = ckpt.expanduser().resolve()
     if not ckpt.is_file():
         raise SystemExit(f"CKPT={ckpt} does not exist; give the path of an SD1.x, SD 2.x or SDXL .safetensors "
@@ -309,8 +306,6 @@ def main() -> None:
                              "doubles the training; auto = yes on the built-in models, no on your checkpoint")
     parser.add_argument("--host", type=Path, default=HOST_ROOT, help=argparse.SUPPRESS)
     opts = parser.parse_args()
-    # The world's 128 px version (v3) unless R2MOE_WORLD_SIZE says otherwise: set before any world code is imported
-    os.environ.setdefault("R2MOE_WORLD_SIZE", "128")
     opts.output.mkdir(parents=True, exist_ok=True)
     folders = concept_folders(opts.images)  # checked before anything is set up
     ckpt_name, kind = prepare_checkpoint(opts.ckpt)
@@ -323,7 +318,7 @@ def main() -> None:
     if opts.steps:
         train_inputs["steps"] = opts.steps
     size, sample_steps, batch = SAMPLING[kind]
-    if kind == "world":  # the world's own size: 64 px (v2) or 128 px (v3, R2MOE_WORLD_SIZE=128)
+    if kind == "world":  # the world's own size (128 px)
         from world.vocab import SIZE
 
         size = train_inputs["resolution"] = SIZE

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .scenes import Scene, WorldObject, place, render
-from .vocab import BACKGROUNDS, POSITIONS, TEXTURES
+from .vocab import BACKGROUNDS, POSITIONS, SIZE, TEXTURES
 
 MARKINGS = ("none", "eye", "band")
 CLASS_WORDS = ("toy", "badge", "kite", "charm", "token", "gem", "tile", "mascot", "sticker", "medal")
@@ -99,8 +99,9 @@ def load_concepts(path: str | Path) -> list[ConceptSpec]:
     return specs
 
 
-def concept_images(spec: ConceptSpec, count: int = 5, seed: int = 0) -> list[tuple[np.ndarray, str]]:
-    """3 to 7 photos of the concept in varied backgrounds and positions, with captions."""
+def concept_images(spec: ConceptSpec, count: int = 5, seed: int = 0, size: int = SIZE
+                   ) -> list[tuple[np.ndarray, str]]:
+    """3 to 7 photos of the concept in varied backgrounds and positions, with captions, `size` px square."""
     if not 1 <= count <= 16:
         raise ValueError("count must be between 1 and 16")
     rng = random.Random(f"{spec.name}:{seed}")
@@ -113,7 +114,7 @@ def concept_images(spec: ConceptSpec, count: int = 5, seed: int = 0) -> list[tup
         scene = Scene(objects=(spec.object(),), count=1, position=position, background=background,
                       size=rng.uniform(0.34, 0.44))
         words = f"photo of a {spec.token} {spec.class_word} {place(position)}, {background} background"
-        out.append((render(scene), words))
+        out.append((render(scene, size), words))
     return out
 
 

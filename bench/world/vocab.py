@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-# Pixels per side the world renders and the benchmark samples at (latents are 1/8 of it). 64 for world v2; world v3
-# is trained at 128, chosen with R2MOE_WORLD_SIZE=128 until it becomes the shipped default.
-SIZE = int(os.environ.get("R2MOE_WORLD_SIZE", "64"))
+# Pixels per side the world renders and the benchmark samples at (latents are 1/8 of it): 128 for the shipped world
+# v3. R2MOE_WORLD_SIZE=64 draws at world v2's size, for a v2 checkpoint restored from the history.
+SIZE = int(os.environ.get("R2MOE_WORLD_SIZE", "128"))
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

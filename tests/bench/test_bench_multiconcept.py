@@ -20,6 +20,7 @@ from world.sampler import euler_cfg, sample
 from world.text import TextEncoder
 from world.unet import UNet
 from world.vae import WorldVAE
+from world.vocab import SIZE
 
 from r2moe_core.compose.layout import Layout, Region
 from r2moe_core.compose.masks.mask_refinement import RefineOptions, refine_masks
@@ -126,11 +127,11 @@ def test_the_sam_stand_in_finds_the_object_in_its_box() -> None:
     spec = load_concepts(CONCEPTS)[0]
     image = draw("grass", spec.object(), (0.25, 0.5), 0.36)
     boxes = (Region("a", (0.0, 0.0, 0.5, 1.0)), Region("b", (0.5, 0.0, 1.0, 1.0)))
-    layout = Layout(width=64, height=64, background="grass background", regions=boxes)
-    result = refine_masks(colour_segmenter(image), layout, 64, 64, RefineOptions(min_coverage=0.05))
+    layout = Layout(width=SIZE, height=SIZE, background="grass background", regions=boxes)
+    result = refine_masks(colour_segmenter(image), layout, SIZE, SIZE, RefineOptions(min_coverage=0.05))
     assert result.fallbacks == (1,), "the empty right half keeps its box, the left one is refined"
     _, xs = result.masks[0].nonzero(as_tuple=True)
-    assert 0.05 < result.coverage[0] < 0.5 and abs(float(xs.float().mean()) + 0.5 - 16) < 3
+    assert 0.05 < result.coverage[0] < 0.5 and abs(float(xs.float().mean()) + 0.5 - SIZE / 4) < SIZE / 20
 
 
 def test_prompts_place_every_concept() -> None:

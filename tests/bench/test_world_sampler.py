@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from world.sampler import sample, schedule, sigma_at
+from world.sampler import LATENT, sample, schedule, sigma_at
 
 
 def test_exact_denoiser_reaches_the_clean_latent():
-    target = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    target = torch.randn(2, 4, LATENT, LATENT, generator=torch.Generator().manual_seed(1))
 
     def oracle(x_in, t, context):
         sigma = sigma_at(t).view(-1, 1, 1, 1)
