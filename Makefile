@@ -12,7 +12,7 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 NEW_FRONTEND := 1.58.1
 NEW_FRONTEND_ROOT := .host/frontend-$(NEW_FRONTEND)/static
 
-.PHONY: env browser-env device-pack device-check test test-unit test-host test-bench test-e2e test-faults test-browser lint templates demo serve bench bench-lifelong bench-lifelong-quick bench-status bench-hlag clean
+.PHONY: env browser-env device-pack device-check test test-unit test-host test-bench test-e2e test-faults test-browser lint templates demo serve bench bench-lifelong bench-lifelong-quick bench-status bench-hlag bench-multiconcept clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,12 @@ bench-lifelong: env
 
 bench-lifelong-quick: env
 	$(PY) bench/lifelong.py --quick --out output/lifelong_quick
+
+# Multi-concept track on 3 training seeds (about 30 min each on 2 cores), merged with its spread into
+# bench/results/multiconcept.{json,md}; the runs stay in output/multiconcept/SEED.
+bench-multiconcept: env
+	for seed in 0 1 2; do $(PY) bench/multiconcept.py --seed $$seed --out output/multiconcept/$$seed || exit 1; done
+	$(PY) bench/multiconcept_seeds.py output/multiconcept/0 output/multiconcept/1 output/multiconcept/2 --out bench/results
 
 # HLAG settings one change at a time on the multi-concept track (bench/results/hlag_sweep.{json,md}).
 bench-hlag: env
