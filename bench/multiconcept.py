@@ -42,9 +42,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def grid(images: dict[str, list[np.ndarray]], path: Path, columns: int = 8) -> None:
-    """One row per variant: its first images (pairs, then triples), same seeds and prompts in every row."""
-    size, label = 64, 90
+    """One row per variant: its first images (pairs, then triples), same seeds and prompts in every row; a cell is
+    an image at its own size."""
     shown = {name: row[:columns] for name, row in images.items()}
+    size, label = next(iter(shown.values()))[0].shape[0], 130
     width = label + size * max(len(row) for row in shown.values())
     canvas = Image.new("RGB", (width, size * len(shown)), "white")
     draw = ImageDraw.Draw(canvas)

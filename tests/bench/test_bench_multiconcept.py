@@ -144,3 +144,16 @@ def test_prompts_place_every_concept() -> None:
     assert triple.prompt.count(" and ") == 1 and "in the center" in triple.prompt
     assert [r.tokens for r in triple.layout(["<new1>", "<new2>", "<new3>"]).regions] == [
         ("<new1>",), ("<new2>",), ("<new3>",)]
+
+
+def test_the_grid_shows_each_image_whole_at_its_own_size(tmp_path) -> None:
+    import numpy as np
+    from multiconcept import grid
+    from PIL import Image
+
+    image = np.zeros((128, 128, 3), np.uint8)
+    image[-8:, -8:] = 255  # a mark in the corner a smaller cell would cut off
+    grid({"boxes": [image, image], "bank_only": [image]}, tmp_path / "grid.png")
+    drawn = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert drawn.shape[:2] == (256, 130 + 256)
+    assert (drawn[120:128, 130 + 248:130 + 256] == 255).all() and (drawn[248:256, 250:258] == 255).all()

@@ -59,3 +59,4 @@ def test_the_command_names_a_folder_without_a_run(tmp_path) -> None:
                            str(tmp_path / "b"), "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert done.returncode == 2 and "no multiconcept.json in" in done.stderr and str(tmp_path / "b") in done.stderr
     assert not (tmp_path / "out").exists()
+
