@@ -12,7 +12,7 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 NEW_FRONTEND := 1.58.1
 NEW_FRONTEND_ROOT := .host/frontend-$(NEW_FRONTEND)/static
 
-.PHONY: env browser-env device-pack device-check test test-unit test-host test-bench test-e2e test-faults test-browser lint templates demo serve bench bench-lifelong bench-lifelong-quick bench-status bench-hlag bench-multiconcept clean
+.PHONY: env browser-env device-pack device-check test test-unit test-host test-bench test-e2e test-faults test-browser lint templates demo serve bench bench-lifelong bench-lifelong-quick bench-status bench-hlag bench-multiconcept bench-learning clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,11 @@ bench-lifelong-quick: env
 bench-multiconcept: env
 	for seed in 0 1 2; do $(PY) bench/multiconcept.py --seed $$seed --out output/multiconcept/$$seed || exit 1; done
 	$(PY) bench/multiconcept_seeds.py output/multiconcept/0 output/multiconcept/1 output/multiconcept/2 --out bench/results
+
+# Training settings one change at a time on development concepts, held-out IA beside the token alone
+# (bench/results/learning_sweep.{json,md}).
+bench-learning: env
+	$(PY) bench/learning_sweep.py --seeds 0,1
 
 # HLAG settings one change at a time on the multi-concept track (bench/results/hlag_sweep.{json,md}).
 bench-hlag: env
