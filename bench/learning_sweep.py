@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from world.cache import cached_evaluator
 from world.checkpoint import load_world
 from world.cli import world_parser
 from world.concepts import load_concepts
+from world.demo_settings import DEMO_EVALUATOR, DEMO_STEPS, EvaluatorSettings
 from world.evaluators import to_tensor
 from world.methods import Budget, make_method
 from world.protocol import (
@@ -48,20 +49,18 @@ from world.protocol import (
 
 LOG = logging.getLogger("r2moe.bench.learning_sweep")
 HERE = Path(__file__).resolve().parent
-DEMO_STEPS = 2 * Budget.steps  # what `make demo` trains a world concept for
 # variant -> (method, Budget fields that differ from the demo's). One change at a time from the demo's R2MoE.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "token_only": ("textual_inversion", {}),
     "r2moe": ("r2moe", {}),
     "r2moe_half_steps": ("r2moe", {"steps": DEMO_STEPS // 2}),
-    "r2moe_lr_experts_x0.25": ("r2moe", {"lr": Budget.lr / 4}),
-    "r2moe_lr_experts_x0.1": ("r2moe", {"lr": Budget.lr / 10}),
+    "r2moe_lr_experts_x4": ("r2moe", {"lr": Budget.lr * 4}),
+    "r2moe_lr_experts_x0.4": ("r2moe", {"lr": Budget.lr * 0.4}),
     "r2moe_lr_token_x2": ("r2moe", {"lr_token": Budget.lr_token * 2}),
     "r2moe_no_prune": ("r2moe_no_prune", {}),
     "lora_per_concept": ("lora_per_concept", {}),
 }
-EVALUATOR = {"images": 2000, "epochs": 4, "size": 64}  # the demo's world evaluator
-QUICK_EVALUATOR = {"images": 300, "epochs": 1, "size": 64}
+QUICK_EVALUATOR = EvaluatorSettings(images=300, epochs=1, size=64)
 
 
 class ScaledEvaluator(torch.nn.Module):
@@ -92,7 +91,7 @@ def run_variant(world: World, method_name: str, budget: Budget, concepts: list[C
     train = image_alignments(features, generated, references.train)
     parts = text_alignment(world, method, concepts, evaluator, features, references.heldout, settings, seed)
     return {"image_alignment_heldout": heldout, "image_alignment_train": train, "text_alignment_parts": parts,
-            "train_s_per_task": float(np.mean(seconds)), "images": generated}
+            "train_s_per_task": float(np.mean(seconds))}
 
 
 def mean_over(rows: list[dict[str, Any]], key: str) -> float:
@@ -143,14 +142,14 @@ def main() -> None:
         parser.error(f"{err} (--pick takes indices of {opts.concepts.name}, 0-{len(specs) - 1})"
                      if isinstance(err, IndexError) else str(err))
     settings = EvalSettings(images_per_concept=opts.images_per_concept)
-    evaluator_settings = EVALUATOR
+    evaluator_settings = DEMO_EVALUATOR
     if opts.quick:
         settings, evaluator_settings = EvalSettings(images_per_concept=2, steps=4, contexts=1), QUICK_EVALUATOR
     started = time.perf_counter()
     world = World(*load_world(opts.checkpoint))
-    evaluator, report = cached_evaluator(opts.out / ".cache", evaluator_settings["images"],
-                                         evaluator_settings["epochs"], evaluator_settings["size"])
-    evaluator = ScaledEvaluator(evaluator, evaluator_settings["size"]).eval()
+    evaluator, report = cached_evaluator(opts.out / ".cache", evaluator_settings.images, evaluator_settings.epochs,
+                                         evaluator_settings.size)
+    evaluator = ScaledEvaluator(evaluator, evaluator_settings.size).eval()
 
     def features(images: list[np.ndarray]) -> torch.Tensor:
         with torch.no_grad():
@@ -161,7 +160,7 @@ def main() -> None:
     base, _, _ = evaluate_concepts(world, None, concepts, features, references.heldout, settings, seeds[0])
     results: dict[str, Any] = {
         "settings": {"concepts": [s.name for s in picked], "concept_file": opts.concepts.name, "seeds": seeds,
-                     "images_per_concept": settings.images_per_concept, "evaluator": evaluator_settings,
+                     "images_per_concept": settings.images_per_concept, "evaluator": asdict(evaluator_settings),
                      "demo_steps": DEMO_STEPS, "checkpoint": opts.checkpoint.name, "quick": opts.quick,
                      "variants": {v: VARIANTS[v] for v in variants}},
         "evaluator_accuracy": {k: round(v, 3) for k, v in report.accuracy.items()},

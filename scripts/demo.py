@@ -54,10 +54,6 @@ WORLD_NEGATIVE, WORLD_CFG = "", 5.0
 SAMPLING = {"world": (64, 20, 4), "tiny": (128, 8, 1), "user": (512, 25, 1)}
 PLACES = {"world": ("on the left, grass background", "on the right, snow background", "in the center, sky background"),
           "tiny": ("on the grass", "by the sea"), "user": ("on the grass", "by the sea")}
-# The demo's world evaluator, trained once then cached: image alignment is read at 64 px (images are scaled down
-# to it), where the evaluator trains in a quarter of the 128 px time (held out, measured: shape 0.67, colour 0.95,
-# texture 0.86, background and position 0.99-1.00).
-EVALUATOR_IMAGES, EVALUATOR_EPOCHS, EVALUATOR_SIZE = 2000, 4, 64
 HELDOUT_SEED = 1  # the world concepts' training photos are drawn with seed 0
 # A third, independent set of true renders: scored against the held-out ones like a generated column, it is what a
 # model that draws the concept perfectly would score, the ceiling of the metric on that concept.
@@ -140,17 +136,18 @@ def world_concept_sets(root: Path) -> list[tuple[str, Path, str]]:
 
 
 def world_train_inputs() -> dict[str, float | int]:
-    """R2MoETrainConcept's inputs for the world: the lifelong benchmark's learning rates and batch, twice its step
-    budget (bench/results/budget.json: the held-out loss has nearly levelled off by then), and its photos as they
+    """R2MoETrainConcept's inputs for the world: the lifelong benchmark's learning rates and batch, the demo's
+    step count (`world.demo_settings`), and its photos as they
     are, without the node's rescaled views. The world only ever draws whole scenes with objects at a third of the
     canvas: close-ups and shrunken copies of its renders are sizes it never draws, and on two concepts outside
     the demo's set the expert learned them as dark blotches over the whole image (held-out image alignment
     37.8 and 44.3 with 3 views per photo, 41.6 and 48.6 without)."""
     _repo_code_on_path()
+    from world.demo_settings import DEMO_STEPS
     from world.methods import Budget
 
     budget = Budget()
-    return {"steps": 2 * budget.steps, "batch_size": budget.batch_size, "lr_experts": budget.lr,
+    return {"steps": DEMO_STEPS, "batch_size": budget.batch_size, "lr_experts": budget.lr,
             "lr_router": budget.lr_router, "lr_token": budget.lr_token, "augment_views": 0, "preview_every": 25}
 
 
@@ -252,13 +249,14 @@ def world_alignment(rows: list[tuple[list[Path], dict[str, list[Path]]]], cache:
     import numpy as np
     from PIL import Image
     from world.cache import cached_evaluator
+    from world.demo_settings import DEMO_EVALUATOR
     from world.evaluators import image_alignment
 
-    evaluator, report = cached_evaluator(cache, EVALUATOR_IMAGES, EVALUATOR_EPOCHS, EVALUATOR_SIZE)
+    evaluator, report = cached_evaluator(cache, DEMO_EVALUATOR.images, DEMO_EVALUATOR.epochs, DEMO_EVALUATOR.size)
     LOG.info("world evaluator held-out accuracy: %s", {k: round(v, 2) for k, v in report.accuracy.items()})
 
     def pixels(paths: list[Path]) -> list[np.ndarray]:
-        side = EVALUATOR_SIZE
+        side = DEMO_EVALUATOR.size
         return [np.asarray(Image.open(p).convert("RGB").resize((side, side), Image.Resampling.BOX)) for p in paths]
 
     return [{column: round(100 * image_alignment(evaluator, pixels(drawn), pixels(refs)), 1)

@@ -1,0 +1,25 @@
+"""What `make demo` learns a world concept with and reads it by. Owned here, beside the benchmark's budget, so
+that the demo and the learning sweep (which traces the demo's readings to their cause) cannot drift apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .methods import Budget
+
+DEMO_STEPS = 2 * Budget.steps
+"""Twice the benchmark's budget: bench/results/budget.json shows the held-out loss nearly level by then."""
+
+
+@dataclass(frozen=True)
+class EvaluatorSettings:
+    """A world evaluator's training: how many renders, how many epochs, and the side it reads images at."""
+
+    images: int
+    epochs: int
+    size: int
+
+
+DEMO_EVALUATOR = EvaluatorSettings(images=2000, epochs=4, size=64)
+"""Image alignment read at 64 px (images are box-filtered down to it), where the evaluator trains in a quarter of
+the 128 px time; held out it reads shape 0.67, colour 0.95, texture 0.86, background and position 0.99-1.00."""
