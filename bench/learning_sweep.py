@@ -57,6 +57,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "r2moe_lr_experts_x4": ("r2moe", {"lr": Budget.lr * 4}),
     "r2moe_lr_experts_x0.4": ("r2moe", {"lr": Budget.lr * 0.4}),
     "r2moe_lr_token_x2": ("r2moe", {"lr_token": Budget.lr_token * 2}),
+    "r2moe_no_token_warmup": ("r2moe", {"token_warmup": 0.0}),
+    "r2moe_token_warmup_x2": ("r2moe", {"token_warmup": Budget.token_warmup * 2}),
     "r2moe_no_prune": ("r2moe_no_prune", {}),
     "lora_per_concept": ("lora_per_concept", {}),
 }

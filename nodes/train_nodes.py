@@ -33,7 +33,7 @@ from ..r2moe_core.train.request import (
 )
 from ..r2moe_core.train.resume import RunCheckpoint, run_key
 from ..r2moe_core.train.step import TrainingData
-from ..r2moe_core.train.trainer import DISTILL_MODES, OPTIMIZERS
+from ..r2moe_core.train.trainer import DISTILL_MODES, OPTIMIZERS, TrainSettings
 from ..r2moe_core.version import __version__
 from .host.class_prior_host import class_prior
 from .host.model_folders import resume_folder
@@ -133,6 +133,11 @@ class R2MoETrainConcept(io.ComfyNode):
                                        "1e-4 is for a full router matrix and barely moves it)."),
                 io.Float.Input("lr_token", **advanced_input(), default=1e-3, min=0.0, max=1.0, step=1e-4,
                                tooltip="Learning rate of the trigger token's embedding (reference: 1e-3)."),
+                io.Float.Input("token_warmup", **advanced_input(), default=TrainSettings.token_warmup, min=0.0,
+                               max=0.9, step=0.05, optional=True,
+                               tooltip="Share of the steps in which only the trigger token learns; the new expert "
+                                       "and its gate join afterwards and learn what the token alone could not. "
+                                       "0 = all learn from the first step."),
                 io.Float.Input("distill_lambda", **advanced_input(), default=BANK_VALUE, min=BANK_VALUE, max=10.0,
                                step=1e-6,
                                tooltip="Weight of routing distillation (soft mode), which keeps old concepts routed "

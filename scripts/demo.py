@@ -136,19 +136,20 @@ def world_concept_sets(root: Path) -> list[tuple[str, Path, str]]:
 
 
 def world_train_inputs() -> dict[str, float | int]:
-    """R2MoETrainConcept's inputs for the world: the lifelong benchmark's learning rates and batch, the demo's
-    step count (`world.demo_settings`), and its photos as they
-    are, without the node's rescaled views. The world only ever draws whole scenes with objects at a third of the
-    canvas: close-ups and shrunken copies of its renders are sizes it never draws, and on two concepts outside
-    the demo's set the expert learned them as dark blotches over the whole image (held-out image alignment
-    37.8 and 44.3 with 3 views per photo, 41.6 and 48.6 without)."""
+    """R2MoETrainConcept's inputs for the world: the lifelong benchmark's learning rates, batch and token warm-up,
+    the demo's step count (`world.demo_settings`), and its photos as they are, without the node's rescaled views.
+    The world only ever draws whole scenes with objects at a third of the canvas: close-ups and shrunken copies
+    of its renders are sizes it never draws, and on two concepts outside the demo's set the expert learned them
+    as dark blotches over the whole image (held-out image alignment 37.8 and 44.3 with 3 views per photo, 41.6
+    and 48.6 without)."""
     _repo_code_on_path()
     from world.demo_settings import DEMO_STEPS
     from world.methods import Budget
 
     budget = Budget()
     return {"steps": DEMO_STEPS, "batch_size": budget.batch_size, "lr_experts": budget.lr,
-            "lr_router": budget.lr_router, "lr_token": budget.lr_token, "augment_views": 0, "preview_every": 25}
+            "lr_router": budget.lr_router, "lr_token": budget.lr_token, "token_warmup": budget.token_warmup,
+            "augment_views": 0, "preview_every": 25}
 
 
 def heldout_references(concept: DemoConcept, kind: str = "heldout") -> list[Path]:

@@ -74,6 +74,7 @@ class Budget:
     lr_router: float = 5e-2  # R2MoE gate scores (score units per step)
     lr_token: float = 5e-3
     lr_full: float = 1e-4  # custom diffusion's full K/V weights
+    token_warmup: float = TrainSettings.token_warmup  # R2MoE: share of the steps only the trigger token learns in
     c_lora_lambda: float = 1e-2
     prior_images: int = 8  # class-prior images for the methods that use them (r2moe_prior)
     prior_weight: float = 1.0
@@ -266,7 +267,7 @@ class R2MoEMethod(Method):
     def begin(self, token: str, class_word: str, token_init: torch.Tensor, start: TaskStart) -> R2MoETask:
         b = self.budget
         settings = TrainSettings(steps=b.steps, batch_size=b.batch_size, lr_experts=b.lr, lr_router=b.lr_router,
-                                 lr_token=b.lr_token, distill_mode=self.distill_mode,
+                                 lr_token=b.lr_token, token_warmup=b.token_warmup, distill_mode=self.distill_mode,
                                  selective_activation=self.selective, seed=self.seed + self.bank.num_tasks)
         concept = ConceptIdentity(token.strip("<>"), token, class_word)
         return R2MoETask(start_task(start.host, self.bank, concept, token_init, start.captions, settings))

@@ -19,6 +19,10 @@ old concepts (ablation).
 
 The new expert starts at half of its mixture in every projection whatever the old experts' scores, so what is
 kept after pruning depends on what training finds, not on which old experts happen to be alive there.
+
+Token warm-up (`token_warmup`, a share of the steps): only the trigger token learns at first, through the
+bank's mixture as it stands, and the new expert and its gate scores join afterwards, so the expert learns what
+the token could not rather than racing it for the same signal.
 """
 
 from __future__ import annotations
@@ -58,9 +62,10 @@ def context_of(encoded: torch.Tensor | TextCondition) -> torch.Tensor:
 @dataclass(frozen=True)
 class TrainSettings:
     """Reference defaults (800 steps, batch 2, AdamW, lr 1e-4 for the experts, 1e-3 for the token) except the
-    router: its parameters are gate scores (`moe.routing_update`), so its learning rate is in score units per
-    step (1e-2: a few units over a run) and the new expert scores -8 on protected prompts (its share there is
-    below e^-8 of the auxiliary expert's). `distill_lambda` falls back to the bank's when None."""
+    token warm-up (not in the reference) and the router: its parameters are gate scores (`moe.routing_update`),
+    so its learning rate is in score units per step (1e-2: a few units over a run) and the new expert scores -8
+    on protected prompts (its share there is below e^-8 of the auxiliary expert's). `distill_lambda` falls back
+    to the bank's when None."""
 
     steps: int = 800
     batch_size: int = 2
@@ -73,6 +78,14 @@ class TrainSettings:
     new_expert_margin: float = 8.0
     optimizer: str = "AdamW"
     seed: int = 0
+    # A quarter of the steps, chosen against none and half on development concepts of the benchmark world (not
+    # the demo's, not the held-out set; `bench/learning_sweep.py`): the order of pivotal tuning, token first.
+    token_warmup: float = 0.25
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps at the start in which only the token learns (`token_warmup` of `steps`)."""
+        return round(self.token_warmup * self.steps)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -83,6 +96,10 @@ class TrainSettings:
                 raise InvalidInputError(f"{name} must be a finite number >= 0, got {value}.")
         if self.distill_mode not in DISTILL_MODES:
             raise InvalidInputError(f"distill_mode must be one of {DISTILL_MODES}, got {self.distill_mode!r}.")
+        if not (math.isfinite(self.token_warmup) and 0.0 <= self.token_warmup < 1.0):
+            raise InvalidInputError(
+                f"token_warmup is a share of the steps in [0, 1) (0: none), got {self.token_warmup}."
+            )
         if self.optimizer not in OPTIMIZERS:
             raise InvalidInputError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
 
@@ -189,6 +206,15 @@ class ExpertTrainer(torch.nn.Module):
         self.ups = torch.nn.ParameterList(ups)
         self.route_scores = torch.nn.ParameterList(scores)  # per projection: score of experts 1..t along `own`
         self.token = torch.nn.Parameter(token_init.detach().float().clone())
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long), persistent=False)
+        self._follow_warmup()
+
+    def _follow_warmup(self) -> None:
+        """The new expert and its gate scores learn only once the token's warm-up is over: while their
+        gradients are None the optimizer leaves them (and its moments of them) untouched."""
+        learning = int(self.steps_done) >= self.settings.warmup_steps
+        for param in (*self.downs, *self.ups, *self.route_scores):
+            param.requires_grad_(learning)
 
     def _even_start(self, old_scores: torch.Tensor, alive: torch.Tensor) -> float:
         """The new expert's start score: the log-sum of the rest of its training mixture (so its share is 0.5),
@@ -274,12 +300,14 @@ class ExpertTrainer(torch.nn.Module):
     def after_step(self) -> None:
         """Follow the token: old prompts stay protected whatever the directions, by their construction."""
         self.refresh_directions_()
+        self.steps_done += 1
+        self._follow_warmup()
 
     # ---- resuming --------------------------------------------------------------------------------------------
     def resumable_state(self) -> dict[str, torch.Tensor]:
-        """What the next steps depend on besides the optimizer: the trained tensors and the tracked gate input."""
-        trained = {name: value for name, value in self.named_parameters() if value.requires_grad}
-        return {**trained, "concept_gate": self.concept_gate}
+        """What the next steps depend on besides the optimizer: the trained tensors, the tracked gate input and the
+        step count (the token warm-up reads it)."""
+        return {**dict(self.named_parameters()), "concept_gate": self.concept_gate, "steps_done": self.steps_done}
 
     def check_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Raise ValueError unless `tensors` are this trainer's resumable state, name for name, shape for shape."""
@@ -294,6 +322,7 @@ class ExpertTrainer(torch.nn.Module):
         for name, value in own.items():
             value.copy_(tensors[name].to(value.device, value.dtype))
         self.refresh_directions_()
+        self._follow_warmup()
 
     # ---- result ----------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -87,22 +87,26 @@ def test_the_training_widgets_leave_bank_owned_settings_to_the_bank():
                                           "prune_threshold": -0.5})
 
 
-def test_a_cancelled_run_resumes_from_its_checkpoint_and_ends_where_a_straight_run_ends(world, tmp_path):
+@pytest.mark.parametrize(("token_warmup", "cancel_at", "resumed_from"), [(0.0, 25, 20), (0.5, 15, 10)])
+def test_a_cancelled_run_resumes_from_its_checkpoint_and_ends_where_a_straight_run_ends(
+    world, tmp_path, token_warmup, cancel_at, resumed_from
+):
+    """With a token warm-up of half the steps the second case resumes inside the warm-up and crosses its end."""
     from r2moe_core.bank.bank_file import bank_to_tensors
     from r2moe_core.train.resume import RunCheckpoint
 
     start = world.encoder.word("dog")[None]
-    settings = replace(SETTINGS, steps=30)
+    settings = replace(SETTINGS, steps=30, token_warmup=token_warmup)
     straight = run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings)
     checkpoint = RunCheckpoint(tmp_path / "dog.pt", "key-1", every=10)
     with pytest.raises(RuntimeError, match="cancelled"):
-        run_concept(ToyHost(world, cancel_at=25), world.bank, DOG, start, _data(), settings,
+        run_concept(ToyHost(world, cancel_at=cancel_at), world.bank, DOG, start, _data(), settings,
                     hooks=RunHooks(resume=checkpoint))
-    assert checkpoint.writes == 2 and checkpoint.path.is_file()  # steps 10 and 20
+    assert checkpoint.writes == (cancel_at - 1) // 10 and checkpoint.path.is_file()
     again = RunCheckpoint(tmp_path / "dog.pt", "key-1", every=10)
     resumed = run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings,
                           hooks=RunHooks(resume=again))
-    assert again.resumed_from == 20 and not again.path.exists()
+    assert again.resumed_from == resumed_from and not again.path.exists()
     assert resumed.losses == straight.losses
     a, b = bank_to_tensors(straight.bank)[0], bank_to_tensors(resumed.bank)[0]
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run must end bit for bit where the straight one does"
@@ -123,3 +127,27 @@ def test_a_checkpoint_of_other_inputs_or_a_damaged_one_starts_afresh(world, tmp_
     damaged = RunCheckpoint(tmp_path / "dog.pt", "key-1", every=5)
     run_concept(ToyHost(world), world.bank, DOG, start, _data(), settings, hooks=RunHooks(resume=damaged))
     assert damaged.resumed_from == 0 and not damaged.path.exists()
+
+
+def test_during_the_token_warm_up_only_the_token_learns_and_the_expert_learns_after_it(world):
+    from r2moe_core.train.concept_run import fit, start_task
+
+    settings = replace(SETTINGS, steps=20, token_warmup=0.5)
+    assert settings.warmup_steps == 10
+    host = ToyHost(world)
+    trainer = start_task(host, world.bank, DOG, world.encoder.word("dog")[None], CAPTIONS, settings)
+    token, scores = trainer.token.detach().clone(), [s.detach().clone() for s in trainer.route_scores]
+    encode = host.encoder(DOG.token, trainer.token)
+    fit(trainer, host, encode, _data(), steps=10)
+    assert not torch.equal(trainer.token, token), "the token learns during the warm-up"
+    assert all(not u.abs().sum() for u in trainer.ups), "the new expert must stay a no-op during the warm-up"
+    assert all(torch.equal(a, b) for a, b in zip(trainer.route_scores, scores, strict=True))
+    fit(trainer, host, encode, _data(), steps=10)
+    assert any(u.abs().sum() > 0 for u in trainer.ups), "after the warm-up the new expert learns"
+    assert any(not torch.equal(a, b) for a, b in zip(trainer.route_scores, scores, strict=True))
+
+
+@pytest.mark.parametrize("share", [1.0, -0.1, float("nan")])
+def test_a_token_warm_up_outside_zero_to_one_is_refused(share):
+    with pytest.raises(core.InvalidInputError, match="token_warmup"):
+        replace(SETTINGS, token_warmup=share)
