@@ -1,7 +1,8 @@
 """Training step time: R2MoETrainConcept vs ComfyUI's own TrainLoraNode, side by side in one run.
 
 Same model, resolution (256 px = 32x32 latent; SDXL 128 px on a CPU), rank 4, batch 2, AdamW, no gradient
-checkpointing, on the tiny SD1.5-layout model and on full-size SD1.5- and SDXL-shaped UNets with random weights.
+checkpointing, no token warm-up (its token-only steps are cheaper and would flatter the ratio), on the tiny
+SD1.5-layout model and on full-size SD1.5- and SDXL-shaped UNets with random weights.
 Per-step time is the difference between a long and a short run divided by the step difference, so set-up costs
 cancel; each round times both trainers back to back, and the ratio reported is the median of the rounds' ratios
 with their spread (half the interquartile range, relative). Prints the ratios and writes
@@ -52,6 +53,7 @@ def r2moe_run(
         class_word="dog", images=images, steps=steps, batch_size=batch, resolution=res, lr_experts=1e-4, lr_router=1e-4,
         lr_token=1e-3, distill_lambda=1e-5, distill_mode="exact", prune_threshold=0.4, seed=0, optimizer="AdamW",
         preview_every=0, gradient_checkpointing=checkpointing, augment_views=0,
+        token_warmup=0.0,  # every step trains the expert, as every TrainLoraNode step trains its LoRA
     ))
 
 
