@@ -133,11 +133,6 @@ class R2MoETrainConcept(io.ComfyNode):
                                        "1e-4 is for a full router matrix and barely moves it)."),
                 io.Float.Input("lr_token", **advanced_input(), default=1e-3, min=0.0, max=1.0, step=1e-4,
                                tooltip="Learning rate of the trigger token's embedding (reference: 1e-3)."),
-                io.Float.Input("token_warmup", **advanced_input(), default=TrainSettings.token_warmup, min=0.0,
-                               max=0.9, step=0.05, optional=True,
-                               tooltip="Share of the steps in which only the trigger token learns; the new expert "
-                                       "and its gate join afterwards and learn what the token alone could not. "
-                                       "0 = all learn from the first step."),
                 io.Float.Input("distill_lambda", **advanced_input(), default=BANK_VALUE, min=BANK_VALUE, max=10.0,
                                step=1e-6,
                                tooltip="Weight of routing distillation (soft mode), which keeps old concepts routed "
@@ -188,6 +183,12 @@ class R2MoETrainConcept(io.ComfyNode):
                              tooltip="Keep the run's state every N steps (in models/r2moe/resume, removed when it "
                                      "finishes): after Cancel or a crash, queuing the same graph again continues "
                                      "from there. A changed input starts afresh. 0 = no checkpoints."),
+                # Last, so that workflows saved before it existed keep their widget values in place.
+                io.Float.Input("token_warmup", **advanced_input(), default=TrainSettings.token_warmup, min=0.0,
+                               max=0.9, step=0.05, optional=True,
+                               tooltip="Share of the steps in which only the trigger token learns; the new expert "
+                                       "and its gate join afterwards and learn what the token alone could not. "
+                                       "0 = all learn from the first step."),
             ],
             outputs=[
                 Bank.Output(

@@ -3,6 +3,7 @@ matches the schemas, planner warnings for unknown tokens, and the gate and exper
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -105,3 +106,25 @@ def test_newer_schema_fields_are_sent_only_to_hosts_that_take_them(host, monkeyp
     monkeypatch.setattr(types, "io", pytypes.SimpleNamespace(Schema=NewerSchema, Float=NewerFloat))
     assert types.schema_extras(["dreambooth"]) == {"search_aliases": ["dreambooth"]}
     assert types.advanced_input() == {"advanced": True}
+
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def widget_order(schema) -> list[str]:
+    """The order the frontend saves a node's widget values in: required inputs, then optional ones."""
+    def widgets(optional: bool) -> list[str]:
+        return [item.id for item in schema.inputs if bool(getattr(item, "optional", False)) == optional
+                and str(getattr(item, "io_type", "")) in WIDGET_TYPES]
+    return widgets(False) + widgets(True)
+
+
+def test_workflows_saved_by_earlier_releases_keep_their_widget_values_in_place(host):
+    """A saved workflow stores widget values by position: a new input must come after every released one."""
+    released = json.loads((REPO / "tests" / "host" / "released_widget_order.json").read_text())
+    now = {s.node_id: widget_order(s) for s in schemas(host)}
+    moved = {node: now.get(node, [])[: len(order)] for node, order in released.items()
+             if now.get(node, [])[: len(order)] != order}
+    assert not moved, f"widgets moved or removed (append new ones last): {moved}"
+    unrecorded = set(now) - set(released)
+    assert not unrecorded, f"record the new nodes' widget order in released_widget_order.json: {unrecorded}"
