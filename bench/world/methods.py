@@ -74,7 +74,9 @@ class Budget:
     lr_router: float = 5e-2  # R2MoE gate scores (score units per step)
     lr_token: float = 5e-3
     lr_full: float = 1e-4  # custom diffusion's full K/V weights
-    token_warmup: float = TrainSettings.token_warmup  # R2MoE: share of the steps only the trigger token learns in
+    # R2MoE: share of the steps only the trigger token learns in; a quarter, chosen against none and half on
+    # development concepts (bench/learning_sweep.py; the node's default stays 0, see TrainSettings).
+    token_warmup: float = 0.25
     c_lora_lambda: float = 1e-2
     prior_images: int = 8  # class-prior images for the methods that use them (r2moe_prior)
     prior_weight: float = 1.0

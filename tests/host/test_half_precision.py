@@ -127,7 +127,8 @@ def test_training_lowers_the_denoising_error_with_fp32_masters_of_every_trained_
 
     def spy(self):
         optimizer = stock_optimizer(self)
-        trained.update({n: p.dtype for n, p in self.named_parameters() if p.requires_grad})
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        trained.update({n: p.dtype for n, p in self.named_parameters() if id(p) in in_optimizer})
         return optimizer
 
     monkeypatch.setattr(trainer_module.ExpertTrainer, "optimizer", spy)
