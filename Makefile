@@ -97,7 +97,8 @@ bench-multiconcept: env
 	$(PY) bench/multiconcept_seeds.py output/multiconcept/0 output/multiconcept/1 output/multiconcept/2 --out bench/results
 
 # Training settings one change at a time on development concepts, held-out IA beside the token alone
-# (bench/results/learning_sweep.{json,md}).
+# (bench/results/learning_sweep.{json,md}); the sampling-strength variants, added later, were run apart
+# (bench/results/learning_sweep_strength.{json,md}).
 bench-learning: env
 	$(PY) bench/learning_sweep.py --seeds 0,1
 

@@ -9,7 +9,7 @@ parts of text alignment (background, position, concept where the prompt asks), w
 The evaluator is the demo's (64 px, cached in OUT/.cache).
 
     python bench/learning_sweep.py                          # every variant, seed 0: bench/results/learning_sweep.*
-    python bench/learning_sweep.py --variants r2moe,token_only --seeds 0,1
+    python bench/learning_sweep.py --variants r2moe,token_only --seeds 0,1 --name learning_sweep_part
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "r2moe_no_token_warmup": ("r2moe", {"token_warmup": 0.0}),
     "r2moe_token_warmup_x2": ("r2moe", {"token_warmup": Budget.token_warmup * 2}),
     "r2moe_no_prune": ("r2moe_no_prune", {}),
+    "r2moe_strength_0.5": ("r2moe", {"strength": 0.5}),
+    "r2moe_strength_0.75": ("r2moe", {"strength": 0.75}),
     "lora_per_concept": ("lora_per_concept", {}),
 }
 QUICK_EVALUATOR = EvaluatorSettings(images=300, epochs=1, size=64)
@@ -133,6 +135,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--images-per-concept", type=int, default=6)
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--name", default="learning_sweep", help="result file stem under --out (a partial re-run "
+                        "keeps the committed table)")
     parser.add_argument("--quick", action="store_true", help="a fiftieth of the steps, 2 images: checks the pipeline")
     opts = parser.parse_args()
     try:
@@ -189,7 +193,7 @@ def main() -> None:
                  results["variants"][name]["image_alignment_train"], parts)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["provenance"] = provenance(Path(__file__))
-    name = "learning_sweep_quick" if opts.quick else "learning_sweep"
+    name = f"{opts.name}_quick" if opts.quick else opts.name
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     (opts.out / f"{name}.md").write_text(markdown(results) + "\n")

@@ -78,6 +78,7 @@ class Budget:
     # development concepts (bench/learning_sweep.py; the node's default stays 0, see TrainSettings).
     token_warmup: float = 0.25
     c_lora_lambda: float = 1e-2
+    strength: float = 1.0  # R2MoE: the bank's strength when sampling (R2MoEApplyBank's widget)
     prior_images: int = 8  # class-prior images for the methods that use them (r2moe_prior)
     prior_weight: float = 1.0
 
@@ -294,7 +295,7 @@ class R2MoEMethod(Method):
         return planned_regions(text, self.bank, self.tokens, prompts, size) if self.regional else None
 
     def sampling_delta(self, prompts: list[str], context: torch.Tensor) -> Delta | None:
-        runtime = BankRuntime(self.bank, 1.0)
+        runtime = BankRuntime(self.bank, self.budget.strength)
         entry = runtime.entry_for(context, None)
         return lambda name, ctx: runtime.delta(entry, name)
 

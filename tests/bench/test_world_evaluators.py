@@ -55,3 +55,14 @@ def test_two_object_score_reads_each_object_in_its_named_half(evaluator):
     clean, wrong = two_object_scores(model, drawn, pairs), two_object_scores(model, swapped, pairs)
     assert clean["two_objects_colour"] >= 0.5, clean  # the quick evaluator of this module; the full one: 0.84
     assert wrong["two_objects_colour"] <= 0.2 and wrong["two_objects"] <= clean["two_objects"], wrong
+
+
+def test_the_cached_evaluator_is_keyed_on_the_code_it_reads_and_nothing_else():
+    """A change to a method or the protocol must not retrain the evaluator (minutes per benchmark); a change to
+    the renders, the vocabulary or the crop must."""
+    from world.cache import REPO, source_closure
+
+    read = {p.relative_to(REPO).as_posix() for p in source_closure(WORLD / "evaluators.py")}
+    assert {"bench/world/evaluators.py", "bench/world/scenes.py", "bench/world/vocab.py",
+            "bench/world/recogniser.py", "r2moe_core/compose/layout.py"} <= read
+    assert not read & {"bench/world/methods.py", "bench/world/protocol.py", "bench/world/unet.py"}
