@@ -126,7 +126,7 @@ def _worker_init(checkpoint: Path, evaluator_state: dict, threads: int) -> None:
     state = hashlib.sha256(b"".join(v.numpy().tobytes() for v in evaluator_state.values())).hexdigest()
     # Float sums depend on the code, this script, the libraries and the thread count: a job cached under any other
     # of these is recomputed.
-    code = code_digest() + repr((part_digests(Path(__file__), ())["script"], library_versions(), threads)).encode()
+    code = (code_digest() + repr((part_digests(Path(__file__), ())["script"], library_versions(), threads))).encode()
     _WORKER.update(world=World(*load_world(checkpoint)), evaluator=evaluator, photo=None,
                    checkpoint=checkpoint, evaluator_digest=state, code_digest=code)
 

@@ -10,6 +10,7 @@ modules it imports). Digests are of file names and bytes, so they are the same o
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import platform
 import subprocess
@@ -28,10 +29,44 @@ LIBRARIES = ("torch", "numpy", "safetensors", "PIL")
 
 
 def digest_files(paths: list[Path]) -> str:
+    """One digest of files' repository paths and bytes, in a fixed order (the same on every machine)."""
     digest = hashlib.sha256()
     for path in sorted(paths):
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _local_imports(path: Path) -> list[Path]:
+    """The repository modules a source file imports: relative ones beside it and the core's (absolute)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom) or (node.module is None and node.level == 0):
+            continue
+        if node.level:
+            base = path.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+            parts = node.module.split(".") if node.module else []
+        elif node.module.split(".")[0] == "r2moe_core":
+            base, parts = REPO, node.module.split(".")
+        else:
+            continue
+        target = base.joinpath(*parts)
+        found += [p for p in (target.with_suffix(".py"), target / "__init__.py") if p.is_file()]
+    return found
+
+
+def source_closure(start: Path) -> list[Path]:
+    """`start` and every repository module it imports, directly or not, in a fixed order: the code a cached
+    result really depends on, so an edit elsewhere does not void it."""
+    seen: set[Path] = set()
+    todo = [start.resolve()]
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo += [p.resolve() for p in _local_imports(path)]
+    return sorted(seen)
 
 
 def part_digests(script: Path, parts: tuple[str, ...] = WORLD_PARTS, also: tuple[str, ...] = ()

@@ -3,12 +3,12 @@ version of the code that computes it, atomically, so a changed core or world nev
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import pickle
 from pathlib import Path
 
 import torch
+from provenance import digest_files, source_closure
 
 from .evaluators import EvaluatorReport, WorldEvaluator, train_evaluator
 from .vocab import SIZE
@@ -17,61 +17,22 @@ WORLD = Path(__file__).resolve().parent
 REPO = WORLD.parents[1]
 
 
-def code_digest() -> bytes:
+def code_digest() -> str:
     """The training and evaluation code (the core and the benchmark world): a cached job from other code is stale."""
-    digest = hashlib.sha256()
-    for folder in (REPO / "r2moe_core", WORLD):
-        for path in sorted(folder.rglob("*.py")):
-            digest.update(str(path.relative_to(REPO)).encode() + path.read_bytes())
-    return digest.digest()
+    return digest_files([p for folder in (REPO / "r2moe_core", WORLD) for p in folder.rglob("*.py")])
 
 
-def _local_imports(path: Path) -> list[Path]:
-    """The repository modules a source file imports: relative ones beside it and the core's (absolute)."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if not isinstance(node, ast.ImportFrom) or (node.module is None and node.level == 0):
-            continue
-        if node.level:
-            base = path.parent
-            for _ in range(node.level - 1):
-                base = base.parent
-            parts = node.module.split(".") if node.module else []
-        elif node.module.split(".")[0] == "r2moe_core":
-            base, parts = REPO, node.module.split(".")
-        else:
-            continue
-        target = base.joinpath(*parts)
-        found += [p for p in (target.with_suffix(".py"), target / "__init__.py") if p.is_file()]
-    return found
-
-
-def source_closure(start: Path) -> list[Path]:
-    """`start` and every repository module it imports, directly or not, in a fixed order."""
-    seen: set[Path] = set()
-    todo = [start.resolve()]
-    while todo:
-        path = todo.pop()
-        if path not in seen:
-            seen.add(path)
-            todo += [p.resolve() for p in _local_imports(path)]
-    return sorted(seen)
-
-
-def evaluator_digest() -> bytes:
+def evaluator_digest() -> str:
     """The code the evaluator's training reads (its module and what it imports): a change to a method or the
     protocol does not retrain it, a change to the renders or the vocabulary does."""
-    digest = hashlib.sha256()
-    for path in source_closure(WORLD / "evaluators.py"):
-        digest.update(str(path.relative_to(REPO)).encode() + path.read_bytes())
-    return digest.digest()
+    return digest_files(source_closure(WORLD / "evaluators.py"))
 
 
 def cached_evaluator(cache: Path | None, images: int, epochs: int, size: int = SIZE
                      ) -> tuple[WorldEvaluator, EvaluatorReport]:
     """The world evaluator for `size` px images, trained once per version of the code it reads and per settings
     (minutes on 2 cores), then read from cache."""
-    digest = hashlib.sha256(evaluator_digest() + repr((images, epochs, size)).encode()).hexdigest()[:16]
+    digest = hashlib.sha256((evaluator_digest() + repr((images, epochs, size))).encode()).hexdigest()[:16]
     path = cache / f"evaluator_{digest}.pkl" if cache else None
     if path is not None and path.is_file():
         state, report = pickle.loads(path.read_bytes())

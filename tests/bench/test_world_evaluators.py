@@ -60,7 +60,7 @@ def test_two_object_score_reads_each_object_in_its_named_half(evaluator):
 def test_the_cached_evaluator_is_keyed_on_the_code_it_reads_and_nothing_else():
     """A change to a method or the protocol must not retrain the evaluator (minutes per benchmark); a change to
     the renders, the vocabulary or the crop must."""
-    from world.cache import REPO, source_closure
+    from provenance import REPO, source_closure
 
     read = {p.relative_to(REPO).as_posix() for p in source_closure(WORLD / "evaluators.py")}
     assert {"bench/world/evaluators.py", "bench/world/scenes.py", "bench/world/vocab.py",
