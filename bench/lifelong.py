@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
 from provenance import library_versions, part_digests, provenance
-from world.cache import cached_evaluator, code_digest, evaluator_from_state, write_pickle
+from world.cache import cached_evaluator, evaluator_from_state, write_pickle
 from world.checkpoint import SHIPPED, load_world
 from world.concepts import load_concepts
 from world.methods import METHODS, SIMPLIFICATIONS, Budget
@@ -124,9 +124,9 @@ def _worker_init(checkpoint: Path, evaluator_state: dict, threads: int) -> None:
     torch.set_num_threads(threads)
     evaluator = evaluator_from_state(evaluator_state)
     state = hashlib.sha256(b"".join(v.numpy().tobytes() for v in evaluator_state.values())).hexdigest()
-    # Float sums depend on the code, this script, the libraries and the thread count: a job cached under any other
-    # of these is recomputed.
-    code = (code_digest() + repr((part_digests(Path(__file__), ())["script"], library_versions(), threads))).encode()
+    # Float sums depend on the code this script reads (its import closure: the core and world modules included),
+    # the libraries and the thread count: a job cached under any other of these is recomputed.
+    code = repr((part_digests(Path(__file__), ("reads",))["reads"], library_versions(), threads)).encode()
     _WORKER.update(world=World(*load_world(checkpoint)), evaluator=evaluator, photo=None,
                    checkpoint=checkpoint, evaluator_digest=state, code_digest=code)
 
@@ -150,7 +150,7 @@ def _features(kind: str):
 
 def _job_key(args: tuple, checkpoint: Path) -> str:
     """Everything a job's result depends on: reruns with more seeds reuse the finished (method, seed) jobs, and
-    a change to the core, the world code, this script, a library version or the thread count invalidates them."""
+    a change to the code this script reads, a library version or the thread count invalidates them."""
     name, seed, kind, concepts, budget, settings = args
     digest = hashlib.sha256()
     digest.update(hashlib.sha256(checkpoint.read_bytes()).digest())

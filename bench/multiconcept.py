@@ -69,7 +69,8 @@ def markdown(results: dict) -> str:
                      f"{m['triples']['omission']:.2f} | {m['pairs']['leakage']:.2f} / {m['triples']['leakage']:.2f} | "
                      f"{m['image_alignment']:.1f} ({m['image_alignment_vs_alone']:.2f}x) | {m['images']} |")
     lines += ["", f"What the nodes do by default: `{results['default']}`. Each concept drawn alone at its place (its "
-              f"region prompt, the bank): IA in its box {results['alone_image_alignment']:.1f}. Judge: balanced "
+              f"region prompt, the bank): IA in its box {results['alone_image_alignment']:.1f}, omission "
+              f"{results['alone_omission']:.2f} (the floor for any composition). Judge: balanced "
               f"accuracy {results['judge_accuracy']:.2f}."]
     lines += ["", f"Recogniser held-out accuracy (balanced over concepts and 'none'): {acc['balanced']:.2f}; per class "
               + ", ".join(f"{k} {v:.2f}" for k, v in acc["per_class"].items())

@@ -28,6 +28,7 @@ from multiconcept import markdown
 
 LOG = logging.getLogger("r2moe.bench.multiconcept_seeds")
 READINGS = ("omission", "leakage", "image_alignment", "image_alignment_vs_alone")
+ALONE_READINGS = {"alone_image_alignment": 2, "alone_omission": 4}  # each concept drawn alone: reading -> digits
 HALF_OF_BANK = 0.5  # the goal: the default composition misses and leaks at most half as often as the bank alone
 
 
@@ -57,10 +58,10 @@ def merge(runs: list[dict]) -> dict[str, Any]:
     merged = json.loads(json.dumps(runs[0]))
     merged["settings"]["seed"] = [run["settings"]["seed"] for run in runs]
     merged["judge_accuracy"] = round(mean(run["judge_accuracy"] for run in runs), 3)
-    merged["alone_image_alignment"] = round(mean(run["alone_image_alignment"] for run in runs), 2)
-    merged["spread"] = {"judge_accuracy": spread([run["judge_accuracy"] for run in runs], 3),
-                        "alone_image_alignment": spread([run["alone_image_alignment"] for run in runs], 2),
-                        "variants": {}}
+    merged["spread"] = {"judge_accuracy": spread([run["judge_accuracy"] for run in runs], 3), "variants": {}}
+    for key, digits in ALONE_READINGS.items():
+        merged["spread"][key] = spread([run[key] for run in runs], digits)
+        merged[key] = round(mean(run[key] for run in runs), digits)
     for name, variant in merged["variants"].items():
         per_run = [run["variants"][name] for run in runs]
         merged["spread"]["variants"][name] = {k: spread([v[k] for v in per_run]) for k in READINGS}

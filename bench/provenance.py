@@ -2,10 +2,13 @@
 it, the library versions and the thread count, so `make bench-status` can say which results are older than the
 code they measure, and job caches key on the same facts.
 
-A part is a set of files: `core` (r2moe_core/), `world` (bench/world/, the benchmark's shared code), `weights`
-(the world checkpoints in bench/world/weights: a result measured on a world is dated by its weights too), `nodes`
-(nodes/, for the benchmarks that run through ComfyUI) and `script` (the benchmark script itself and the bench
-modules it imports). Digests are of file names and bytes, so they are the same on every machine.
+A part is a set of files. `reads` is the script and every repository module it imports, directly or not (found by
+parsing the imports, so an edit to a module the script never reads leaves its results current); `weights` are the
+world checkpoints in bench/world/weights (a result measured on a world is dated by its weights too); `core`
+(r2moe_core/) and `nodes` (nodes/) are whole folders, for the benchmarks that run through ComfyUI, which loads the
+pack by folder, not by import. Results written before `reads` existed record `world` (bench/world/) and `script`
+(the script and the modules in `also`) instead; they are still judged by those. Digests are of file names and
+bytes, so they are the same on every machine.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-# part -> (folders, file pattern); `weights` are the world checkpoints a result was measured on
+# folder part -> (folders, file pattern); `reads` and `script` are computed from the script (see part_digests)
 PARTS = {"core": (("r2moe_core",), "*.py"), "world": (("bench/world",), "*.py"), "nodes": (("nodes",), "*.py"),
          "weights": (("bench/world/weights",), "*.safetensors")}
-WORLD_PARTS = ("core", "world", "weights")  # what the benchmarks on the world model measure
-HOST_PARTS = ("core", "nodes")  # what the benchmarks that run through ComfyUI measure
+WORLD_PARTS = ("reads", "weights")  # what the benchmarks on the world model measure
+HOST_PARTS = ("core", "nodes", "reads")  # what the benchmarks that run through ComfyUI measure
 LIBRARIES = ("torch", "numpy", "safetensors", "PIL")
 
 
@@ -36,31 +39,46 @@ def digest_files(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+def _module_files(base: Path, parts: list[str]) -> list[Path]:
+    """The file of module `parts` under `base`: a module file or a package's __init__.py ([] where neither)."""
+    target = base.joinpath(*parts)
+    return [p for p in (target.with_suffix(".py"), target / "__init__.py") if p.is_file()]
+
+
 def _local_imports(path: Path) -> list[Path]:
-    """The repository modules a source file imports: relative ones beside it and the core's (absolute)."""
+    """The repository modules a source file imports (wherever the import sits, functions included): relative ones,
+    the core's, the benchmark's top-level modules (bench/ is on the path of every benchmark script) and the
+    modules beside the file (a script's own folder is on its path). Names imported from a package count as its
+    submodules where such files exist."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if not isinstance(node, ast.ImportFrom) or (node.module is None and node.level == 0):
-            continue
-        if node.level:
-            base = path.parent
-            for _ in range(node.level - 1):
-                base = base.parent
-            parts = node.module.split(".") if node.module else []
-        elif node.module.split(".")[0] == "r2moe_core":
-            base, parts = REPO, node.module.split(".")
+        if isinstance(node, ast.Import):
+            modules = [(0, alias.name.split("."), ()) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            modules = [(node.level, node.module.split(".") if node.module else [], [a.name for a in node.names])]
         else:
             continue
-        target = base.joinpath(*parts)
-        found += [p for p in (target.with_suffix(".py"), target / "__init__.py") if p.is_file()]
+        for level, parts, names in modules:
+            if level:
+                bases = [path.parents[level - 1]]
+            elif parts[0] == "r2moe_core":
+                bases = [REPO]
+            else:
+                bases = [BENCH, path.parent]
+            for base in bases:
+                submodules = [f for name in names for f in _module_files(base, [*parts, name])]
+                files = submodules or _module_files(base, parts)
+                if files:
+                    found += files
+                    break
     return found
 
 
-def source_closure(start: Path) -> list[Path]:
-    """`start` and every repository module it imports, directly or not, in a fixed order: the code a cached
-    result really depends on, so an edit elsewhere does not void it."""
+def source_closure(start: Path, also: tuple[Path, ...] = ()) -> list[Path]:
+    """`start` (and `also`) and every repository module they import, directly or not, in a fixed order: the code a
+    result really depends on, so an edit elsewhere does not date it."""
     seen: set[Path] = set()
-    todo = [start.resolve()]
+    todo = [p.resolve() for p in (start, *also)]
     while todo:
         path = todo.pop()
         if path not in seen:
@@ -71,10 +89,18 @@ def source_closure(start: Path) -> list[Path]:
 
 def part_digests(script: Path, parts: tuple[str, ...] = WORLD_PARTS, also: tuple[str, ...] = ()
                  ) -> dict[str, str]:
-    """Per part, the digest of its sources now; `also` names further modules the script imports (relative to
-    bench/)."""
-    out = {p: digest_files([f for folder in PARTS[p][0] for f in (REPO / folder).rglob(PARTS[p][1])]) for p in parts}
-    out["script"] = digest_files([script.resolve(), *((BENCH / name).resolve() for name in also)])
+    """Per part, the digest of its sources now; `also` names further modules the script depends on (relative to
+    bench/) that it does not import."""
+    extra = tuple((BENCH / name).resolve() for name in also)
+    out = {}
+    for part in parts:
+        if part == "reads":
+            out[part] = digest_files(source_closure(script, extra))
+        elif part == "script":
+            out[part] = digest_files([script.resolve(), *extra])
+        else:
+            folders, pattern = PARTS[part]
+            out[part] = digest_files([f for folder in folders for f in (REPO / folder).rglob(pattern)])
     return out
 
 
@@ -116,5 +142,5 @@ def staleness(record: dict[str, Any]) -> list[str]:
     script = REPO / record["script"]
     if not script.is_file():
         return ["script (gone)"]
-    now = part_digests(script, tuple(p for p in record["code"] if p != "script"), tuple(record.get("also", ())))
+    now = part_digests(script, tuple(record["code"]), tuple(record.get("also", ())))
     return [part for part, digest in record["code"].items() if now.get(part) != digest]

@@ -1,5 +1,5 @@
 """Caches of the benchmark world: what is costly to compute (the evaluator, finished jobs) is stored once per
-version of the code that computes it, atomically, so a changed core or world never reads a stale entry."""
+version of the code that computes it, atomically, so changed code never reads a stale entry."""
 
 from __future__ import annotations
 
@@ -15,11 +15,6 @@ from .vocab import SIZE
 
 WORLD = Path(__file__).resolve().parent
 REPO = WORLD.parents[1]
-
-
-def code_digest() -> str:
-    """The training and evaluation code (the core and the benchmark world): a cached job from other code is stale."""
-    return digest_files([p for folder in (REPO / "r2moe_core", WORLD) for p in folder.rglob("*.py")])
 
 
 def evaluator_digest() -> str:

@@ -323,6 +323,15 @@ def region_alignment(features: Features, rows: Sequence[tuple[MultiScene, np.nda
                  2)
 
 
+def omission_alone(recogniser: Recogniser, rows: Sequence[tuple[MultiScene, np.ndarray]], boxes: Sequence[int]
+                   ) -> float:
+    """How often the judge misses a concept drawn alone in its box (from `alone_rows`): the floor any composition
+    of these concepts can reach, so a composition's omission reads against what the bank can draw at all."""
+    labels = recogniser.labels([crop(image, scene.boxes[r]) for (scene, image), r in zip(rows, boxes, strict=True)])
+    return round(float(np.mean([label != scene.concepts[r].token
+                                for label, (scene, _), r in zip(labels, rows, boxes, strict=True)])), 4)
+
+
 def alone_rows(world: World, learned: Learned, scenes: Sequence[MultiScene], seed: int, settings: MultiSettings
                ) -> tuple[list[tuple[MultiScene, np.ndarray]], list[int]]:
     """Each region's own prompt drawn alone by the bank (its concept at its place, nothing else), one image per
@@ -407,6 +416,7 @@ def run_multiconcept(world: World, specs: Sequence[ConceptSpec], concepts: Seque
             alone += drawn
             alone_boxes += boxes_of
     alone_ia = region_alignment(features, alone, references, alone_boxes)
+    alone_omission = omission_alone(recogniser, alone, alone_boxes)
     variants = {}
     for variant in VARIANTS:
         everything = [row for group in sets for row in rows[variant][group]]
@@ -424,6 +434,7 @@ def run_multiconcept(world: World, specs: Sequence[ConceptSpec], concepts: Seque
         "judge_accuracy": accuracy["balanced"],
         "default": DEFAULT_VARIANT,
         "alone_image_alignment": alone_ia,
+        "alone_omission": alone_omission,
         "variants": variants,
         "settings": asdict(settings) | {
             "budget": asdict(budget), "concepts": [c.token for c in concepts],

@@ -63,6 +63,7 @@ def test_quick_mode_reports_fractions_for_every_variant(quick_results) -> None:
 def test_the_result_has_the_shape_the_goals_are_read_from(quick_results) -> None:
     assert quick_results["default"] in quick_results["variants"]
     assert 0.0 <= quick_results["judge_accuracy"] <= 1.0
+    assert 0.0 <= quick_results["alone_omission"] <= 1.0  # the floor for a composition's omission
     assert quick_results["provenance"]["script"] == "bench/multiconcept.py"
     for name, numbers in quick_results["variants"].items():
         assert isinstance(numbers["image_alignment"], float), name

@@ -20,6 +20,7 @@ def run(seed: int, boxes_omission: float, code: str = "abc") -> dict:
                 "triples": dict(part), "image_alignment": ia, "image_alignment_vs_alone": ia / 40, "images": 8}
 
     return {"judge_accuracy": 0.9 + seed / 100, "default": "boxes", "alone_image_alignment": 40.0,
+            "alone_omission": 0.1 * seed,
             "variants": {"bank_only": variant(0.8, 0.1, 30.0), "boxes": variant(boxes_omission, 0.04, 36.0),
                          "lora_stack_regional": variant(0.5, 0.02, 34.0)},
             "settings": {"seed": seed, "images": 3, "steps": 12},
@@ -34,6 +35,8 @@ def test_means_and_spreads_replace_each_reading_and_the_goals_are_read_on_the_me
     assert merged["spread"]["variants"]["boxes"]["omission"]["std"] == pytest.approx(0.1)
     assert merged["settings"]["seed"] == [0, 1, 2] and len(merged["runs"]) == 3
     assert merged["judge_accuracy"] == pytest.approx(0.91)
+    assert merged["alone_omission"] == pytest.approx(0.1) and merged["spread"]["alone_omission"]["per_seed"] == [
+        0.0, 0.1, 0.2]
     goals = merged["goals"]
     assert goals["omission_at_most_half_of_bank_only"] == {"value": 0.4, "bound": 0.4, "met": True}
     assert goals["omission_below_lora_stack_regional"]["met"] is True
