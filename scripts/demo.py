@@ -431,8 +431,7 @@ def write_json_report(path: Path, concepts: list[DemoConcept], alignment: list[d
 
     data = {"concepts": {c.name: a or {} for c, a in zip(concepts, alignment, strict=True)},
             "measured_against": "renders of each concept that were not among its training photos",
-            "provenance": provenance(Path(__file__), ("core", "world", "weights", "nodes"),
-                                     also=("../scripts/demo_graph.py", "../scripts/demo_concepts.py"))}
+            "provenance": provenance(Path(__file__), ("core", "nodes", "reads", "weights"))}
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 

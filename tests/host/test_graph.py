@@ -101,7 +101,7 @@ def test_demo_training_graph_learns_every_concept_and_samples_bank_and_base_side
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["concepts"] == {c.name: s or {} for c, s in zip(concepts, scores, strict=True)}
     assert report["provenance"]["script"] == "scripts/demo.py" and set(report["provenance"]["code"]) == {
-        "core", "world", "weights", "nodes", "script"}
+        "core", "nodes", "reads", "weights"}
     from demo import alignment_row
 
     # R2MoE is judged against the base model and the token alone; the true renders are the ceiling, not a rival.
