@@ -252,10 +252,10 @@ def kept_tracks(path: Path, running: list[str], settings: dict) -> dict[str, dic
 
 def run_base(world: World, concepts: list[ConceptData], settings: EvalSettings, seed: int
              ) -> dict[str, list[np.ndarray]]:
-    from world.protocol import generate
+    from world.protocol import alone_prompts, generate
 
     n = settings.images_per_concept
-    images = generate(world, None, [f"photo of a {c.class_word}" for c in concepts for _ in range(n)], seed, settings)
+    images = generate(world, None, [p for c in concepts for p in alone_prompts(c, n, token=False)], seed, settings)
     return {c.token: images[i * n:(i + 1) * n] for i, c in enumerate(concepts)}
 
 

@@ -239,8 +239,15 @@ def class_prior(world: World, class_word: str, count: int, weight: float) -> Pri
     return PriorData(_PRIORS[key], prior_prompt(class_word), weight)
 
 
-def alone_prompt(concept: ConceptData) -> str:
-    return f"photo of a {concept.token} {concept.class_word}"
+def alone_prompts(concept: ConceptData, count: int, token: bool = True) -> list[str]:
+    """`count` prompts of the concept alone in the center, each on a background drawn per concept: every world
+    caption names a place and a background, and without them the world draws confetti, not a scene. `token=False`
+    drops the trigger (the base model's class prompt on the same backgrounds)."""
+    rng = random.Random(f"alone:{concept.token}")
+    backgrounds = rng.sample(list(BACKGROUNDS), len(BACKGROUNDS))
+    subject = f"{concept.token} {concept.class_word}" if token else concept.class_word
+    return [f"photo of a {subject} in the center, {backgrounds[i % len(backgrounds)]} background"
+            for i in range(count)]
 
 
 def context_prompts(concept: ConceptData, count: int, seed: int) -> list[tuple[str, str, str]]:
@@ -282,7 +289,7 @@ def evaluate_concepts(world: World, method: Method | None, concepts: list[Concep
                       ) -> tuple[dict[str, float], dict[str, list[np.ndarray]], float]:
     """IA of every concept alone, N images each with fixed seeds; one batch for all concepts."""
     n = settings.images_per_concept
-    prompts = [alone_prompt(c) for c in concepts for _ in range(n)]
+    prompts = [p for c in concepts for p in alone_prompts(c, n)]
     started = time.perf_counter()
     images = generate(world, method, prompts, seed, settings)
     seconds = (time.perf_counter() - started) / len(prompts)
@@ -356,7 +363,7 @@ def gate_matrix(world: World, method: Method, concepts: list[ConceptData]) -> li
     bank, rows = method.bank, []
     with torch.no_grad():
         for concept in sorted(concepts, key=lambda c: bank.concept_by_name(c.token.strip("<>")).task):
-            m = gate_input(world.text([alone_prompt(concept)], method.tokens))
+            m = gate_input(world.text(alone_prompts(concept, 1), method.tokens))
             n = bank.num_experts
             weights = [inference_coefficients(m, p.router(n), p.alive_mask(n), bank.config.top_k,
                                               bank.config.aux_in_inference)[0]
