@@ -103,3 +103,22 @@ def test_two_and_three_object_scenes_draw_different_objects_where_their_caption_
         assert len(xs), f"{text}: no {part.words['colour']} pixels"
         px, py = POSITIONS[part.position]
         assert abs(xs.mean() / SIZE - px) < 0.12 and abs(ys.mean() / SIZE - py) < 0.12, text
+
+
+def test_a_concept_alone_is_prompted_as_the_world_is_captioned():
+    """Every world caption names a place and a background; a bare `photo of a <new1> toy` is not one, and world v3
+    draws confetti for it, so image alignment would be read on noise. Backgrounds vary within and between
+    concepts, the same on every call."""
+    from world.protocol import ConceptData, alone_prompts
+
+    concepts = [ConceptData(f"<new{i}>", "toy", [], []) for i in range(1, 5)]
+    prompts = {c.token: alone_prompts(c, 3) for c in concepts}
+    for token, rows in prompts.items():
+        assert len(rows) == 3 and rows == alone_prompts(next(c for c in concepts if c.token == token), 3)
+        for row in rows:
+            match = re.fullmatch(rf"photo of a {token} toy in the center, (\w+) background", row)
+            assert match and match.group(1) in BACKGROUNDS, row
+        assert len(set(rows)) == 3, "one concept's images are drawn on different backgrounds"
+    assert len({tuple(rows) for rows in prompts.values()}) > 1, "concepts do not all share the same backgrounds"
+    base = alone_prompts(concepts[0], 3, token=False)
+    assert base == [p.replace("<new1> ", "") for p in prompts["<new1>"]]
