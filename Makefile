@@ -12,7 +12,7 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 NEW_FRONTEND := 1.58.1
 NEW_FRONTEND_ROOT := .host/frontend-$(NEW_FRONTEND)/static
 
-.PHONY: env browser-env device-pack device-check test test-unit test-host test-bench test-e2e test-faults test-browser lint templates demo serve bench bench-lifelong bench-lifelong-quick bench-status bench-hlag bench-multiconcept bench-learning clean
+.PHONY: env browser-env device-pack device-check test test-unit test-host test-bench test-e2e test-faults test-browser lint templates demo serve bench bench-lifelong bench-lifelong-quick bench-status bench-hlag bench-multiconcept bench-learning bench-metric clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -101,6 +101,10 @@ bench-multiconcept: env
 # (bench/results/learning_sweep_strength.{json,md}).
 bench-learning: env
 	$(PY) bench/learning_sweep.py --seeds 0,1
+
+# What image alignment sees: true renders with one concept attribute changed (bench/results/metric_sensitivity.*).
+bench-metric: env
+	$(PY) bench/metric_sensitivity.py
 
 # HLAG settings one change at a time on the multi-concept track (bench/results/hlag_sweep.{json,md}).
 bench-hlag: env

@@ -6,7 +6,9 @@ development concepts (by default concepts 3-6 of concepts_10.json, not the demo'
 learns the concepts in sequence, as the demo does, and reports per concept the held-out image alignment (against
 renders at other places, sizes and backgrounds), the training-photo alignment (their gap is memorisation) and the
 parts of text alignment (background, position, concept where the prompt asks), with the base model beside.
-The evaluator is the demo's (64 px, cached in OUT/.cache).
+The evaluator is the demo's (64 px, cached in OUT/.cache). Beside IA it reads identity alignment, the same
+cosine through the concept-identity embedding (world/identity.py, also cached), which sees a concept's marking
+and outline; and true renders of each concept (a third seed) give both metrics' ceiling.
 
     python bench/learning_sweep.py                          # every variant, seed 0: bench/results/learning_sweep.*
     python bench/learning_sweep.py --variants r2moe,token_only --seeds 0,1 --name learning_sweep_part
@@ -18,7 +20,8 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +35,10 @@ from provenance import provenance
 from world.cache import cached_evaluator
 from world.checkpoint import load_world
 from world.cli import world_parser
-from world.concepts import load_concepts
+from world.concepts import concept_images, load_concepts
 from world.demo_settings import DEMO_EVALUATOR, DEMO_STEPS, EvaluatorSettings
 from world.evaluators import to_tensor
+from world.identity import IdentitySettings, cached_identity, identity_features
 from world.methods import Budget, make_method
 from world.protocol import (
     ConceptData,
@@ -65,6 +69,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "lora_per_concept": ("lora_per_concept", {}),
 }
 QUICK_EVALUATOR = EvaluatorSettings(images=300, epochs=1, size=64)
+QUICK_IDENTITY = IdentitySettings(families=6, scenes=4, epochs=1)
+RENDERS_SEED = 2  # training photos use seed 0, held-out references seed 1: the ceiling's true renders a third
 
 
 class ScaledEvaluator(torch.nn.Module):
@@ -84,9 +90,21 @@ class ScaledEvaluator(torch.nn.Module):
         return self.evaluator.embed(self._scaled(x))
 
 
+@dataclass(frozen=True)
+class IdentityReading:
+    """Image alignment through the concept-identity embedding (world/identity.py), which sees markings and
+    outlines that the evaluator's features barely do: its features and each concept's held-out references."""
+
+    features: Callable[[list[np.ndarray]], torch.Tensor]
+    references: dict[str, torch.Tensor]
+
+    def of(self, images: dict[str, list[np.ndarray]]) -> dict[str, float]:
+        return image_alignments(self.features, images, self.references)
+
+
 def run_variant(world: World, method_name: str, budget: Budget, concepts: list[ConceptData], features,
-                references: References, evaluator: torch.nn.Module, settings: EvalSettings, seed: int
-                ) -> dict[str, Any]:
+                references: References, identity: IdentityReading, evaluator: torch.nn.Module,
+                settings: EvalSettings, seed: int) -> dict[str, Any]:
     """Learn `concepts` in order with one method, then score each concept alone and in context."""
     torch.manual_seed(seed)
     method = make_method(method_name, world.unet, budget, seed)
@@ -95,7 +113,15 @@ def run_variant(world: World, method_name: str, budget: Budget, concepts: list[C
     train = image_alignments(features, generated, references.train)
     parts = text_alignment(world, method, concepts, evaluator, features, references.heldout, settings, seed)
     return {"image_alignment_heldout": heldout, "image_alignment_train": train, "text_alignment_parts": parts,
-            "train_s_per_task": float(np.mean(seconds))}
+            "identity_alignment_heldout": identity.of(generated), "train_s_per_task": float(np.mean(seconds))}
+
+
+def summary(alignment: dict[str, float], identity: dict[str, float]) -> dict[str, Any]:
+    """Mean and per-concept image alignment and identity alignment of one set of images per concept."""
+    return {"image_alignment_heldout": round(float(np.mean(list(alignment.values()))), 2),
+            "per_concept": {k: round(v, 2) for k, v in alignment.items()},
+            "identity_alignment_heldout": round(float(np.mean(list(identity.values()))), 2),
+            "per_concept_identity": {k: round(v, 2) for k, v in identity.items()}}
 
 
 def mean_over(rows: list[dict[str, Any]], key: str) -> float:
@@ -106,15 +132,28 @@ def markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
     lines = [f"### Learning sweep ({', '.join(s['concepts'])}; seeds {s['seeds']}; {s['images_per_concept']} images "
              f"per concept; the demo's evaluator)", "",
-             "| variant | IA held-out | IA training photos | gap | TA background | TA position | TA concept | s/task |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| variant | IA held-out | identity held-out | IA training photos | gap | TA background | TA position | "
+             "TA concept | s/task |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, v in results["variants"].items():
         ta = v["text_alignment_parts"]
-        lines.append(f"| {name} | {v['image_alignment_heldout']:.1f} | {v['image_alignment_train']:.1f} | "
+        lines.append(f"| {name} | {v['image_alignment_heldout']:.1f} | {v['identity_alignment_heldout']:.1f} | "
+                     f"{v['image_alignment_train']:.1f} | "
                      f"{v['image_alignment_train'] - v['image_alignment_heldout']:+.1f} | "
                      f"{ta['background']:.0f} % | {ta['position']:.0f} % | {ta['concept']:.0f} % | "
                      f"{v['train_s_per_task']:.0f} |")
-    lines += ["", f"Base model (no learning): IA held-out {results['base']['image_alignment_heldout']:.1f}."]
+    base, ceiling = results["base"], results["ceiling"]
+    lines += ["", f"Base model (no learning): IA held-out {base['image_alignment_heldout']:.1f}, identity "
+              f"{base['identity_alignment_heldout']:.1f}; true renders (the metrics' ceiling) IA "
+              f"{ceiling['image_alignment_heldout']:.1f}, identity {ceiling['identity_alignment_heldout']:.1f}."]
+    for title, key, per in (("IA held-out", "per_concept", "per_concept_heldout"),
+                            ("identity held-out", "per_concept_identity", "per_concept_identity")):
+        lines += ["", f"| concept ({title}) | base | true renders | " + " | ".join(results["variants"]) + " |",
+                  "|---|---|---|" + "---|" * len(results["variants"])]
+        for token in ceiling[key]:
+            cells = [f"{np.mean([seed[token] for seed in v[per]]):.1f}" for v in results["variants"].values()]
+            lines.append(f"| {token} | {base[key][token]:.1f} | {ceiling[key][token]:.1f} | " + " | ".join(cells)
+                         + " |")
     return "\n".join(lines)
 
 
@@ -148,9 +187,10 @@ def main() -> None:
         parser.error(f"{err} (--pick takes indices of {opts.concepts.name}, 0-{len(specs) - 1})"
                      if isinstance(err, IndexError) else str(err))
     settings = EvalSettings(images_per_concept=opts.images_per_concept)
-    evaluator_settings = DEMO_EVALUATOR
+    evaluator_settings, identity_settings = DEMO_EVALUATOR, IdentitySettings()
     if opts.quick:
         settings, evaluator_settings = EvalSettings(images_per_concept=2, steps=4, contexts=1), QUICK_EVALUATOR
+        identity_settings = QUICK_IDENTITY
     started = time.perf_counter()
     world = World(*load_world(opts.checkpoint))
     evaluator, report = cached_evaluator(opts.out / ".cache", evaluator_settings.images, evaluator_settings.epochs,
@@ -163,14 +203,23 @@ def main() -> None:
 
     concepts = [ConceptData.from_spec(spec, 5) for spec in picked]
     references = References.of(concepts, features)
-    base, _, _ = evaluate_concepts(world, None, concepts, features, references.heldout, settings, seeds[0])
+    identity_model, identity_report = cached_identity(opts.out / ".cache", identity_settings)
+    id_features = identity_features(identity_model)
+    identity = IdentityReading(id_features, References.of(concepts, id_features).heldout)
+    base, base_images, _ = evaluate_concepts(world, None, concepts, features, references.heldout, settings, seeds[0])
+    renders = {c.token: [p[0] for p in concept_images(spec, settings.images_per_concept, seed=RENDERS_SEED)]
+               for c, spec in zip(concepts, picked, strict=True)}
+    ceiling = image_alignments(features, renders, references.heldout)
+    base_identity, ceiling_identity = identity.of(base_images), identity.of(renders)
     results: dict[str, Any] = {
         "settings": {"concepts": [s.name for s in picked], "concept_file": opts.concepts.name, "seeds": seeds,
                      "images_per_concept": settings.images_per_concept, "evaluator": asdict(evaluator_settings),
                      "demo_steps": DEMO_STEPS, "checkpoint": opts.checkpoint.name, "quick": opts.quick,
-                     "variants": {v: VARIANTS[v] for v in variants}},
+                     "variants": {v: VARIANTS[v] for v in variants}, "identity": asdict(identity_settings)},
         "evaluator_accuracy": {k: round(v, 3) for k, v in report.accuracy.items()},
-        "base": {"image_alignment_heldout": round(float(np.mean(list(base.values()))), 2)},
+        "identity_report": {k: round(v, 3) for k, v in asdict(identity_report).items()},
+        "base": summary(base, base_identity),
+        "ceiling": summary(ceiling, ceiling_identity),
         "variants": {},
     }
     for name in variants:
@@ -178,18 +227,22 @@ def main() -> None:
         budget = replace(Budget(), **({"steps": DEMO_STEPS} | changes))
         if opts.quick:
             budget = replace(budget, steps=max(1, budget.steps // 50))
-        rows = [run_variant(world, method_name, budget, concepts, features, references, evaluator, settings, s)
-                for s in seeds]
+        rows = [run_variant(world, method_name, budget, concepts, features, references, identity, evaluator,
+                            settings, s) for s in seeds]
         parts = {k: round(float(np.mean([r["text_alignment_parts"][k] for r in rows])), 3)
                  for k in rows[0]["text_alignment_parts"]}
         results["variants"][name] = {
             "image_alignment_heldout": round(mean_over(rows, "image_alignment_heldout"), 2),
             "image_alignment_train": round(mean_over(rows, "image_alignment_train"), 2),
             "per_concept_heldout": [{k: round(v, 2) for k, v in r["image_alignment_heldout"].items()} for r in rows],
+            "identity_alignment_heldout": round(mean_over(rows, "identity_alignment_heldout"), 2),
+            "per_concept_identity": [{k: round(v, 2) for k, v in r["identity_alignment_heldout"].items()}
+                                     for r in rows],
             "text_alignment_parts": parts,
             "train_s_per_task": round(float(np.mean([r["train_s_per_task"] for r in rows])), 1)}
-        LOG.info("%s: IA held-out %.1f, training photos %.1f, TA %s", name,
+        LOG.info("%s: IA held-out %.1f, identity %.1f, training photos %.1f, TA %s", name,
                  results["variants"][name]["image_alignment_heldout"],
+                 results["variants"][name]["identity_alignment_heldout"],
                  results["variants"][name]["image_alignment_train"], parts)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["provenance"] = provenance(Path(__file__))

@@ -44,5 +44,13 @@ def test_quick_mode_scores_every_asked_variant(tmp_path) -> None:
         assert isinstance(numbers["image_alignment_heldout"], float)
         assert set(numbers["text_alignment_parts"]) == {"background", "position", "concept"}
         assert len(numbers["per_concept_heldout"][0]) == 2
+    for numbers in result["variants"].values():
+        assert isinstance(numbers["identity_alignment_heldout"], float)
+        assert len(numbers["per_concept_identity"][0]) == 2
+    assert set(result["identity_report"]) == {"retrieval", "own", "sibling"}
+    ceiling = result["ceiling"]["per_concept"]
+    assert set(ceiling) == set(result["base"]["per_concept"]) and len(ceiling) == 2
+    assert set(result["ceiling"]["per_concept_identity"]) == set(ceiling)
     assert result["provenance"]["script"] == "bench/learning_sweep.py"
-    assert "| r2moe_half_steps |" in (tmp_path / "learning_sweep_quick.md").read_text()
+    table = (tmp_path / "learning_sweep_quick.md").read_text()
+    assert "| r2moe_half_steps |" in table and "| concept (identity held-out) |" in table
