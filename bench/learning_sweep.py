@@ -37,7 +37,7 @@ from world.checkpoint import load_world
 from world.cli import world_parser
 from world.concepts import concept_images, load_concepts
 from world.demo_settings import DEMO_EVALUATOR, DEMO_STEPS, EvaluatorSettings
-from world.evaluators import to_tensor
+from world.evaluators import EvaluatorReport, to_tensor
 from world.identity import IdentitySettings, cached_identity, identity_features
 from world.methods import Budget, make_method
 from world.protocol import (
@@ -58,6 +58,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "token_only": ("textual_inversion", {}),
     "r2moe": ("r2moe", {}),
     "r2moe_half_steps": ("r2moe", {"steps": DEMO_STEPS // 2}),
+    "token_only_steps_x2": ("textual_inversion", {"steps": DEMO_STEPS * 2}),
+    "r2moe_steps_x2": ("r2moe", {"steps": DEMO_STEPS * 2}),
+    "r2moe_steps_x2_token_warmup_x2": ("r2moe", {"steps": DEMO_STEPS * 2, "token_warmup": Budget.token_warmup * 2}),
+    "token_only_steps_x4": ("textual_inversion", {"steps": DEMO_STEPS * 4}),
+    "r2moe_steps_x4": ("r2moe", {"steps": DEMO_STEPS * 4}),
     "r2moe_lr_experts_x4": ("r2moe", {"lr": Budget.lr * 4}),
     "r2moe_lr_experts_x0.4": ("r2moe", {"lr": Budget.lr * 0.4}),
     "r2moe_lr_token_x2": ("r2moe", {"lr_token": Budget.lr_token * 2}),
@@ -88,6 +93,28 @@ class ScaledEvaluator(torch.nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.evaluator.embed(self._scaled(x))
+
+
+def evaluator_features(cache: Path, settings: EvaluatorSettings
+                       ) -> tuple[ScaledEvaluator, Callable[[list[np.ndarray]], torch.Tensor], EvaluatorReport]:
+    """The demo's world evaluator (trained once, cached in `cache`), its unit-norm features of images of any size,
+    and its held-out report."""
+    evaluator, report = cached_evaluator(cache, settings.images, settings.epochs, settings.size)
+    scaled = ScaledEvaluator(evaluator, settings.size).eval()
+
+    def features(images: list[np.ndarray]) -> torch.Tensor:
+        with torch.no_grad():
+            return scaled.embed(to_tensor(images))
+
+    return scaled, features, report
+
+
+def write_result(out: Path, stem: str, results: dict[str, Any], text: str) -> None:
+    """`out/stem.json` and its Markdown table `out/stem.md`, written side by side and logged."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(text + "\n")
+    LOG.info("%s\nwritten %s in %.0f s", text, out / f"{stem}.json", results.get("seconds", 0.0))
 
 
 @dataclass(frozen=True)
@@ -193,19 +220,12 @@ def main() -> None:
         identity_settings = QUICK_IDENTITY
     started = time.perf_counter()
     world = World(*load_world(opts.checkpoint))
-    evaluator, report = cached_evaluator(opts.out / ".cache", evaluator_settings.images, evaluator_settings.epochs,
-                                         evaluator_settings.size)
-    evaluator = ScaledEvaluator(evaluator, evaluator_settings.size).eval()
-
-    def features(images: list[np.ndarray]) -> torch.Tensor:
-        with torch.no_grad():
-            return evaluator.embed(to_tensor(images))
-
+    evaluator, features, report = evaluator_features(opts.out / ".cache", evaluator_settings)
     concepts = [ConceptData.from_spec(spec, 5) for spec in picked]
     references = References.of(concepts, features)
     identity_model, identity_report = cached_identity(opts.out / ".cache", identity_settings)
     id_features = identity_features(identity_model)
-    identity = IdentityReading(id_features, References.of(concepts, id_features).heldout)
+    identity = IdentityReading(id_features, {c.token: id_features(c.heldout) for c in concepts})
     base, base_images, _ = evaluate_concepts(world, None, concepts, features, references.heldout, settings, seeds[0])
     renders = {c.token: [p[0] for p in concept_images(spec, settings.images_per_concept, seed=RENDERS_SEED)]
                for c, spec in zip(concepts, picked, strict=True)}
@@ -246,11 +266,7 @@ def main() -> None:
                  results["variants"][name]["image_alignment_train"], parts)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["provenance"] = provenance(Path(__file__))
-    name = f"{opts.name}_quick" if opts.quick else opts.name
-    opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (opts.out / f"{name}.md").write_text(markdown(results) + "\n")
-    LOG.info("%s\nwritten %s in %.0f s", markdown(results), opts.out / f"{name}.json", results["seconds"])
+    write_result(opts.out, f"{opts.name}_quick" if opts.quick else opts.name, results, markdown(results))
 
 
 if __name__ == "__main__":

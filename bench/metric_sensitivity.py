@@ -13,7 +13,6 @@ unchanged concept over render seeds (the metric's noise). No model draws anythin
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -27,13 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from learning_sweep import ScaledEvaluator
+from learning_sweep import evaluator_features, write_result
 from provenance import provenance
-from world.cache import cached_evaluator
 from world.cli import world_parser
 from world.concepts import ConceptSpec, concept_images, load_concepts
 from world.demo_settings import DEMO_EVALUATOR
-from world.evaluators import to_tensor
 from world.identity import IdentitySettings, cached_identity, identity_features
 
 LOG = logging.getLogger("r2moe.bench.metric_sensitivity")
@@ -118,13 +115,7 @@ def main() -> None:
         accuracy = {k: round(v, 3) for k, v in asdict(identity_report).items()}
     else:
         settings = DEMO_EVALUATOR
-        evaluator, report = cached_evaluator(opts.out / ".cache", settings.images, settings.epochs, settings.size)
-        scaled = ScaledEvaluator(evaluator, settings.size).eval()
-
-        def features(images: list[np.ndarray]) -> torch.Tensor:
-            with torch.no_grad():
-                return scaled.embed(to_tensor(images))
-
+        _, features, report = evaluator_features(opts.out / ".cache", settings)
         accuracy = {k: round(v, 3) for k, v in report.accuracy.items()}
 
     results: dict[str, Any] = {
@@ -136,10 +127,7 @@ def main() -> None:
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["provenance"] = provenance(Path(__file__))
     stem = "metric_sensitivity" + ("" if opts.features == "evaluator" else f"_{opts.features}")
-    opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (opts.out / f"{stem}.md").write_text(markdown(results) + "\n")
-    LOG.info("%s\nwritten %s in %.0f s", markdown(results), opts.out / f"{stem}.json", results["seconds"])
+    write_result(opts.out, stem, results, markdown(results))
 
 
 if __name__ == "__main__":
