@@ -68,6 +68,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "r2moe_lr_token_x2": ("r2moe", {"lr_token": Budget.lr_token * 2}),
     "r2moe_no_token_warmup": ("r2moe", {"token_warmup": 0.0}),
     "r2moe_token_warmup_x2": ("r2moe", {"token_warmup": Budget.token_warmup * 2}),
+    "r2moe_uniform_timesteps": ("r2moe", {"timestep_bias": 0.0}),
+    "r2moe_timestep_bias_x2": ("r2moe", {"timestep_bias": Budget.timestep_bias * 2}),
     "r2moe_no_prune": ("r2moe_no_prune", {}),
     "r2moe_strength_0.5": ("r2moe", {"strength": 0.5}),
     "r2moe_strength_0.75": ("r2moe", {"strength": 0.75}),

@@ -189,6 +189,12 @@ class R2MoETrainConcept(io.ComfyNode):
                                tooltip="Share of the steps in which only the trigger token learns; the new expert "
                                        "and its gate join afterwards and learn what the token alone could not. "
                                        "0 = all learn from the first step."),
+                io.Float.Input("timestep_bias", **advanced_input(), default=TrainSettings.timestep_bias, min=0.0,
+                               max=4.0, step=0.25, optional=True,
+                               tooltip="After the token warm-up, draw training noise levels with density "
+                                       "(t/T)^bias: higher values train the high-noise steps, where the image's "
+                                       "body and colour are decided, more often (1: three quarters of the steps "
+                                       "in the noisier half). 0 = uniform, as the paper."),
             ],
             outputs=[
                 Bank.Output(

@@ -149,7 +149,7 @@ def world_train_inputs() -> dict[str, float | int]:
     budget = Budget()
     return {"steps": DEMO_STEPS, "batch_size": budget.batch_size, "lr_experts": budget.lr,
             "lr_router": budget.lr_router, "lr_token": budget.lr_token, "token_warmup": budget.token_warmup,
-            "augment_views": 0, "preview_every": 25}
+            "timestep_bias": budget.timestep_bias, "augment_views": 0, "preview_every": 25}
 
 
 def heldout_references(concept: DemoConcept, kind: str = "heldout") -> list[Path]:

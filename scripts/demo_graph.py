@@ -81,10 +81,11 @@ def training_graph(template: dict[str, Any], ckpt_name: str, concepts: list[Demo
 def token_only_chain(graph: dict[str, Any], train: dict[str, Any], sampler: dict[str, Any], concept: DemoConcept,
                      index: int) -> str:
     """The concept's token learned alone from the empty bank (experts start at zero and keep a learning rate of 0,
-    so they add nothing), applied and sampled like the bank; returns the id of its SaveImage."""
+    so they add nothing) on the uniform timestep draw (it did no better with a bias), applied and sampled like the
+    bank; returns the id of its SaveImage."""
     ids = [str(500 + 10 * index + k) for k in range(6)]
     alone = copy.deepcopy(train)
-    alone["inputs"].update(bank=["2", 0], lr_experts=0.0, lr_router=0.0)
+    alone["inputs"].update(bank=["2", 0], lr_experts=0.0, lr_router=0.0, timestep_bias=0.0)
     graph[ids[0]] = alone
     graph[ids[1]] = {"class_type": "R2MoEApplyBank", "inputs": {**graph["6"]["inputs"], "bank": [ids[0], 0]}}
     graph[ids[2]] = {"class_type": "CLIPTextEncode", "inputs": {"clip": [ids[1], 1], "text": concept.prompt}}

@@ -77,6 +77,10 @@ class Budget:
     # R2MoE: share of the steps only the trigger token learns in; a quarter, chosen against none and half on
     # development concepts (bench/learning_sweep.py; the node's default stays 0, see TrainSettings).
     token_warmup: float = 0.25
+    # R2MoE: exponent of the timestep draw's density (t/T)^bias once its token warm-up is over (TrainSettings).
+    # Chosen against 0 and 2 on development concepts (bench/learning_sweep.py): it lifts held-out image alignment
+    # and costs some identity alignment. Baselines draw uniformly: the token alone gained nothing from a bias.
+    timestep_bias: float = 1.0
     c_lora_lambda: float = 1e-2
     strength: float = 1.0  # R2MoE: the bank's strength when sampling (R2MoEApplyBank's widget)
     prior_images: int = 8  # class-prior images for the methods that use them (r2moe_prior)
@@ -168,6 +172,10 @@ class BaselineTask(torch.nn.Module):
     def after_step(self) -> None:
         pass
 
+    def timestep_bias(self) -> float:
+        """Baselines draw timesteps uniformly (the token alone did no better with a bias, see Budget)."""
+        return 0.0
+
 
 class R2MoETask:
     """Adapter from `ExpertTrainer` (indexed projections) to the UNet's named delta hook."""
@@ -208,6 +216,9 @@ class R2MoETask:
 
     def after_step(self) -> None:
         self.trainer.after_step()
+
+    def timestep_bias(self) -> float:
+        return self.trainer.timestep_bias()
 
 
 @dataclass
@@ -270,7 +281,8 @@ class R2MoEMethod(Method):
     def begin(self, token: str, class_word: str, token_init: torch.Tensor, start: TaskStart) -> R2MoETask:
         b = self.budget
         settings = TrainSettings(steps=b.steps, batch_size=b.batch_size, lr_experts=b.lr, lr_router=b.lr_router,
-                                 lr_token=b.lr_token, token_warmup=b.token_warmup, distill_mode=self.distill_mode,
+                                 lr_token=b.lr_token, token_warmup=b.token_warmup,
+                                 timestep_bias=b.timestep_bias, distill_mode=self.distill_mode,
                                  selective_activation=self.selective, seed=self.seed + self.bank.num_tasks)
         concept = ConceptIdentity(token.strip("<>"), token, class_word)
         return R2MoETask(start_task(start.host, self.bank, concept, token_init, start.captions, settings))

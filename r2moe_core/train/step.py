@@ -49,6 +49,9 @@ class Trainable(Protocol):
     def after_step(self) -> None:
         """Called after every optimizer step."""
 
+    def timestep_bias(self) -> float:
+        """The exponent of the next step's timestep draw (`draw_timesteps`; 0: uniform)."""
+
 
 @dataclass(frozen=True)
 class TrainingData:
@@ -101,6 +104,17 @@ def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
     return x.view(-1, *([1] * (ndim - 1)))
 
 
+def draw_timesteps(count: int, batch: int, bias: float, generator: torch.Generator) -> torch.Tensor:
+    """`batch` training timesteps in [0, count) with density ∝ (t / count)^bias.
+
+    0 is the reference's uniform draw. A positive bias moves steps towards high noise, where sampling decides a
+    concept's body and colour (1: a linear ramp, half the steps above t = 0.71·count; 2: above 0.79·count)."""
+    if bias == 0:
+        return torch.randint(0, count, (batch,), generator=generator)
+    u = torch.rand(batch, generator=generator)
+    return (u ** (1.0 / (1.0 + bias)) * count).long().clamp_max(count - 1)
+
+
 def training_step(
     trainer: Trainable,
     optimizer: torch.optim.Optimizer,
@@ -121,7 +135,8 @@ def training_step(
     n = latents.shape[0]
     batch = trainer.settings.batch_size
     rows = torch.randint(0, n, (batch,), generator=generator)
-    steps = torch.randint(0, sigmas.shape[0], (batch,), generator=generator)
+    bias = trainer.timestep_bias()
+    steps = draw_timesteps(sigmas.shape[0], batch, bias, generator)
     noise = torch.randn((batch, *latents.shape[1:]), generator=generator)
     device = latents.device
     x0 = latents[rows.to(device)]
@@ -131,7 +146,7 @@ def training_step(
     if prior is not None:
         extra = batch
         picks = torch.randint(0, prior.latents.shape[0], (batch,), generator=generator)
-        steps = torch.cat([steps, torch.randint(0, sigmas.shape[0], (batch,), generator=generator)])
+        steps = torch.cat([steps, draw_timesteps(sigmas.shape[0], batch, bias, generator)])
         noise = torch.cat([noise, torch.randn((batch, *latents.shape[1:]), generator=generator)])
         x0 = torch.cat([x0, prior.latents[picks].to(device, x0.dtype)])
         texts += [prior.caption] * batch

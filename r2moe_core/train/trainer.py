@@ -81,6 +81,9 @@ class TrainSettings:
     # Off by default: on the benchmark world a quarter helped (`bench/learning_sweep.py`), but in the toy world a
     # concept that repeats an old one then kept its new expert in 2 of 6 projections instead of none.
     token_warmup: float = 0.0
+    # Exponent of the timestep draw's density (t/T)^bias once the token warm-up is over (`step.draw_timesteps`);
+    # 0 is the reference's uniform draw, which the warm-up always uses.
+    timestep_bias: float = 0.0
 
     @property
     def warmup_steps(self) -> int:
@@ -90,7 +93,7 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise InvalidInputError("steps and batch size must be at least 1.")
-        for name in ("lr_experts", "lr_router", "lr_token", "new_expert_margin"):
+        for name in ("lr_experts", "lr_router", "lr_token", "new_expert_margin", "timestep_bias"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise InvalidInputError(f"{name} must be a finite number >= 0, got {value}.")
@@ -296,6 +299,11 @@ class ExpertTrainer(torch.nn.Module):
         if self.settings.optimizer == "SGD":
             return torch.optim.SGD(groups)
         return getattr(torch.optim, self.settings.optimizer)(groups, **({"weight_decay": 0.0}))
+
+    def timestep_bias(self) -> float:
+        """The draw's exponent for the next step: the reference's uniform draw during the token warm-up (the token
+        learns the whole look), the setting's bias once the experts learn."""
+        return self.settings.timestep_bias if int(self.steps_done) >= self.settings.warmup_steps else 0.0
 
     def after_step(self) -> None:
         """Follow the token: old prompts stay protected whatever the directions, by their construction."""

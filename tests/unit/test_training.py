@@ -108,8 +108,45 @@ def test_non_finite_loss_is_a_clear_error(world):
         )
 
 
+def high_noise_shares(world, settings: TrainSettings) -> list[float]:
+    """Per training step, the share of its batch drawn from the noisier half of 1000 timesteps."""
+    from r2moe_core.train.step import TrainingData, training_step
+
+    start = world.encoder.word("dog")[None]
+    concept_in = core.gate_input(world.encoder([DOG], {"<dog1>": start}))
+    trainer = ExpertTrainer(world.bank, start, settings, concept_in)
+    sigmas = torch.arange(1.0, 1001.0)  # σ = t + 1: the drawn timestep can be read back from σ
+    shares: list[float] = []
+
+    def predict(x, sigma, context):
+        shares.append((sigma > 500).float().mean().item())
+        return world.denoiser(x, sigma, context, lambda proj, ctx: trainer.delta(trainer.index[proj], ctx))
+
+    data = TrainingData(torch.randn(2, 4, 4, 4), [DOG, DOG])
+    optimizer, gen = trainer.optimizer(), torch.Generator().manual_seed(0)
+    for _ in range(settings.steps):
+        training_step(trainer, optimizer, predict, lambda t: world.encoder(list(t), {"<dog1>": trainer.token}), data,
+                      sigmas, gen)
+    return shares
+
+
+@pytest.mark.parametrize("bias", [0.0, 1.0, 3.0])
+def test_timestep_bias_moves_the_noise_levels_trained_on(world, bias):
+    """Noise levels are drawn with density ∝ (t/T)^bias: the share above the middle timestep is 1 - 0.5^(bias+1),
+    so a bias of 1 trains three quarters of the steps on the noisier half."""
+    (share,) = high_noise_shares(world, TrainSettings(steps=1, batch_size=400, timestep_bias=bias))
+    assert abs(share - (1 - 0.5 ** (bias + 1))) < 0.06
+
+
+def test_token_warmup_draws_uniformly_and_the_bias_starts_with_the_experts(world):
+    shares = high_noise_shares(world, TrainSettings(steps=2, batch_size=400, timestep_bias=3.0, token_warmup=0.5))
+    assert abs(shares[0] - 0.5) < 0.06 and abs(shares[1] - 0.9375) < 0.06
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(core.InvalidInputError, match="distill_mode"):
         TrainSettings(distill_mode="strong")
     with pytest.raises(core.InvalidInputError, match="lr_token"):
         TrainSettings(lr_token=float("nan"))
+    with pytest.raises(core.InvalidInputError, match="timestep_bias"):
+        TrainSettings(timestep_bias=-1.0)
