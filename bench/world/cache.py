@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from provenance import digest_files, source_closure
@@ -14,7 +16,8 @@ from .evaluators import EvaluatorReport, WorldEvaluator, train_evaluator
 from .vocab import SIZE
 
 WORLD = Path(__file__).resolve().parent
-REPO = WORLD.parents[1]
+Model = TypeVar("Model", bound=torch.nn.Module)
+Report = TypeVar("Report")
 
 
 def evaluator_digest() -> str:
@@ -28,19 +31,27 @@ def cached_evaluator(cache: Path | None, images: int, epochs: int, size: int = S
     """The world evaluator for `size` px images, trained once per version of the code it reads and per settings
     (minutes on 2 cores), then read from cache."""
     digest = hashlib.sha256((evaluator_digest() + repr((images, epochs, size))).encode()).hexdigest()[:16]
-    path = cache / f"evaluator_{digest}.pkl" if cache else None
+    return cached_model(cache / f"evaluator_{digest}.pkl" if cache else None,
+                        lambda: train_evaluator(train_images=images, epochs=epochs, size=size),
+                        lambda state: evaluator_from_state(state, size))
+
+
+def cached_model(path: Path | None, train: Callable[[], tuple[Model, Report]],
+                 restore: Callable[[dict], Model]) -> tuple[Model, Report]:
+    """A yardstick model and its report: read from `path` if there, else trained on one thread (float sums depend
+    on the thread count, and one thread gives the same model on every machine) and stored there."""
     if path is not None and path.is_file():
         state, report = pickle.loads(path.read_bytes())
-        return evaluator_from_state(state, size), report
+        return restore(state), report
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # float sums depend on the thread count: one thread gives the committed evaluator
+    torch.set_num_threads(1)
     try:
-        evaluator, report = train_evaluator(train_images=images, epochs=epochs, size=size)
+        model, report = train()
     finally:
         torch.set_num_threads(threads)
     if path is not None:
-        write_pickle(path, (evaluator.state_dict(), report))
-    return evaluator, report
+        write_pickle(path, (model.state_dict(), report))
+    return model, report
 
 
 def evaluator_from_state(state: dict, size: int = SIZE) -> WorldEvaluator:

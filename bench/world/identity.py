@@ -13,7 +13,6 @@ the classes are told apart by, which is what image alignment reads.
 from __future__ import annotations
 
 import hashlib
-import pickle
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from provenance import digest_files, source_closure
 
-from .cache import write_pickle
+from .cache import cached_model
 from .concepts import MARKINGS, ConceptSpec, concept_images, random_concept
 from .evaluators import WorldEvaluator, to_tensor
 from .vocab import TEXTURES
@@ -110,10 +109,10 @@ def train_identity(settings: IdentitySettings) -> tuple[IdentityEmbedding, Ident
             loss.backward()
             optimizer.step()
     model.eval()
-    return model, held_out_report(model, settings)
+    return model, held_out_report(model)
 
 
-def held_out_report(model: IdentityEmbedding, settings: IdentitySettings, families: int = 12) -> IdentityReport:
+def held_out_report(model: IdentityEmbedding, families: int = 12) -> IdentityReport:
     """Retrieval among held-out families' members: renders of one seed against references of another."""
     specs = family_concepts(families, "heldout")
     with torch.no_grad():
@@ -131,21 +130,14 @@ def cached_identity(cache: Path | None, settings: IdentitySettings = IdentitySet
                     ) -> tuple[IdentityEmbedding, IdentityReport]:
     """Trained once per version of the code it reads and per settings (minutes on 2 cores), then read from cache."""
     digest = hashlib.sha256((digest_files(source_closure(HERE)) + repr(settings)).encode()).hexdigest()[:16]
-    path = cache / f"identity_{digest}.pkl" if cache else None
-    if path is not None and path.is_file():
-        state, report = pickle.loads(path.read_bytes())
-        model = IdentityEmbedding(settings.size)
-        model.load_state_dict(state)
-        return model.eval(), report
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # float sums depend on the thread count: one thread gives one embedding everywhere
-    try:
-        model, report = train_identity(settings)
-    finally:
-        torch.set_num_threads(threads)
-    if path is not None:
-        write_pickle(path, (model.state_dict(), report))
-    return model, report
+    return cached_model(cache / f"identity_{digest}.pkl" if cache else None, lambda: train_identity(settings),
+                        lambda state: restored_identity(state, settings.size))
+
+
+def restored_identity(state: dict, size: int) -> IdentityEmbedding:
+    model = IdentityEmbedding(size)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def identity_features(model: IdentityEmbedding) -> Callable[[list[np.ndarray]], torch.Tensor]:

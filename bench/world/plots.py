@@ -69,7 +69,8 @@ def grid_image(rows: dict[str, dict[str, list[np.ndarray]]], references: list[np
             if images.get(token):
                 image.paste(Image.fromarray(images[token][0]), (label_w + j * size, i * size))
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    # 256 colours: sampled noise compresses badly as RGB (a 128 px grid is megabytes), and the repo keeps these.
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 def heatmap(matrix: np.ndarray, rows: list[str], columns: list[str], title: str, path: Path, cell: int = 34) -> None:

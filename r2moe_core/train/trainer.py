@@ -212,12 +212,16 @@ class ExpertTrainer(torch.nn.Module):
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long), persistent=False)
         self._follow_warmup()
 
+    @property
+    def experts_learning(self) -> bool:
+        """Whether the token's warm-up is over, so the new expert and its gate scores learn this step."""
+        return int(self.steps_done) >= self.settings.warmup_steps
+
     def _follow_warmup(self) -> None:
         """The new expert and its gate scores learn only once the token's warm-up is over: while their
         gradients are None the optimizer leaves them (and its moments of them) untouched."""
-        learning = int(self.steps_done) >= self.settings.warmup_steps
         for param in (*self.downs, *self.ups, *self.route_scores):
-            param.requires_grad_(learning)
+            param.requires_grad_(self.experts_learning)
 
     def _even_start(self, old_scores: torch.Tensor, alive: torch.Tensor) -> float:
         """The new expert's start score: the log-sum of the rest of its training mixture (so its share is 0.5),
@@ -303,7 +307,7 @@ class ExpertTrainer(torch.nn.Module):
     def timestep_bias(self) -> float:
         """The draw's exponent for the next step: the reference's uniform draw during the token warm-up (the token
         learns the whole look), the setting's bias once the experts learn."""
-        return self.settings.timestep_bias if int(self.steps_done) >= self.settings.warmup_steps else 0.0
+        return self.settings.timestep_bias if self.experts_learning else 0.0
 
     def after_step(self) -> None:
         """Follow the token: old prompts stay protected whatever the directions, by their construction."""
