@@ -35,8 +35,6 @@ from world.methods import Budget
 from world.multiconcept import MultiSettings, run_multiconcept
 from world.protocol import ConceptData, World
 
-from r2moe_core.compose.regional_attention import BlendSettings
-
 LOG = logging.getLogger("r2moe.bench.multiconcept")
 HERE = Path(__file__).resolve().parent
 
@@ -104,6 +102,8 @@ def main() -> None:
                         help="η with the refined masks (default: --strength)")
     parser.add_argument("--min-tokens", type=int, default=MultiSettings.min_tokens,
                         help="blend only in layers with at least this many image tokens")
+    parser.add_argument("--finest-grids", type=int, default=MultiSettings.finest_grids,
+                        help="blend only in the N finest attention grids (0: every grid)")
     parser.add_argument("--mask-grow", type=float, default=MultiSettings.mask_grow)
     parser.add_argument("--mask-feather", type=float, default=MultiSettings.mask_feather)
     parser.add_argument("--seed", type=int, default=0)
@@ -116,7 +116,8 @@ def main() -> None:
     budget = replace(Budget(), steps=opts.steps)
     settings = MultiSettings(images=opts.images, steps=opts.sample_steps, strength=opts.strength, sam_at=opts.sam_at,
                              seed=opts.seed, strength_after_switch=opts.strength_after_switch,
-                             min_tokens=opts.min_tokens, mask_grow=opts.mask_grow, mask_feather=opts.mask_feather)
+                             min_tokens=opts.min_tokens, mask_grow=opts.mask_grow, mask_feather=opts.mask_feather,
+                             finest_grids=opts.finest_grids)
     eval_images, eval_epochs = 4000, 6
     if opts.quick:
         opts.count, budget = 2, replace(budget, steps=10)
@@ -125,7 +126,7 @@ def main() -> None:
     if opts.count < 2:
         parser.error("--count must be at least 2")
     try:
-        BlendSettings(settings.min_tokens, settings.mask_grow, settings.mask_feather)
+        settings.blend  # noqa: B018 (BlendSettings checks itself)
     except ValueError as err:
         parser.error(str(err))
     started = time.perf_counter()

@@ -256,18 +256,18 @@ class R2MoEHierarchicalSampler(io.ComfyNode):
         cls, model, clip, vae, bank, layout, positive, negative, latent_image, seed, steps, cfg, sampler_name,
         scheduler, denoise, switch_at, strength, expert_strength=1.0, min_coverage=0.1, clip_to_box=True, dilate=0,
         allow_other_weights=False, sam=None, strength_after_switch=-1.0, min_tokens=0, mask_grow=0.0,
-        mask_feather=0.0, mask_source="auto", attention_margin=0.05,
+        mask_feather=0.0, mask_source="auto", attention_margin=0.05, finest_grids=0,
     ) -> io.NodeOutput:  # fmt: skip
         settings = SamplerSettings(seed, steps, cfg, sampler_name, scheduler, positive, negative, denoise)
         later = strength if strength_after_switch < 0 else strength_after_switch
-        blend = BlendSettings(min_tokens, mask_grow, mask_feather)
+        blend = BlendSettings(min_tokens, mask_grow, mask_feather, finest_grids)
         regional = RegionalSettings(strength, expert_strength, later, blend)
         refine = RefineOptions(min_coverage=min_coverage, clip_to_box=clip_to_box, dilate_px=dilate)
         from_attention = AttentionMaskOptions(margin=attention_margin, min_coverage=min_coverage)
         switch = switch_step(steps, switch_at)
         source = mask_source_for(mask_source, sam, steps, switch)
-        stages = HierarchicalStages(model, bank, prepare_regions(model, clip, bank, layout, allow_other_weights),
-                                    regional)
+        prompts = prepare_regions(model, clip, bank, layout, allow_other_weights, blend)
+        stages = HierarchicalStages(model, bank, prompts, regional)
         if source == "boxes":
             return io.NodeOutput(*stages.boxes_only(vae, latent_image, settings))
         if source == "attention":

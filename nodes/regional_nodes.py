@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..r2moe_core.compose.regional_attention import BlendSettings
+from ..r2moe_core.compose.regional_attention import MAX_GRID_LEVELS, BlendSettings
 from .host.regional_patch import apply_regions, prepare_regions
 from .types import BANK_TIP, LAYOUT_TIP, Bank, Layout
 
@@ -75,10 +75,10 @@ class R2MoERegionalApply(io.ComfyNode):
     @classmethod
     def execute(
         cls, model, clip, bank, layout, strength, mask=None, expert_strength=1.0, allow_other_weights=False,
-        min_tokens=0, mask_grow=0.0, mask_feather=0.0,
+        min_tokens=0, mask_grow=0.0, mask_feather=0.0, finest_grids=0,
     ) -> io.NodeOutput:  # fmt: skip
-        blend = BlendSettings(min_tokens, mask_grow, mask_feather)  # checked before the prompts are encoded
-        prompts = prepare_regions(model, clip, bank, layout, allow_other_weights)
+        blend = BlendSettings(min_tokens, mask_grow, mask_feather, finest_grids)  # checked before any encoding
+        prompts = prepare_regions(model, clip, bank, layout, allow_other_weights, blend)
         return io.NodeOutput(apply_regions(model, bank, prompts, strength, expert_strength, mask, blend))
 
 
@@ -89,7 +89,7 @@ def blend_inputs() -> list[io.Input]:
             "min_tokens", default=0, min=0, max=1 << 20, optional=True,
             tooltip="Blend only in layers with at least this many image tokens; smaller layers follow the sampler's "
             "prompt as without regions. 0 = every layer; 256 = the R2MoE reference code's rule (at 512 px it skips "
-            "SD1.5's 8x8 middle block).",
+            "SD1.5's 8x8 middle block). A token count means other layers at other image sizes: finest_grids does not.",
         ),
         io.Float.Input(
             "mask_grow", default=0.0, min=0.0, max=0.5, step=0.01, optional=True,
@@ -98,6 +98,13 @@ def blend_inputs() -> list[io.Input]:
         io.Float.Input(
             "mask_feather", default=0.0, min=0.0, max=0.5, step=0.01, optional=True,
             tooltip="Soften mask edges: Gaussian σ as a fraction of the image's longer side (0 = hard edges).",
+        ),
+        io.Int.Input(
+            "finest_grids", default=0, min=0, max=MAX_GRID_LEVELS, optional=True,
+            tooltip="Blend only in the N finest attention grids of the UNet; coarser grids, where the whole "
+            "picture's layout is decided, follow the sampler's prompt. 0 = every grid. Means the same at any image "
+            "size and in every family (2 on SD1.5: the 64x64 and 32x32 grids at 512 px; 3: the reference code's "
+            "rule there).",
         ),
     ]  # fmt: skip
 

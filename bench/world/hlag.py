@@ -37,16 +37,20 @@ COLOUR_FLOOR = 40.0  # RGB distance (0-255 scale) a pixel must exceed, plus twic
 class RowRegions:
     """The world UNet's `regional` hook for a batch: row i attends as `runtimes[i]` says (its own layout)."""
 
-    def __init__(self, layers: Sequence[LayerSpec], runtimes: Sequence[RegionalRuntime]) -> None:
+    def __init__(self, layers: Sequence[LayerSpec], runtimes: Sequence[RegionalRuntime],
+                 levels: dict[str, int] | None = None) -> None:
         self.layers = {layer.name: layer for layer in layers}
         self.runtimes = list(runtimes)
+        self.levels = levels or {}  # `grid_levels` of the UNet; needed when a runtime's blend has finest_grids
+        if any(r.blend.needs_levels for r in self.runtimes) and not self.levels:
+            raise ValueError("finest_grids needs the UNet's grid levels (r2moe_core.compose.grid_levels)")
 
     def __call__(self, name: str, q: torch.Tensor, to_k: torch.nn.Module, to_v: torch.nn.Module,
                  attention: Attention, grid: tuple[int, int]) -> torch.Tensor | None:
         if q.shape[0] != len(self.runtimes):
             raise ValueError(f"{q.shape[0]} conditional rows for {len(self.runtimes)} regional runtimes")
-        if not all(r.blend.blends(q.shape[1]) for r in self.runtimes):
-            return None  # a layer below the blend's token count attends to the plain prompt, as the patch does
+        if not all(r.blend.blends(q.shape[1], self.levels.get(name, 0)) for r in self.runtimes):
+            return None  # a layer the blend leaves out attends to the plain prompt, as the patch does
         layer = self.layers[name]
         heads = getattr(getattr(attention, "__self__", None), "heads", 1)  # the layer's CrossAttention.attend
         return torch.cat([runtime.attend(q[i:i + 1], grid, layer, to_k, to_v, q.dtype, attention, heads)

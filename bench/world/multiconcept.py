@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from r2moe_core.compose.grid_levels import grid_levels
 from r2moe_core.compose.layout import Layout, Region, validate_layout
 from r2moe_core.compose.masks.attention_masks import AttentionMaskOptions, ConceptAttention, masks_from_attention
 from r2moe_core.compose.masks.mask_refinement import RefineOptions, refine_masks
@@ -79,6 +80,11 @@ class MultiSettings:
     min_tokens: int = 0  # BlendSettings: the layers that blend, mask growth and feathering (the nodes' defaults)
     mask_grow: float = 0.0
     mask_feather: float = 0.0
+    finest_grids: int = 0
+
+    @property
+    def blend(self) -> BlendSettings:
+        return BlendSettings(self.min_tokens, self.mask_grow, self.mask_feather, self.finest_grids)
     seed: int = 0
     crops_per_box: int = 40  # judge training crops per (class, box); a fifth as many more are held out
     timing_rounds: int = 5
@@ -201,7 +207,7 @@ def _regional(world: World, learned: Learned, scenes: Sequence[MultiScene], sett
     backgrounds = world.text([s.background_prompt for s in scenes], tokens)
     regions = world.text([p for s in scenes for p in s.region_prompts], tokens)
     starts = np.cumsum([0, *(len(s.concepts) for s in scenes)])
-    blend = BlendSettings(settings.min_tokens, settings.mask_grow, settings.mask_feather)
+    blend = settings.blend
     later = settings.strength if settings.strength_after_switch is None else settings.strength_after_switch
 
     def runtime(i: int, masks: torch.Tensor | None = None) -> RegionalRuntime:
@@ -212,7 +218,8 @@ def _regional(world: World, learned: Learned, scenes: Sequence[MultiScene], sett
             return LoraRegions([learned.lora.loras[c.token].delta for c in scenes[i].concepts], *args)
         return RegionalRuntime(*args)
 
-    hook = RowRegions(bank.layers, [runtime(i) for i in range(len(scenes))])
+    hook = RowRegions(bank.layers, [runtime(i) for i in range(len(scenes))],
+                      grid_levels(world.unet, [layer.name for layer in bank.layers]))
     stats = {"regions": 0, "kept_box": 0}
     recorders = []
     if refine == "attention":

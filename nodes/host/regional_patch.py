@@ -17,6 +17,7 @@ import torch
 
 from ...r2moe_core.bank.attention_targets import LayerSpec
 from ...r2moe_core.bank.expert_bank import ExpertBank
+from ...r2moe_core.compose.grid_levels import grid_levels
 from ...r2moe_core.compose.layout import Layout, validate_layout
 from ...r2moe_core.compose.masks.attention_masks import ConceptAttention
 from ...r2moe_core.compose.regional_attention import BlendSettings, RegionalRuntime, row_spans, token_grid
@@ -51,12 +52,14 @@ class RegionalAttentionPatch(SlotPatch):
     """attn2 replace for one layer: conditional rows get the regional blend, the rest what they had before."""
 
     def __init__(
-        self, runtime: RegionalRuntime, layer: LayerSpec, module: Any, previous: Any = None, preferred: Any = None
+        self, runtime: RegionalRuntime, layer: LayerSpec, module: Any, previous: Any = None, preferred: Any = None,
+        level: int = 0,
     ) -> None:
         super().__init__(previous, preferred)
         self.runtime = runtime
         self.layer = layer
         self.module = module  # the layer's CrossAttention: its to_k/to_v are the base projections
+        self.level = level  # the layer's grid, counted from the UNet's finest attention grid (`grid_levels`)
 
     def _regional(self, q: torch.Tensor, kv_dtype: torch.dtype, options: dict[str, Any]) -> torch.Tensor:
         grid = token_grid(q.shape[1], options.get("activations_shape"), options.get("original_shape"))
@@ -72,7 +75,7 @@ class RegionalAttentionPatch(SlotPatch):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict[str, Any]
     ) -> torch.Tensor:
         spans = row_spans(q.shape[0], extra_options.get("cond_or_uncond"))
-        if not any(cond for _, _, cond in spans) or not self.runtime.blend.blends(q.shape[1]):
+        if not any(cond for _, _, cond in spans) or not self.runtime.blend.blends(q.shape[1], self.level):
             return self.attend(q, k, v, extra_options)  # this layer attends to the sampler's prompt, as stock
         if len(spans) == 1:
             return self._regional(q, k.dtype, extra_options)
@@ -93,14 +96,20 @@ class RegionalAttentionPatch(SlotPatch):
 
 def install_regional(model: ModelPatcher, runtime: RegionalRuntime, layers: list[LayerSpec]) -> Any:
     """A clone of `model` (ModelPatcher) whose cross-attention layers blend the regions of `runtime`."""
+    levels = layer_levels(model, layers) if runtime.blend.needs_levels else {}
     patched = model.clone()
     key = f"r2moe_regional_{next(_ids)}"
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, key, RunResetWrapper(runtime))
 
     def make_patch(layer: LayerSpec, module: Any, previous: Any, preferred: Any) -> RegionalAttentionPatch:
-        return RegionalAttentionPatch(runtime, layer, module, previous, preferred)
+        return RegionalAttentionPatch(runtime, layer, module, previous, preferred, levels.get(layer.name, 0))
 
     return install_attn2_patches(patched, layers, make_patch)
+
+
+def layer_levels(model: ModelPatcher, layers: list[LayerSpec]) -> dict[str, int]:
+    """Each layer's grid level in the model's UNet (0: its finest attention grid), for `finest_grids`."""
+    return grid_levels(model.get_model_object("diffusion_model"), [layer.name for layer in layers])
 
 
 def layout_for_bank(layout: Any, bank: ExpertBank) -> Layout:
@@ -126,10 +135,13 @@ class RegionPrompts:
 
 
 def prepare_regions(
-    model: ModelPatcher, clip: CLIP, bank: ExpertBank, layout: Any, allow_other_weights: bool
+    model: ModelPatcher, clip: CLIP, bank: ExpertBank, layout: Any, allow_other_weights: bool,
+    blend: BlendSettings | None = None,
 ) -> RegionPrompts:
-    """Check that bank, model, CLIP and layout fit together, then encode the layout's prompts."""
+    """Check that bank, model, CLIP, layout and blend settings fit together, then encode the layout's prompts."""
     check_bank_serves(bank, model, clip, allow_other_weights)
+    if blend is not None and blend.needs_levels:
+        layer_levels(model, list(bank.layers))  # a UNet whose grids cannot be told apart is refused here
     checked = layout_for_bank(layout, bank)
     if not checked.regions:
         LOGGER.warning("R2MoE: the layout has no regions; the image follows the background prompt only.")

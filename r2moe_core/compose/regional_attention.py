@@ -10,8 +10,9 @@ the image, so masks are made for each grid size once; region K/V are made once p
 
 Blending outputs equals the reference code's masking of attention probabilities: a mask weighs a query token's
 row of probabilities, and (M·P)V = M·(PV) row by row, so the two differ in nothing but cost. `BlendSettings`
-holds what does change the image: which layers blend (the reference blends only grids of at least 256 tokens),
-and how far masks reach past their boxes (dilation) and how soft their edges are (feathering).
+holds what does change the image: which layers blend (by their grid's token count, as the reference code's "at
+least 256 tokens", or by level: only the N finest grids, a rule that means the same at every image size), and how
+far masks reach past their boxes (dilation) and how soft their edges are (feathering).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..moe.delta_cache import BankRuntime
 from .layout import Layout, box_masks
 from .masks.attention_masks import ConceptAttention
 
+MAX_GRID_LEVELS = 8  # an SD UNet has 2-4 attention grid sizes; more than 8 is a typo
 ASPECT_TOLERANCE = 0.02  # relative aspect-ratio difference between layout and image before we warn
 
 Projection = Callable[[torch.Tensor], torch.Tensor]
@@ -128,17 +130,26 @@ class BlendSettings:
     min_tokens: int = 0  # layers with fewer query tokens attend to the sampler's prompt as without the patch
     dilate: float = 0.0  # each mask grows by this much (max-pooled)
     feather: float = 0.0  # Gaussian σ of the mask edges
+    finest_grids: int = 0  # > 0: only layers on the N finest attention grids blend (`grid_levels`); 0: every grid
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_tokens <= 1 << 20:
             raise InvalidInputError(f"min_tokens must be between 0 and {1 << 20}, got {self.min_tokens}.")
+        if not 0 <= self.finest_grids <= MAX_GRID_LEVELS:
+            raise InvalidInputError(
+                f"finest_grids must be between 0 (every grid) and {MAX_GRID_LEVELS}, got {self.finest_grids}.")
         for name in ("dilate", "feather"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 0.5):
                 raise InvalidInputError(f"{name} is a fraction of the image side in [0, 0.5], got {value}.")
 
-    def blends(self, tokens: int) -> bool:
-        return tokens >= self.min_tokens
+    def blends(self, tokens: int, level: int) -> bool:
+        """Whether a layer with `tokens` query tokens on grid level `level` (0: the finest) blends regions."""
+        return tokens >= self.min_tokens and (self.finest_grids == 0 or level < self.finest_grids)
+
+    @property
+    def needs_levels(self) -> bool:
+        return self.finest_grids > 0
 
 
 def soften_masks(masks: torch.Tensor, settings: BlendSettings) -> torch.Tensor:

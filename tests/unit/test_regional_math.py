@@ -91,11 +91,57 @@ def test_grown_and_feathered_masks_reach_further_soften_and_never_sum_above_one(
 def test_blend_settings_say_which_layers_blend_and_refuse_nonsense():
     from r2moe_core.compose.regional_attention import BlendSettings
 
-    assert BlendSettings().blends(1) and BlendSettings(min_tokens=256).blends(256)
-    assert not BlendSettings(min_tokens=256).blends(64)
-    for bad in ({"dilate": -0.1}, {"feather": 0.9}, {"feather": float("nan")}, {"min_tokens": -1}):
-        with pytest.raises(InvalidInputError, match=r"dilate|feather|min_tokens"):
+    assert BlendSettings().blends(1, 3) and BlendSettings(min_tokens=256).blends(256, 0)
+    assert not BlendSettings(min_tokens=256).blends(64, 0)
+    two = BlendSettings(finest_grids=2)
+    assert two.blends(4096, 0) and two.blends(1024, 1) and not two.blends(256, 2) and not two.blends(64, 3)
+    assert not BlendSettings(min_tokens=2048, finest_grids=2).blends(1024, 1), "both rules must hold"
+    for bad in ({"dilate": -0.1}, {"feather": 0.9}, {"feather": float("nan")}, {"min_tokens": -1},
+                {"finest_grids": -1}, {"finest_grids": 99}):
+        with pytest.raises(InvalidInputError, match=r"dilate|feather|min_tokens|finest_grids"):
             BlendSettings(**bad)
+
+
+def test_grid_levels_count_from_the_finest_attention_grid_of_each_unet_layout():
+    """SD1.x has attention on four grid sizes, SDXL on two (none at full latent size): level 0 is each one's finest
+    attention grid, so `finest_grids` names the same kind of layers in both."""
+    from torch import nn
+
+    from r2moe_core.compose.grid_levels import grid_levels
+
+    class Downsample(nn.Identity):
+        pass
+
+    class Upsample(nn.Identity):
+        pass
+
+    def unet(levels: int) -> nn.Module:
+        model = nn.Module()
+        ins = [nn.Identity()]
+        for level in range(levels):
+            ins += [nn.Identity(), nn.Identity()] + ([Downsample()] if level < levels - 1 else [])
+        outs = []
+        for level in range(levels):
+            outs += [nn.Identity(), nn.Identity(), nn.Sequential(nn.Identity(), Upsample())
+                     if level < levels - 1 else nn.Identity()]
+        model.input_blocks, model.output_blocks = nn.ModuleList(ins), nn.ModuleList(outs)
+        return model
+
+    def attn(path: str) -> str:
+        return f"{path}.1.transformer_blocks.0.attn2"
+
+    sd15 = [attn(p) for p in ("input_blocks.1", "input_blocks.4", "input_blocks.7", "middle_block",
+                              "output_blocks.3", "output_blocks.6", "output_blocks.9", "output_blocks.11")]
+    levels = grid_levels(unet(4), sd15)
+    assert [levels[n] for n in sd15] == [0, 1, 2, 3, 2, 1, 0, 0]
+    sdxl = [attn(p) for p in ("input_blocks.4", "input_blocks.7", "middle_block", "output_blocks.0",
+                              "output_blocks.3", "output_blocks.5")]  # no attention in the first level
+    levels = grid_levels(unet(3), sdxl)
+    assert [levels[n] for n in sdxl] == [0, 1, 1, 1, 0, 0]
+    with pytest.raises(InvalidInputError, match="finest_grids"):
+        grid_levels(nn.Linear(2, 2), sd15)
+    with pytest.raises(InvalidInputError, match="not in this UNet"):
+        grid_levels(unet(2), [attn("output_blocks.40")])
 
 
 def test_blending_outputs_equals_masking_attention_probabilities():
