@@ -13,6 +13,7 @@ import torch
 from provenance import digest_files, source_closure
 
 from .evaluators import EvaluatorReport, WorldEvaluator, train_evaluator
+from .threads import one_thread
 from .vocab import SIZE
 
 WORLD = Path(__file__).resolve().parent
@@ -43,12 +44,8 @@ def cached_model(path: Path | None, train: Callable[[], tuple[Model, Report]],
     if path is not None and path.is_file():
         state, report = pickle.loads(path.read_bytes())
         return restore(state), report
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         model, report = train()
-    finally:
-        torch.set_num_threads(threads)
     if path is not None:
         write_pickle(path, (model.state_dict(), report))
     return model, report

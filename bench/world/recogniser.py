@@ -29,6 +29,7 @@ from r2moe_core.compose.layout import Layout, Region, box_masks
 
 from .concepts import ConceptSpec
 from .scenes import SUPERSAMPLE, WorldObject, draw_object
+from .threads import one_thread
 from .vocab import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZE, TEXTURES
 
 NONE = "none"
@@ -154,9 +155,7 @@ def train_judge(crops: Sequence[np.ndarray], labels: Sequence[int], classes: int
                 batch: int = 64) -> JudgeNet:
     """The judge fitted on labelled crops, on one thread (float sums depend on the thread count: one thread makes
     the same judge on every machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         net = JudgeNet(classes)
@@ -174,8 +173,6 @@ def train_judge(crops: Sequence[np.ndarray], labels: Sequence[int], classes: int
                 loss.backward()
                 optimiser.step()
                 schedule.step()
-    finally:
-        torch.set_num_threads(threads)
     return net.eval()
 
 

@@ -85,6 +85,18 @@ def test_switch_at_one_is_regional_apply_plus_ksampler(tiny, bank, sam, setup):
     assert image.shape == (1, SIZE, SIZE, 3)
 
 
+def test_finest_grids_reaches_the_sampler_as_it_reaches_regional_apply(tiny, bank, sam, setup):
+    latent = hierarchical(tiny, bank, sam, setup, switch_at=1.0, finest_grids=1)[0]["samples"]
+    stock = call_node(
+        "KSampler", model=regional(tiny, bank, setup, finest_grids=1), seed=SEED, steps=STEPS, cfg=CFG,
+        sampler_name="euler", scheduler="normal", positive=setup["positive"], negative=setup["negative"],
+        latent_image=setup["latent"], denoise=1.0,
+    )[0]  # fmt: skip
+    assert_same(latent, stock["samples"], "latents")
+    every = hierarchical(tiny, bank, sam, setup, switch_at=1.0)[0]["samples"]
+    assert (latent - every).abs().max().item() > 1e-4, "finest_grids must change which layers blend"
+
+
 def test_mid_switch_equals_two_ksampler_advanced_around_sam_refine(tiny, bank, sam, setup):
     latent, masks, image = hierarchical(tiny, bank, sam, setup, switch_at=0.5)
     switch = STEPS // 2

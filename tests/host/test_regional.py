@@ -167,7 +167,25 @@ def test_layer_choice_and_soft_edges_act_and_layers_left_out_are_stock(tiny, ban
         assert not torch.allclose(changed, every, atol=1e-5), f"{soft} must change the blend"
 
 
+def test_finest_grids_picks_the_same_kind_of_layers_at_every_image_size(tiny, bank):
+    """finest_grids counts grids from the UNet's finest attention grid, so one setting names the 16x16 and 8x8
+    grids at 128 px and the 32x32 and 16x16 grids at 256 px; a token count would need changing with the size."""
+    clip = tiny[1]
+    for size, top_two in ((SIZE, 64), (2 * SIZE, 256)):
+        layout = make_layout("a garden", [(DOG, LEFT), (CAT, RIGHT)], size=size)
+
+        def drawn(layout=layout, size=size, **kw):
+            return first_call_at(regional(tiny, bank, layout, **kw), clip, "a garden", "", 1.0, size=size)[0]
+
+        by_level, by_tokens = drawn(finest_grids=2), drawn(min_tokens=top_two)
+        assert torch.equal(by_level, by_tokens), f"at {size} px, 2 finest grids = layers of >= {top_two} tokens"
+        assert not torch.allclose(by_level, drawn(), atol=1e-5), "leaving the coarse grids out must change the image"
+        assert torch.equal(drawn(finest_grids=8), drawn()), "more levels than the UNet has: every layer blends"
+
+
 def test_blend_settings_out_of_range_are_refused_before_sampling(host, tiny, bank):
     layout = make_layout("a garden", [(DOG, LEFT), (CAT, RIGHT)])
     with pytest.raises(host.core.InvalidInputError, match=r"mask|feather|fraction"):
         regional(tiny, bank, layout, mask_feather=0.9)
+    with pytest.raises(host.core.InvalidInputError, match=r"finest_grids must be between 0"):
+        regional(tiny, bank, layout, finest_grids=99)
