@@ -11,7 +11,7 @@ Rows: the same banks, judge, prompts and sampler seeds; only the layers whose K/
 is the learned trigger token on base weights. A grid's level comes from the UNet's structure
 (`r2moe_core.compose.grid_levels`), as the regional nodes' `finest_grids` reads it.
 
-    python bench/expert_layers.py --start 0 --name expert_layers_dev   # concepts 1-4, 3 seeds, ~20 min on 2 cores
+    python bench/expert_layers.py --start 0 --name expert_layers_dev   # concepts 1-4, 3 seeds, ~50 min on 2 cores
     python bench/expert_layers.py --quick                               # 2 concepts, 1 seed: checks the pipeline
 """
 
@@ -92,12 +92,24 @@ def learn_bank(world: World, concepts: Sequence[ConceptData], budget: Budget, se
     return method
 
 
+def pick_rows(names: str) -> list[tuple[str, Any]]:
+    """Every row, or those named (';'-separated); `every layer`, the yardstick, always comes first."""
+    if not names:
+        return ROWS
+    known = dict(ROWS)
+    wanted = [n.strip() for n in names.split(";") if n.strip()]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown row(s) {unknown}; choose from: {'; '.join(known)}")
+    return [ROWS[0]] + [(n, known[n]) for n in wanted if n != ROWS[0][0]]
+
+
 def layers_for(levels: dict[str, int], keep: Any) -> frozenset[str] | None:
     return None if keep is None else frozenset(name for name, level in levels.items() if keep(level))
 
 
-def draw_seed(world: World, features: Any, concepts: list[ConceptData], specs: list, budget: Budget,
-              settings: MultiSettings) -> tuple[float, list[dict[str, Any]]]:
+def draw_seed(world: World, features: Any, concepts: list[ConceptData], specs: list, rows: list[tuple[str, Any]],
+              budget: Budget, settings: MultiSettings) -> tuple[float, list[dict[str, Any]]]:
     """One training seed: learn, train the judge, draw every region prompt alone under each row, score."""
     method = learn_bank(world, concepts, budget, settings.seed)
     boxes = [(box, p) for n in (2, 3) for box, p in zip(BOXES[n], PLACES[n], strict=True)]
@@ -106,25 +118,26 @@ def draw_seed(world: World, features: Any, concepts: list[ConceptData], specs: l
     references = {c.token: features(c.heldout or c.images) for c in concepts}
     levels = grid_levels(world.unet, [layer.name for layer in method.bank.layers])
     table = []
-    for name, keep in ROWS:
+    for name, keep in rows:
         layers = layers_for(levels, keep)
         learned = SimpleNamespace(r2moe=BankOnLayers(method, layers))  # what alone_rows reads of `Learned`
-        rows, owners = [], []
+        drawn, owners = [], []
         for scenes in scene_sets(concepts).values():
             for j in range(settings.images):
-                drawn, boxes_of = alone_rows(world, learned, scenes, settings.seed + j, settings)  # type: ignore[arg-type]
-                rows += drawn
+                images, boxes_of = alone_rows(world, learned, scenes, settings.seed + j, settings)  # type: ignore[arg-type]
+                drawn += images
                 owners += boxes_of
         table.append({"row": name, "layers": len(levels) if layers is None else len(layers),
-                      "omission": omission_alone(recogniser, rows, owners),
-                      "image_alignment": region_alignment(features, rows, references, owners),
-                      "placements": len(rows)})
+                      "omission": omission_alone(recogniser, drawn, owners),
+                      "image_alignment": region_alignment(features, drawn, references, owners),
+                      "placements": len(drawn)})
         LOG.info("seed %d, %s: %s", settings.seed, name, table[-1])
     return accuracy["balanced"], table
 
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
     budget = Budget(steps=opts.steps)
+    rows = pick_rows(opts.rows)
     seeds = [int(s) for s in opts.seeds.split(",")]
     specs = load_concepts(opts.concepts)[opts.start:opts.start + opts.count]
     if len(specs) < 2:
@@ -140,7 +153,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     runs = []
     for seed in seeds:
         settings = MultiSettings(images=opts.images, steps=opts.sample_steps, seed=seed)
-        judge, table = draw_seed(world, features, concepts, specs, budget, settings)
+        judge, table = draw_seed(world, features, concepts, specs, rows, budget, settings)
         runs.append({"seed": seed, "judge_accuracy": judge, "rows": table})
     table = [{"row": first["row"], "layers": first["layers"],
               **{key: round(statistics.fmean(run["rows"][i][key] for run in runs), 4)
@@ -185,6 +198,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=MultiSettings.images, help="seeds per prompt")
     parser.add_argument("--sample-steps", type=int, default=MultiSettings.steps)
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated; rows read as their mean")
+    parser.add_argument("--rows", default="", help="only these rows, ';'-separated names (every layer is always "
+                        "drawn); default: every row")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--name", default="", help="output name (default expert_layers, or expert_layers_quick)")
     parser.add_argument("--quick", action="store_true", help="2 concepts, 10 training steps, 1 seed")
