@@ -18,13 +18,10 @@ is the learned trigger token on base weights. A grid's level comes from the UNet
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,14 +34,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
 from provenance import provenance
-from world.cache import cached_evaluator
+from world.cache import world_evaluator
 from world.checkpoint import load_world
-from world.cli import world_parser
+from world.cli import rows_named, world_parser, write_result
 from world.concepts import load_concepts
-from world.evaluators import to_tensor
-from world.methods import Budget, R2MoEMethod, make_method
-from world.multiconcept import BOXES, PLACES, MultiSettings, alone_rows, omission_alone, region_alignment, scene_sets
-from world.protocol import ConceptData, World, train_task
+from world.evaluators import BENCH_EVALUATOR, QUICK_BENCH_EVALUATOR, to_tensor
+from world.methods import Budget, R2MoEMethod
+from world.multiconcept import (
+    BOXES,
+    PLACES,
+    MultiSettings,
+    alone_rows,
+    learn_method,
+    omission_alone,
+    region_alignment,
+    scene_sets,
+    standard_error,
+)
+from world.protocol import ConceptData, World
 from world.recogniser import build_recogniser
 from world.unet import Delta
 
@@ -82,28 +89,6 @@ class BankOnLayers:
         return lambda name, ctx: delta(name, ctx) if name.rsplit(".", 1)[0] in keep else None
 
 
-def learn_bank(world: World, concepts: Sequence[ConceptData], budget: Budget, seed: int) -> R2MoEMethod:
-    """R2MoE learns the concepts in order, seeded as the multi-concept track seeds it (the same bank)."""
-    torch.manual_seed(seed)
-    method = make_method("r2moe", world.unet, budget, seed)
-    for t, concept in enumerate(concepts):
-        train_task(world, method, concept, budget.steps, seed * 1000 + t)
-    assert isinstance(method, R2MoEMethod)
-    return method
-
-
-def pick_rows(names: str) -> list[tuple[str, Any]]:
-    """Every row, or those named (';'-separated); `every layer`, the yardstick, always comes first."""
-    if not names:
-        return ROWS
-    known = dict(ROWS)
-    wanted = [n.strip() for n in names.split(";") if n.strip()]
-    unknown = [n for n in wanted if n not in known]
-    if unknown:
-        raise SystemExit(f"unknown row(s) {unknown}; choose from: {'; '.join(known)}")
-    return [ROWS[0]] + [(n, known[n]) for n in wanted if n != ROWS[0][0]]
-
-
 def layers_for(levels: dict[str, int], keep: Any) -> frozenset[str] | None:
     return None if keep is None else frozenset(name for name, level in levels.items() if keep(level))
 
@@ -111,18 +96,19 @@ def layers_for(levels: dict[str, int], keep: Any) -> frozenset[str] | None:
 def draw_seed(world: World, features: Any, concepts: list[ConceptData], specs: list, rows: list[tuple[str, Any]],
               budget: Budget, settings: MultiSettings) -> tuple[float, list[dict[str, Any]]]:
     """One training seed: learn, train the judge, draw every region prompt alone under each row, score."""
-    method = learn_bank(world, concepts, budget, settings.seed)
+    method, _ = learn_method("r2moe", world, concepts, budget, settings.seed)  # the multi-concept track's bank
+    assert isinstance(method, R2MoEMethod)
     boxes = [(box, p) for n in (2, 3) for box, p in zip(BOXES[n], PLACES[n], strict=True)]
     recogniser, accuracy = build_recogniser(
         specs, boxes, lambda images: world.decode(world.encode_images(images)), settings.crops_per_box, settings.seed)
     references = {c.token: features(c.heldout or c.images) for c in concepts}
     levels = grid_levels(world.unet, [layer.name for layer in method.bank.layers])
-    table = []
+    table, scenes_by_size = [], scene_sets(concepts).values()
     for name, keep in rows:
         layers = layers_for(levels, keep)
         learned = SimpleNamespace(r2moe=BankOnLayers(method, layers))  # what alone_rows reads of `Learned`
         drawn, owners = [], []
-        for scenes in scene_sets(concepts).values():
+        for scenes in scenes_by_size:
             for j in range(settings.images):
                 images, boxes_of = alone_rows(world, learned, scenes, settings.seed + j, settings)  # type: ignore[arg-type]
                 drawn += images
@@ -137,13 +123,13 @@ def draw_seed(world: World, features: Any, concepts: list[ConceptData], specs: l
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
     budget = Budget(steps=opts.steps)
-    rows = pick_rows(opts.rows)
+    rows = rows_named(ROWS, opts.rows)
     seeds = [int(s) for s in opts.seeds.split(",")]
     specs = load_concepts(opts.concepts)[opts.start:opts.start + opts.count]
     if len(specs) < 2:
         raise SystemExit(f"{opts.concepts} holds fewer than 2 concepts from index {opts.start}; lower --start")
     world = World(*load_world(opts.checkpoint))
-    evaluator, report = cached_evaluator(opts.out / ".cache", opts.eval_images, opts.eval_epochs)
+    evaluator, report = world_evaluator(opts.out / ".cache", opts.evaluator)
 
     def features(images: list[np.ndarray]) -> torch.Tensor:
         with torch.no_grad():
@@ -163,7 +149,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                                                      for run in runs]}
              for i, first in enumerate(runs[0]["rows"])]
     every = table[0]
-    error = math.sqrt(max(every["omission"] * (1 - every["omission"]), 1e-9) / max(every["placements"], 1))
+    error = standard_error(every["omission"], every["placements"])
     return {"provenance": provenance(Path(__file__)), "world": opts.checkpoint.name,
             "judge_accuracy": round(statistics.fmean(r["judge_accuracy"] for r in runs), 4),
             "evaluator_accuracy": report.accuracy, "standard_error": round(error, 4),
@@ -204,10 +190,10 @@ def main() -> None:
     parser.add_argument("--name", default="", help="output name (default expert_layers, or expert_layers_quick)")
     parser.add_argument("--quick", action="store_true", help="2 concepts, 10 training steps, 1 seed")
     opts = parser.parse_args()
-    opts.eval_images, opts.eval_epochs = 4000, 6
+    opts.evaluator = BENCH_EVALUATOR
     if opts.quick:
         opts.count, opts.steps, opts.images, opts.sample_steps, opts.seeds = 2, 10, 1, 6, "0"
-        opts.eval_images, opts.eval_epochs = 600, 2
+        opts.evaluator = QUICK_BENCH_EVALUATOR
     if opts.start < 0 or opts.count < 2:
         parser.error("--start must be 0 or more and --count at least 2")
     if not opts.checkpoint.is_file() or not opts.concepts.is_file():
@@ -215,11 +201,8 @@ def main() -> None:
     started = time.perf_counter()
     results = run(opts)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    name = opts.name or ("expert_layers_quick" if opts.quick else "expert_layers")
-    opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (opts.out / f"{name}.md").write_text(markdown(results) + "\n")
-    LOG.info("%s", markdown(results))
+    write_result(opts.out, opts.name or ("expert_layers_quick" if opts.quick else "expert_layers"), results,
+                 markdown)
 
 
 if __name__ == "__main__":

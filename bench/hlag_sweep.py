@@ -13,16 +13,14 @@ default when it beats the default on omission and leakage by more than the metri
 default per seed beside them); `--rows` draws only the named rows, e.g. to confirm a candidate on another concept
 file (`--concepts`) than the one it was picked on.
 
-    python bench/hlag_sweep.py            # bench/results/hlag_sweep.{json,md}, ~30 min on 2 cores
+    python bench/hlag_sweep.py            # bench/results/hlag_sweep.{json,md}, ~15 min per training seed on 2 cores
     python bench/hlag_sweep.py --quick    # 2 concepts, a few settings: checks the pipeline
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import statistics
 import sys
 import time
@@ -37,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
 from provenance import provenance
-from world.cache import cached_evaluator
+from world.cache import world_evaluator
 from world.checkpoint import load_world
-from world.cli import world_parser
+from world.cli import rows_named, world_parser, write_result
 from world.concepts import load_concepts
-from world.evaluators import to_tensor
+from world.evaluators import BENCH_EVALUATOR, QUICK_BENCH_EVALUATOR, to_tensor
 from world.methods import Budget
 from world.multiconcept import (
     BOXES,
@@ -52,6 +50,7 @@ from world.multiconcept import (
     region_alignment,
     scene_sets,
     score,
+    standard_error,
 )
 from world.protocol import ConceptData, World
 from world.recogniser import build_recogniser
@@ -87,21 +86,11 @@ QUICK = {"default (η 1, every layer, hard boxes)", "layers with >= 16 tokens (s
          "the 2 finest grids"}
 
 
-def standard_error(share: float, count: int) -> float:
-    return math.sqrt(max(share * (1 - share), 1e-9) / max(count, 1))
-
-
 def pick_rows(names: str, quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
     """The rows to draw: every one-change row by default (the default row always first), or those named."""
-    if not names:
-        return [r for r in SETTINGS if not quick or r[0] in QUICK] + ([r for r in EXTRA if r[0] in QUICK]
-                                                                       if quick else [])
-    known = {r[0]: r for r in SETTINGS + EXTRA}
-    wanted = [n.strip() for n in names.split(";") if n.strip()]
-    unknown = [n for n in wanted if n not in known]
-    if unknown:
-        raise SystemExit(f"unknown row(s) {unknown}; choose from: {'; '.join(known)}")
-    return [SETTINGS[0]] + [known[n] for n in wanted if n != SETTINGS[0][0]]
+    if not names and quick:
+        return [r for r in SETTINGS + EXTRA if r[0] in QUICK]
+    return rows_named(SETTINGS + EXTRA, names) if names else list(SETTINGS)
 
 
 def sweep_seed(world: World, features: Any, specs: list, rows: list, budget: Budget, base: MultiSettings
@@ -134,7 +123,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         replace(MultiSettings(), **changes).blend  # noqa: B018 (BlendSettings checks itself)
     seeds = [int(s) for s in opts.seeds.split(",")]
     world = World(*load_world(opts.checkpoint))
-    evaluator, report = cached_evaluator(opts.out / ".cache", opts.eval_images, opts.eval_epochs)
+    evaluator, report = world_evaluator(opts.out / ".cache", opts.evaluator)
 
     def features(images: list[np.ndarray]) -> torch.Tensor:
         with torch.no_grad():
@@ -198,20 +187,16 @@ def main() -> None:
     parser.add_argument("--name", default="", help="output name (default hlag_sweep, or hlag_sweep_quick)")
     parser.add_argument("--quick", action="store_true", help="2 concepts, 10 training steps, 4 settings")
     opts = parser.parse_args()
-    opts.eval_images, opts.eval_epochs = 4000, 6
+    opts.evaluator = BENCH_EVALUATOR
     if opts.quick:
         opts.count, opts.steps, opts.images, opts.sample_steps = 2, 10, 1, 6
-        opts.eval_images, opts.eval_epochs = 600, 2
+        opts.evaluator = QUICK_BENCH_EVALUATOR
     if not opts.checkpoint.is_file() or not opts.concepts.is_file():
         parser.error(f"{opts.checkpoint} or {opts.concepts} does not exist")
     started = time.perf_counter()
     results = run(opts)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    name = opts.name or ("hlag_sweep_quick" if opts.quick else "hlag_sweep")
-    opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (opts.out / f"{name}.md").write_text(markdown(results) + "\n")
-    LOG.info("%s", markdown(results))
+    write_result(opts.out, opts.name or ("hlag_sweep_quick" if opts.quick else "hlag_sweep"), results, markdown)
 
 
 if __name__ == "__main__":

@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
 from provenance import provenance
-from world.cache import cached_evaluator
+from world.cache import world_evaluator
 from world.checkpoint import load_world
 from world.cli import world_parser
 from world.concepts import concept_images, load_concepts
-from world.demo_settings import DEMO_EVALUATOR, DEMO_STEPS, EvaluatorSettings
-from world.evaluators import EvaluatorReport, to_tensor
+from world.demo_settings import DEMO_EVALUATOR, DEMO_STEPS
+from world.evaluators import EvaluatorReport, EvaluatorSettings, to_tensor
 from world.identity import IdentitySettings, cached_identity, identity_features
 from world.methods import Budget, make_method
 from world.protocol import (
@@ -99,9 +99,9 @@ class ScaledEvaluator(torch.nn.Module):
 
 def evaluator_features(cache: Path, settings: EvaluatorSettings
                        ) -> tuple[ScaledEvaluator, Callable[[list[np.ndarray]], torch.Tensor], EvaluatorReport]:
-    """The demo's world evaluator (trained once, cached in `cache`), its unit-norm features of images of any size,
-    and its held-out report."""
-    evaluator, report = cached_evaluator(cache, settings.images, settings.epochs, settings.size)
+    """The demo's world evaluator (the shipped file; else trained once, cached in `cache`), its unit-norm features
+    of images of any size, and its held-out report."""
+    evaluator, report = world_evaluator(cache, settings)
     scaled = ScaledEvaluator(evaluator, settings.size).eval()
 
     def features(images: list[np.ndarray]) -> torch.Tensor:

@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
 from provenance import library_versions, part_digests, provenance
-from world.cache import cached_evaluator, evaluator_from_state, write_pickle
+from world.cache import evaluator_from_state, world_evaluator, write_pickle
 from world.checkpoint import SHIPPED, load_world
 from world.concepts import load_concepts
+from world.evaluators import BENCH_EVALUATOR, QUICK_BENCH_EVALUATOR
 from world.methods import METHODS, SIMPLIFICATIONS, Budget
 from world.plots import grid_image, heatmap, line_plot
 from world.protocol import ConceptData, EvalSettings, MethodRun, References, World, run_method
@@ -341,12 +342,12 @@ def main() -> None:
     heldout = opts.heldout_concepts if str(opts.heldout_concepts) not in ("", ".") and not opts.quick else None
     if heldout is not None and not heldout.is_file():
         parser.error(f"--heldout-concepts {heldout} does not exist; give a concept JSON file or '' to skip the track")
-    eval_images, eval_epochs = 4000, 6
+    evaluator_settings = BENCH_EVALUATOR
     if opts.quick:
         budget, seeds, opts.limit = replace(budget, steps=10), seeds[:1], 3
         photo_seeds, extra = seeds, {}
         settings = EvalSettings(images_per_concept=2, steps=6, contexts=2)
-        eval_images, eval_epochs = 600, 2
+        evaluator_settings = QUICK_BENCH_EVALUATOR
     running = [t.strip() for t in opts.tracks.split(",") if t.strip()]
     if not running or set(running) - set(TRACKS):
         parser.error(f"--tracks takes some of {', '.join(TRACKS)}, comma-separated; got {opts.tracks!r}")
@@ -363,7 +364,7 @@ def main() -> None:
     }
     kept = kept_tracks(opts.out / f"{name}.json", running, results["settings"])  # checked before any work
     cache = None if opts.no_cache else opts.out / ".cache"
-    evaluator, report = cached_evaluator(cache, eval_images, eval_epochs)
+    evaluator, report = world_evaluator(cache, evaluator_settings)
     LOG.info("world evaluator held-out accuracy: %s", {k: round(v, 3) for k, v in report.accuracy.items()})
     results["evaluator_accuracy"] = {k: round(v, 3) for k, v in report.accuracy.items()}
     opts.out.mkdir(parents=True, exist_ok=True)

@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # r2moe_core (plain PyTorch)
 
 from provenance import provenance
-from world.cache import cached_evaluator
+from world.cache import world_evaluator
 from world.checkpoint import load_world
 from world.cli import world_parser
 from world.concepts import load_concepts
-from world.evaluators import to_tensor
+from world.evaluators import BENCH_EVALUATOR, QUICK_BENCH_EVALUATOR, to_tensor
 from world.methods import Budget
 from world.multiconcept import MultiSettings, run_multiconcept
 from world.protocol import ConceptData, World
@@ -118,11 +118,11 @@ def main() -> None:
                              seed=opts.seed, strength_after_switch=opts.strength_after_switch,
                              min_tokens=opts.min_tokens, mask_grow=opts.mask_grow, mask_feather=opts.mask_feather,
                              finest_grids=opts.finest_grids)
-    eval_images, eval_epochs = 4000, 6
+    evaluator_settings = BENCH_EVALUATOR
     if opts.quick:
         opts.count, budget = 2, replace(budget, steps=10)
         settings = replace(settings, images=2, steps=6, crops_per_box=10, timing_rounds=3)
-        eval_images, eval_epochs = 600, 2
+        evaluator_settings = QUICK_BENCH_EVALUATOR
     if opts.count < 2:
         parser.error("--count must be at least 2")
     try:
@@ -131,8 +131,8 @@ def main() -> None:
         parser.error(str(err))
     started = time.perf_counter()
     world = World(*load_world(opts.checkpoint))
-    # The lifelong benchmark's evaluator and cache: trained once on one thread, so every run and machine judges alike.
-    evaluator, report = cached_evaluator(opts.out / ".cache", eval_images, eval_epochs)
+    # The lifelong benchmark's evaluator: the shipped file, so every run and machine judges alike.
+    evaluator, report = world_evaluator(opts.out / ".cache", evaluator_settings)
     LOG.info("world evaluator held-out accuracy: %s", {k: round(v, 3) for k, v in report.accuracy.items()})
 
     def features(images: list[np.ndarray]) -> torch.Tensor:

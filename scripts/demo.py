@@ -249,11 +249,11 @@ def world_alignment(rows: list[tuple[list[Path], dict[str, list[Path]]]], cache:
     _repo_code_on_path()
     import numpy as np
     from PIL import Image
-    from world.cache import cached_evaluator
+    from world.cache import world_evaluator
     from world.demo_settings import DEMO_EVALUATOR
     from world.evaluators import image_alignment
 
-    evaluator, report = cached_evaluator(cache, DEMO_EVALUATOR.images, DEMO_EVALUATOR.epochs, DEMO_EVALUATOR.size)
+    evaluator, report = world_evaluator(cache, DEMO_EVALUATOR)
     LOG.info("world evaluator held-out accuracy: %s", {k: round(v, 2) for k, v in report.accuracy.items()})
 
     def pixels(paths: list[Path]) -> list[np.ndarray]:

@@ -1,5 +1,5 @@
-"""Caches of the benchmark world: what is costly to compute (the evaluator, finished jobs) is stored once per
-version of the code that computes it, atomically, so changed code never reads a stale entry."""
+"""Caches of the benchmark world: what is costly to compute (an evaluator with no shipped file, finished jobs) is
+stored once per version of the code that computes it, atomically, so changed code never reads a stale entry."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import TypeVar
 import torch
 from provenance import digest_files, source_closure
 
-from .evaluators import EvaluatorReport, WorldEvaluator, train_evaluator
+from .evaluators import EvaluatorReport, EvaluatorSettings, WorldEvaluator, train_evaluator
+from .shipped_evaluators import read_shipped
 from .threads import one_thread
 from .vocab import SIZE
 
@@ -27,20 +28,28 @@ def evaluator_digest() -> str:
     return digest_files(source_closure(WORLD / "evaluators.py"))
 
 
-def cached_evaluator(cache: Path | None, images: int, epochs: int, size: int = SIZE
-                     ) -> tuple[WorldEvaluator, EvaluatorReport]:
-    """The world evaluator for `size` px images, trained once per version of the code it reads and per settings
-    (minutes on 2 cores), then read from cache."""
-    digest = hashlib.sha256((evaluator_digest() + repr((images, epochs, size))).encode()).hexdigest()[:16]
+def world_evaluator(cache: Path | None, settings: EvaluatorSettings) -> tuple[WorldEvaluator, EvaluatorReport]:
+    """The world evaluator for `settings`: the shipped file where there is one (the same yardstick on every
+    machine), else trained once per version of the code it reads and per settings, then read from cache."""
+    shipped = read_shipped(settings)
+    return shipped if shipped is not None else trained_evaluator(cache, settings)
+
+
+def trained_evaluator(cache: Path | None, settings: EvaluatorSettings) -> tuple[WorldEvaluator, EvaluatorReport]:
+    """Trained on this machine (minutes on 2 cores), once per version of the code it reads and per settings."""
+    key = (settings.images, settings.epochs, settings.size)
+    digest = hashlib.sha256((evaluator_digest() + repr(key)).encode()).hexdigest()[:16]
     return cached_model(cache / f"evaluator_{digest}.pkl" if cache else None,
-                        lambda: train_evaluator(train_images=images, epochs=epochs, size=size),
-                        lambda state: evaluator_from_state(state, size))
+                        lambda: train_evaluator(train_images=settings.images, epochs=settings.epochs,
+                                                size=settings.size),
+                        lambda state: evaluator_from_state(state, settings.size))
 
 
 def cached_model(path: Path | None, train: Callable[[], tuple[Model, Report]],
                  restore: Callable[[dict], Model]) -> tuple[Model, Report]:
-    """A yardstick model and its report: read from `path` if there, else trained on one thread (float sums depend
-    on the thread count, and one thread gives the same model on every machine) and stored there."""
+    """A yardstick model and its report: read from `path` if there, else trained on one thread and stored there.
+    Float sums depend on the thread count, so one thread gives the same model on every run of one machine; across
+    machines they still differ (vector units), which is why the benchmarks' evaluators are shipped files."""
     if path is not None and path.is_file():
         state, report = pickle.loads(path.read_bytes())
         return restore(state), report

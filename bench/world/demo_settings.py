@@ -3,23 +3,13 @@ that the demo and the learning sweep (which traces the demo's readings to their 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from .evaluators import EvaluatorSettings
 from .methods import Budget
 
 DEMO_STEPS = 2 * Budget.steps
 """Twice the benchmark's budget. On world v3 no method's held-out loss has levelled off by then
 (bench/results/budget.json), but twice as many steps again lift the token alone and not R2MoE
 (bench/results/learning_sweep_steps.json), and the demo has 10 minutes on 2 cores."""
-
-
-@dataclass(frozen=True)
-class EvaluatorSettings:
-    """A world evaluator's training: how many renders, how many epochs, and the side it reads images at."""
-
-    images: int
-    epochs: int
-    size: int
 
 
 DEMO_EVALUATOR = EvaluatorSettings(images=2000, epochs=4, size=64)

@@ -71,6 +71,21 @@ class WorldEvaluator(torch.nn.Module):
         return {k: head(torch.nn.functional.silu(f)) for k, head in self.heads.items()}
 
 
+@dataclass(frozen=True)
+class EvaluatorSettings:
+    """A world evaluator's training: how many renders, how many epochs, and the side it reads images at."""
+
+    images: int
+    epochs: int
+    size: int
+
+
+BENCH_EVALUATOR = EvaluatorSettings(images=4000, epochs=6, size=SIZE)
+"""What the world benchmarks judge by (a shipped file, see `shipped_evaluators`)."""
+QUICK_BENCH_EVALUATOR = EvaluatorSettings(images=600, epochs=2, size=SIZE)
+"""The benchmarks' `--quick` runs: trained in seconds, only to show the script works end to end."""
+
+
 @dataclass
 class EvaluatorReport:
     accuracy: dict[str, float]  # held-out, per attribute
@@ -105,7 +120,6 @@ def train_evaluator(
     whatever `half_crops`: see `_dataset`)."""
     torch.manual_seed(seed)
     x, y = _dataset(train_images, seed, size, half_crops)
-    x_test, y_test = _dataset(test_images, seed + 1_000_003, size)
     model = WorldEvaluator(size=size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
@@ -119,10 +133,15 @@ def train_evaluator(
             loss.backward()
             optimizer.step()
     model.eval()
+    return model, EvaluatorReport(held_out_accuracy(model, test_images, seed + 1_000_003), train_images, epochs)
+
+
+def held_out_accuracy(model: WorldEvaluator, images: int = 800, seed: int = 1_000_003) -> dict[str, float]:
+    """Per attribute, the share of `images` fresh one-kind renders (at the model's size) read right."""
+    x, y = _dataset(images, seed, model.size)
     with torch.no_grad():
-        out = model(x_test)
-    accuracy = {k: float((out[k].argmax(-1) == y_test[k]).float().mean()) for k in ATTRIBUTES}
-    return model, EvaluatorReport(accuracy, train_images, epochs)
+        out = model(x)
+    return {k: float((out[k].argmax(-1) == y[k]).float().mean()) for k in ATTRIBUTES}
 
 
 def image_alignment(model: WorldEvaluator, generated: list[np.ndarray], references: list[np.ndarray]) -> float:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ from r2moe_core.log import LOGGER as CORE_LOGGER
 
 from .concepts import ConceptSpec
 from .hlag import SEGMENTER, LoraRegions, RowRegions, colour_segmenter, switch_step
-from .methods import Budget, LoraPerConceptMethod, R2MoEMethod, make_method
+from .methods import Budget, LoraPerConceptMethod, Method, R2MoEMethod, make_method
 from .protocol import ConceptData, World, train_task
 from .recogniser import Features, Recogniser, build_recogniser, crop, draw_many
 from .sampler import Eps, Switch, euler_cfg
@@ -81,13 +82,13 @@ class MultiSettings:
     mask_grow: float = 0.0
     mask_feather: float = 0.0
     finest_grids: int = 0
+    seed: int = 0
+    crops_per_box: int = 40  # judge training crops per (class, box); a fifth as many more are held out
+    timing_rounds: int = 5
 
     @property
     def blend(self) -> BlendSettings:
         return BlendSettings(self.min_tokens, self.mask_grow, self.mask_feather, self.finest_grids)
-    seed: int = 0
-    crops_per_box: int = 40  # judge training crops per (class, box); a fifth as many more are held out
-    timing_rounds: int = 5
 
 
 @dataclass(frozen=True)
@@ -154,18 +155,23 @@ class Learned:
 
 def learn(world: World, concepts: Sequence[ConceptData], budget: Budget, seed: int) -> Learned:
     """Both methods learn the concepts in order, with the lifelong benchmark's loop and budget."""
-    methods = {}
-    seconds = {}
-    for name in ("r2moe", "lora_per_concept"):
-        torch.manual_seed(seed)
-        method = methods[name] = make_method(name, world.unet, budget, seed)
-        spent = 0.0
-        for t, concept in enumerate(concepts):
-            took, losses = train_task(world, method, concept, budget.steps, seed * 1000 + t)
-            spent += took
-            LOG.info("%s learned %s in %.0f s (loss %.3f)", name, concept.token, took, float(np.mean(losses[-10:])))
-        seconds[name] = round(spent / len(concepts), 2)
-    return Learned(methods["r2moe"], methods["lora_per_concept"], seconds)  # type: ignore[arg-type]
+    r2moe, r2moe_s = learn_method("r2moe", world, concepts, budget, seed)
+    lora, lora_s = learn_method("lora_per_concept", world, concepts, budget, seed)
+    return Learned(r2moe, lora, {"r2moe": r2moe_s, "lora_per_concept": lora_s})  # type: ignore[arg-type]
+
+
+def learn_method(name: str, world: World, concepts: Sequence[ConceptData], budget: Budget, seed: int
+                 ) -> tuple[Method, float]:
+    """One method after learning `concepts` in order, and its mean training seconds per concept; seeded alike
+    for every caller, so the benchmarks that read one method's bank read the same bank."""
+    torch.manual_seed(seed)
+    method = make_method(name, world.unet, budget, seed)
+    spent = 0.0
+    for t, concept in enumerate(concepts):
+        took, losses = train_task(world, method, concept, budget.steps, seed * 1000 + t)
+        spent += took
+        LOG.info("%s learned %s in %.0f s (loss %.3f)", name, concept.token, took, float(np.mean(losses[-10:])))
+    return method, round(spent / len(concepts), 2)
 
 
 def stacked_loras(method: LoraPerConceptMethod, prompts: Sequence[str]) -> Delta | None:
@@ -328,6 +334,11 @@ def region_alignment(features: Features, rows: Sequence[tuple[MultiScene, np.nda
     feats = features(crops)
     return round(100 * float(np.mean([float((feats[i] @ references[t].T).mean()) for i, t in enumerate(tokens)])),
                  2)
+
+
+def standard_error(share: float, count: int) -> float:
+    """The binomial standard error of a share of `count` placements (how far two omissions must be apart)."""
+    return math.sqrt(max(share * (1 - share), 1e-9) / max(count, 1))
 
 
 def omission_alone(recogniser: Recogniser, rows: Sequence[tuple[MultiScene, np.ndarray]], boxes: Sequence[int]
