@@ -59,8 +59,7 @@ def test_two_object_score_reads_each_object_in_its_named_half(evaluator):
 
 def test_the_cached_evaluator_is_keyed_on_the_code_it_reads_and_nothing_else():
     """For settings with no shipped file: a change to a method or the protocol must not retrain the evaluator
-    (minutes per benchmark); a change to
-    the renders, the vocabulary or the crop must."""
+    (minutes per benchmark); a change to the renders, the vocabulary or the crop must."""
     from provenance import REPO, source_closure
 
     read = {p.relative_to(REPO).as_posix() for p in source_closure(WORLD / "evaluators.py")}

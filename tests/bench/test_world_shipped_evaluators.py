@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from world.scenes import random_scene, render
 from world.shipped_evaluators import read_shipped, shipped_path, write_shipped
 
 SHIPPED = (BENCH_EVALUATOR, DEMO_EVALUATOR)
+FOLDER_OF_CONCEPTS = Path(__file__).resolve().parents[2] / "bench" / "world"
 TINY = EvaluatorSettings(images=160, epochs=1, size=64)
 
 
@@ -96,3 +98,24 @@ def test_the_ship_script_writes_what_the_benchmarks_read(tiny, tmp_path, monkeyp
     with pytest.raises(SystemExit):
         ship_evaluators.main(["--only", "nonesuch", "--folder", str(tmp_path)])
     assert not shipped_path(TINY).is_file()  # the test wrote nothing into the shipped folder
+
+
+def test_the_demo_reads_image_alignment_by_its_shipped_evaluator(tmp_path, monkeypatch):
+    """`make demo`'s alignment column: a concept's own new renders read closer to its references than another's."""
+    from demo import world_alignment
+    from PIL import Image
+    from world import concept_images, load_concepts
+
+    monkeypatch.setattr(cache, "train_evaluator", lambda **_: pytest.fail("the demo trained an evaluator"))
+    a, b = load_concepts(FOLDER_OF_CONCEPTS / "concepts_10.json")[:2]
+
+    def saved(spec, seed: int) -> list:
+        paths = []
+        for i, (image, _) in enumerate(concept_images(spec, 4, seed=seed, size=128)):
+            paths.append(tmp_path / f"{spec.name}_{seed}_{i}.png")
+            Image.fromarray(image).save(paths[-1])
+        return paths
+
+    (row,) = world_alignment([(saved(a, 0), {"own": saved(a, 1), "other": saved(b, 1)})], tmp_path / ".cache")
+    assert row["own"] > row["other"] + 5, row  # x100 cosines
+    assert not (tmp_path / ".cache").exists()  # nothing trained, nothing cached
