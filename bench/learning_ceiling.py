@@ -12,10 +12,15 @@ Rows (same judge, region prompts, sampler seeds and per-concept batches):
 - `bank`: R2MoE's bank as the multi-concept track learns it (experts on every layer, the budget's steps);
 - `token alone`: the same bank's trigger tokens on the base weights;
 - `whole UNet, N steps, lr L`: for each concept, a copy of the world UNet and a fresh token trained together on
-  the concept's photos (uniform timesteps, AdamW, the budget's batch and token rate).
+  the concept's photos (uniform timesteps, AdamW, the budget's batch and token rate);
+- `<part>, N steps, lr L`: the same with only one part of the copy learning (`--whole 400@1e-4:kv`): the dense
+  K/V of the text cross-attention (the bank's place, without its rank, gate or lifelong constraint), the
+  transformer blocks, or everything outside them. Where the whole-UNet gain lives says whether experts on more
+  projections than K/V could reach it.
 
     python bench/learning_ceiling.py                                # concepts 1-4 of concepts_10.json, seed 0
     python bench/learning_ceiling.py --start 4 --seeds 0,1 --name learning_ceiling_dev
+    python bench/learning_ceiling.py --whole 400@1e-4:kv,400@1e-4:transformer --name learning_ceiling_parts
     python bench/learning_ceiling.py --quick                        # 2 concepts, few steps: checks the pipeline
 """
 
@@ -52,15 +57,14 @@ from world.multiconcept import (
     MultiScene,
     MultiSettings,
     learn_method,
-    omission_alone,
     region_alignment,
     scene_sets,
     standard_error,
 )
 from world.protocol import ConceptData, World, WorldHost
-from world.recogniser import build_recogniser
+from world.recogniser import build_recogniser, crop
 from world.sampler import euler_cfg
-from world.unet import Delta, UNet
+from world.unet import Delta, SpatialTransformer, UNet
 
 from r2moe_core.train.concept_run import fit
 from r2moe_core.train.step import TrainingData
@@ -68,16 +72,39 @@ from r2moe_core.train.step import TrainingData
 LOG = logging.getLogger("r2moe.bench")
 HERE = Path(__file__).resolve().parent
 Placement = tuple[MultiScene, int]  # a scene and the index of the region drawn alone
+
+
+# What each fine-tune part trains, and the row's label.
+PARTS = {
+    "all": "whole UNet",
+    "kv": "cross-attention K/V (dense)",
+    "transformer": "transformer blocks",
+    "outside": "UNet outside the transformer blocks",
+}
+
+
+def part_weights(unet: UNet, part: str) -> list[torch.nn.Parameter]:
+    """The parameters of `unet` that the PARTS entry `part` trains."""
+    named = dict(unet.named_parameters())
+    inside = {f"{prefix}.{name}" for prefix, module in unet.named_modules() if isinstance(module, SpatialTransformer)
+              for name, _ in module.named_parameters()}
+    keep = {"all": lambda name: True,
+            "kv": lambda name: ".attn2.to_k." in name or ".attn2.to_v." in name,
+            "transformer": lambda name: name in inside,
+            "outside": lambda name: name not in inside}[part]
+    return [p for name, p in named.items() if keep(name)]
 DeltaFor = Callable[[list[str], torch.Tensor], Delta | None]  # (prompts, their context) -> the K/V delta
+FineTune = tuple[int, float, str]  # steps, learning rate, the PARTS key that learns
 
 
 @dataclass
 class WholeUNetTask:
-    """The `fit` trainable of a whole-UNet fine-tune: every weight of `unet` and the trigger token learn; no K/V
-    delta, no gate, no regulariser, uniform timesteps."""
+    """The `fit` trainable of a UNet fine-tune: `weights` (all of `unet`'s, or one part's) and the trigger token
+    learn; no K/V delta, no gate, no regulariser, uniform timesteps."""
 
     unet: UNet
     token: torch.nn.Parameter
+    weights: list[torch.nn.Parameter]
     settings: SimpleNamespace
     lr: float
     lr_token: float
@@ -91,7 +118,7 @@ class WholeUNetTask:
         """No gate to follow."""
 
     def optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW([{"params": list(self.unet.parameters()), "lr": self.lr},
+        return torch.optim.AdamW([{"params": self.weights, "lr": self.lr},
                                   {"params": [self.token], "lr": self.lr_token}], weight_decay=0.0)
 
     def to(self, device: torch.device | str) -> WholeUNetTask:
@@ -107,17 +134,19 @@ class WholeUNetTask:
         return 0.0
 
 
-def fine_tune_unet(world: World, concept: ConceptData, steps: int, lr: float, budget: Budget, seed: int
-                   ) -> tuple[World, torch.Tensor]:
-    """A world whose UNet is a copy fine-tuned on `concept` with a fresh token (class-word start, as every
-    method's), and that token."""
+def fine_tune_unet(world: World, concept: ConceptData, steps: int, lr: float, budget: Budget, seed: int,
+                   part: str = "all") -> tuple[World, torch.Tensor]:
+    """A world whose UNet is a copy fine-tuned on `concept` (only the `part` named in PARTS learning) with a
+    fresh token (class-word start, as every method's), and that token."""
     unet = copy.deepcopy(world.unet)
     table = world.text.text_model.embeddings.token_embedding.weight
     class_ids = world.text.tokenizer(concept.class_word, add_special_tokens=False)["input_ids"]
     token = torch.nn.Parameter(table[class_ids].mean(0, keepdim=True).detach().clone())
     tuned = World(unet, world.text, world.vae)  # freezes the copy; it learns again below
-    unet.requires_grad_(True)
-    task = WholeUNetTask(unet, token, SimpleNamespace(batch_size=budget.batch_size, steps=steps, seed=seed),
+    weights = part_weights(unet, part)
+    for p in weights:
+        p.requires_grad_(True)
+    task = WholeUNetTask(unet, token, weights, SimpleNamespace(batch_size=budget.batch_size, steps=steps, seed=seed),
                          lr, budget.lr_token)
     host = WorldHost(tuned, {})
     data = TrainingData(world.encode_images(concept.images), concept.captions)
@@ -168,13 +197,23 @@ def draw_row(drawer: Callable[[str], tuple[World, dict[str, torch.Tensor], Delta
     return rows, owners
 
 
+def omissions_alone(recogniser: Any, rows: Sequence[tuple[MultiScene, np.ndarray]], owners: Sequence[int]
+                    ) -> list[bool]:
+    """Per drawn region, whether the judge missed its concept in its box (one labelling of all the crops)."""
+    labels = recogniser.labels([crop(image, scene.boxes[r]) for (scene, image), r in zip(rows, owners, strict=True)])
+    return [label != scene.concepts[r].token for label, (scene, _), r in zip(labels, rows, owners, strict=True)]
+
+
 def scored(name: str, rows: list, owners: list[int], recogniser: Any, features: Any,
            references: dict[str, torch.Tensor], extra: dict[str, Any]) -> dict[str, Any]:
+    """The row's omission (overall and per concept, from one labelling of the crops) and image alignment."""
+    missed = omissions_alone(recogniser, rows, owners)
     by_concept = {}
     for token in references:
-        mine = [i for i, (scene, _) in enumerate(rows) if scene.concepts[owners[i]].token == token]
-        by_concept[token] = omission_alone(recogniser, [rows[i] for i in mine], [owners[i] for i in mine])
-    result = {"row": name, **extra, "omission": omission_alone(recogniser, rows, owners),
+        mine = [miss for miss, (scene, _), r in zip(missed, rows, owners, strict=True)
+                if scene.concepts[r].token == token]
+        by_concept[token] = round(statistics.fmean(mine), 4) if mine else 0.0
+    result = {"row": name, **extra, "omission": round(statistics.fmean(missed), 4),
               "image_alignment": region_alignment(features, rows, references, owners),
               "omission_by_concept": by_concept, "placements": len(rows)}
     LOG.info("%s", result)
@@ -182,8 +221,8 @@ def scored(name: str, rows: list, owners: list[int], recogniser: Any, features: 
 
 
 def draw_seed(world: World, features: Any, concepts: list[ConceptData], specs: list, budget: Budget,
-              settings: MultiSettings, whole: list[tuple[int, float]]) -> tuple[float, list[dict[str, Any]]]:
-    """One training seed: the bank, its tokens alone, then each whole-UNet setting, all judged alike."""
+              settings: MultiSettings, whole: list[FineTune]) -> tuple[float, list[dict[str, Any]]]:
+    """One training seed: the bank, its tokens alone, then each UNet fine-tune, all judged alike."""
     method, _ = learn_method("r2moe", world, concepts, budget, settings.seed)  # the multi-concept track's bank
     assert isinstance(method, R2MoEMethod)
     boxes = [(box, p) for n in (2, 3) for box, p in zip(BOXES[n], PLACES[n], strict=True)]
@@ -196,23 +235,41 @@ def draw_seed(world: World, features: Any, concepts: list[ConceptData], specs: l
     table.append(scored("bank", rows, owners, recogniser, features, references, {"steps": budget.steps}))
     rows, owners = draw_row(lambda token: (world, method.tokens, no_delta), placements, settings)
     table.append(scored("token alone", rows, owners, recogniser, features, references, {"steps": budget.steps}))
-    for steps, lr in whole:
+    for steps, lr, part in whole:
         tuned, seconds = {}, []
         for t, concept in enumerate(concepts):
             started = time.perf_counter()
-            tuned[concept.token] = fine_tune_unet(world, concept, steps, lr, budget, settings.seed * 1000 + t)
+            tuned[concept.token] = fine_tune_unet(world, concept, steps, lr, budget, settings.seed * 1000 + t, part)
             seconds.append(time.perf_counter() - started)
         rows, owners = draw_row(lambda token, tuned=tuned: (tuned[token][0], {token: tuned[token][1]}, no_delta),
                                 placements, settings)
-        table.append(scored(f"whole UNet, {steps} steps, lr {lr:g}", rows, owners, recogniser, features, references,
-                            {"steps": steps, "lr": lr, "train_s_per_concept": round(statistics.fmean(seconds), 1)}))
+        table.append(scored(f"{PARTS[part]}, {steps} steps, lr {lr:g}", rows, owners, recogniser, features,
+                            references, {"steps": steps, "lr": lr, "part": part,
+                                         "train_s_per_concept": round(statistics.fmean(seconds), 1)}))
     return accuracy["balanced"], table
+
+
+def fine_tunes(text: str) -> list[FineTune]:
+    """`--whole`'s comma-separated STEPS@LR[:PART] (PART one of PARTS, `all` when left out)."""
+    out = []
+    for item in filter(None, (piece.strip() for piece in text.split(","))):
+        setting, _, part = item.partition(":")
+        steps, at, lr = setting.partition("@")
+        try:
+            parsed = (int(steps), float(lr), part or "all")
+        except ValueError:
+            parsed = (0, 0.0, "")
+        if not at or parsed[0] < 1 or parsed[1] <= 0 or parsed[2] not in PARTS:
+            raise ValueError(f"--whole {item!r}: write STEPS@LR or STEPS@LR:PART, STEPS at least 1, LR above 0, "
+                             f"PART one of {', '.join(PARTS)}")
+        out.append(parsed)
+    return out
 
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
     budget = Budget(steps=opts.steps)
     seeds = [int(s) for s in opts.seeds.split(",")]
-    whole = [(int(s), float(lr)) for s, lr in (pair.split("@") for pair in opts.whole.split(",") if pair)]
+    whole = fine_tunes(opts.whole)
     specs = load_concepts(opts.concepts)[opts.start:opts.start + opts.count]
     if len(specs) < 2:
         raise SystemExit(f"{opts.concepts} holds fewer than 2 concepts from index {opts.start}; lower --start")
@@ -229,7 +286,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         settings = MultiSettings(images=opts.images, steps=opts.sample_steps, seed=seed)
         judge, table = draw_seed(world, features, concepts, specs, budget, settings, whole)
         runs.append({"seed": seed, "judge_accuracy": judge, "rows": table})
-    keep = ("row", "steps", "lr", "train_s_per_concept")
+    keep = ("row", "steps", "lr", "part", "train_s_per_concept")
     table = [{**{k: first[k] for k in keep if k in first},
               **{key: round(statistics.fmean(run["rows"][i][key] for run in runs), 4)
                  for key in ("omission", "image_alignment")},
@@ -273,7 +330,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=4)
     parser.add_argument("--steps", type=int, default=Budget.steps, help="the bank's training steps per concept")
     parser.add_argument("--whole", default="50@1e-5,400@1e-5,400@1e-4",
-                        help="whole-UNet settings, comma-separated STEPS@LR")
+                        help="UNet fine-tunes, comma-separated STEPS@LR[:PART], PART one of "
+                             f"{', '.join(PARTS)} (default all)")
     parser.add_argument("--images", type=int, default=MultiSettings.images, help="seeds per prompt")
     parser.add_argument("--sample-steps", type=int, default=MultiSettings.steps)
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated; rows read as their mean")
@@ -287,6 +345,10 @@ def main() -> None:
         opts.whole, opts.evaluator = "10@1e-4", QUICK_BENCH_EVALUATOR
     if opts.start < 0 or opts.count < 2:
         parser.error("--start must be 0 or more and --count at least 2")
+    try:
+        fine_tunes(opts.whole)
+    except ValueError as error:
+        parser.error(str(error))
     if not opts.checkpoint.is_file() or not opts.concepts.is_file():
         parser.error(f"{opts.checkpoint} or {opts.concepts} does not exist")
     started = time.perf_counter()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from learning_ceiling import draw_row, fine_tune_unet, no_delta, placements_of
+from learning_ceiling import PARTS, draw_row, fine_tune_unet, fine_tunes, no_delta, placements_of
 from world.concepts import load_concepts
 from world.methods import Budget
 from world.multiconcept import MultiSettings
@@ -39,6 +39,28 @@ def test_the_fine_tune_learns_into_a_copy_and_leaves_the_world_as_it_was(world_a
     assert tuned.text is world.text and tuned.vae is world.vae
     assert not token.requires_grad and not torch.equal(token[0], start), "the token learns with the UNet"
     assert not any(p.requires_grad for p in tuned.unet.parameters())
+
+
+@pytest.mark.parametrize("part", ["kv", "outside"])
+def test_a_part_fine_tune_learns_only_that_part(world_and_concepts, part: str) -> None:
+    world, concepts = world_and_concepts
+    before = world.unet.state_dict()
+    tuned, _ = fine_tune_unet(world, concepts[0], 2, 1e-3, Budget(batch_size=1), seed=0, part=part)
+    changed = {k for k, v in tuned.unet.state_dict().items() if not torch.equal(v, before[k])}
+    cross_kv = {k for k in before if ".attn2.to_k." in k or ".attn2.to_v." in k}
+    assert cross_kv, "the world UNet has text cross-attention"
+    if part == "kv":
+        assert changed == cross_kv, "a K/V fine-tune learns every cross-attention K/V and nothing else"
+    else:
+        assert changed and not changed & {k for k in before if ".transformer_blocks." in k}
+
+
+def test_a_fine_tune_setting_names_steps_rate_and_part() -> None:
+    assert fine_tunes("400@1e-4:kv, 50@1e-5") == [(400, 1e-4, "kv"), (50, 1e-5, "all")]
+    assert set(PARTS) >= {"all", "kv", "transformer", "outside"}
+    for bad in ("400", "400@fast", "400@1e-4:neck", "0@1e-4"):
+        with pytest.raises(ValueError, match="STEPS@LR"):
+            fine_tunes(bad)
 
 
 def test_every_region_of_the_pairs_and_triples_is_placed_once_under_its_own_concept(world_and_concepts) -> None:
